@@ -1,0 +1,136 @@
+//! On-disk cache of compiled components, keyed by the component's SHA-256 digest and the engine's
+//! compatibility hash (wasmtime version and compilation settings). A cached load is a memory map
+//! and takes milliseconds; a Cranelift compile of a CPython component takes seconds.
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use crate::sandbox::WasmtimeResultExt;
+
+/// A compiled component and where it came from.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    /// The compiled component, ready to instantiate.
+    pub component: Component,
+    /// `sha256:<hex>` of the component's bytes.
+    pub digest: String,
+    /// True when the compiled artifact came from the cache (nothing was compiled).
+    pub from_cache: bool,
+}
+
+/// Compiles components, or loads their compiled form from a directory.
+#[derive(Debug, Clone)]
+pub struct ComponentCache {
+    dir: Option<PathBuf>,
+}
+
+/// The default cache directory: `$ASYA_CACHE_DIR`, else `$XDG_CACHE_HOME/asya`, else
+/// `~/.cache/asya`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ASYA_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("asya"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("asya"))
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl ComponentCache {
+    /// A cache storing compiled artifacts under `dir/compiled`; `None` disables caching.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        ComponentCache {
+            dir: dir.map(|d| d.join("compiled")),
+        }
+    }
+
+    fn artifact_path(&self, engine: &Engine, digest: &str) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let hex = digest.trim_start_matches("sha256:");
+        Some(dir.join(format!(
+            "{hex}-wasmtime{}-{:016x}.cwasm",
+            wasmtime_version(),
+            hasher.finish()
+        )))
+    }
+
+    /// Loads a component file, from the compiled cache when possible.
+    pub fn load_file(&self, engine: &Engine, path: &Path) -> Result<LoadedComponent> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+        self.load_bytes(engine, &bytes)
+            .with_context(|| format!("loading component {}", path.display()))
+    }
+
+    /// Loads component bytes, from the compiled cache when possible.
+    pub fn load_bytes(&self, engine: &Engine, bytes: &[u8]) -> Result<LoadedComponent> {
+        let digest = digest_of(bytes);
+        let artifact = self.artifact_path(engine, &digest);
+        if let Some(path) = artifact.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `Component::serialize` of an engine with the same
+            // compatibility hash (it is in the file name), into a cache directory owned by the
+            // host; a corrupt or foreign file fails the header check and is recompiled below.
+            match unsafe { Component::deserialize_file(engine, path) } {
+                Ok(component) => {
+                    return Ok(LoadedComponent {
+                        component,
+                        digest,
+                        from_cache: true,
+                    })
+                }
+                Err(err) => tracing::warn!(path = %path.display(), error = %err,
+                    "compiled component cache entry unusable; recompiling"),
+            }
+        }
+        let component = Component::new(engine, bytes)
+            .anyhow()
+            .context("compiling the component")?;
+        if let Some(path) = artifact {
+            if let Err(err) = store_artifact(&component, &path) {
+                tracing::warn!(path = %path.display(), error = %format!("{err:#}"),
+                    "could not write the compiled component cache");
+            }
+        }
+        Ok(LoadedComponent {
+            component,
+            digest,
+            from_cache: false,
+        })
+    }
+}
+
+fn store_artifact(component: &Component, path: &Path) -> Result<()> {
+    let dir = path.parent().context("cache path has a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = component
+        .serialize()
+        .anyhow()
+        .context("serialising the compiled component")?;
+    // Write then rename, so a concurrent reader never sees a half-written artifact.
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// The wasmtime version the host links (part of every cache key).
+pub fn wasmtime_version() -> &'static str {
+    "48.0.8"
+}

@@ -1,0 +1,261 @@
+//! A whole pipeline in one process on the embedded transport: every actor's sidecar, its WASM
+//! executor, and the end actors. This is what `asya dev` runs, and what tests and benchmarks
+//! drive.
+
+use crate::component_cache::{ComponentCache, LoadedComponent};
+use crate::end_actors::{run_end_actors, Finished, MemoryResults};
+use crate::envelope::{now_rfc3339, Envelope, Route};
+use crate::executor::Executor;
+use crate::manifest::AsyncActor;
+use crate::routing::Mode;
+use crate::sandbox::{SandboxEngine, SandboxLimits};
+use crate::sidecar::{Sidecar, SidecarSettings};
+use crate::transport::embedded::{EmbeddedTransport, Hop};
+use crate::transport::{Outbound, Transport};
+use crate::wasm::WasmExecutor;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// One actor to run: its name, component file and settings.
+#[derive(Debug, Clone)]
+pub struct ActorDef {
+    /// Actor (queue) name.
+    pub name: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// The mode the manifest declares, checked against the component's own.
+    pub mode: Option<Mode>,
+    /// Sandbox limits.
+    pub limits: SandboxLimits,
+    /// Sidecar settings.
+    pub settings: SidecarSettings,
+}
+
+impl ActorDef {
+    /// An actor with default limits.
+    pub fn new(name: impl Into<String>, component: impl Into<PathBuf>) -> Self {
+        ActorDef {
+            name: name.into(),
+            component: component.into(),
+            mode: None,
+            limits: SandboxLimits::default(),
+            settings: SidecarSettings::default(),
+        }
+    }
+
+    /// An actor from its manifest and a built component.
+    pub fn from_manifest(manifest: &AsyncActor, component: impl Into<PathBuf>) -> Result<Self> {
+        Ok(ActorDef {
+            name: manifest.name().to_owned(),
+            component: component.into(),
+            mode: manifest.spec.mode,
+            limits: manifest.sandbox_limits()?,
+            settings: manifest.sidecar_settings()?,
+        })
+    }
+}
+
+/// How one actor was loaded.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Actor name.
+    pub name: String,
+    /// Handler reference reported by the component.
+    pub handler: String,
+    /// Mode reported by the component.
+    pub mode: Mode,
+    /// Component digest.
+    pub digest: String,
+    /// Whether the compiled form came from the cache.
+    pub from_cache: bool,
+    /// Time to compile or load, and instantiate the first instance.
+    pub load_time: Duration,
+}
+
+/// A running pipeline host on the embedded transport.
+pub struct LocalHost {
+    transport: EmbeddedTransport,
+    results: mpsc::UnboundedReceiver<Finished>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<()>>,
+    executors: HashMap<String, Arc<WasmExecutor>>,
+    /// How each actor was loaded.
+    pub loaded: Vec<LoadReport>,
+}
+
+impl LocalHost {
+    /// Loads every actor (compiling components, or loading them from `cache`) and starts their
+    /// sidecars and the end actors.
+    pub async fn start(actors: Vec<ActorDef>, cache: ComponentCache) -> Result<Self> {
+        let engine = SandboxEngine::new()?;
+        let transport = EmbeddedTransport::new();
+        let shared: Arc<dyn Transport> = Arc::new(transport.clone());
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let (store, results) = MemoryResults::new();
+        tasks.spawn(run_end_actors(shared.clone(), store, shutdown.clone()));
+        let mut executors = HashMap::new();
+        let mut loaded = Vec::new();
+        for def in actors {
+            let started = Instant::now();
+            let component = load_component(&engine, &cache, &def).await?;
+            let executor = Arc::new(
+                WasmExecutor::load(&def.name, engine.clone(), &component, def.limits.clone())
+                    .await?,
+            );
+            let descriptor = executor.descriptor().clone();
+            if let Some(mode) = def.mode {
+                if mode != descriptor.mode {
+                    bail!(
+                        "actor '{}': the manifest says mode {:?} but the component was built for \
+                         {:?} (rebuild with --mode)",
+                        def.name,
+                        mode,
+                        descriptor.mode
+                    );
+                }
+            }
+            loaded.push(LoadReport {
+                name: def.name.clone(),
+                handler: descriptor.handler,
+                mode: descriptor.mode,
+                digest: component.digest.clone(),
+                from_cache: component.from_cache,
+                load_time: started.elapsed(),
+            });
+            let sidecar = Arc::new(Sidecar::new(
+                def.name.clone(),
+                executor.clone() as Arc<dyn Executor>,
+                shared.clone(),
+                def.settings.clone(),
+            ));
+            tasks.spawn(sidecar.run(shutdown.clone()));
+            executors.insert(def.name, executor);
+        }
+        Ok(LocalHost {
+            transport,
+            results,
+            shutdown,
+            tasks,
+            executors,
+            loaded,
+        })
+    }
+
+    /// The executor of `actor` (pool statistics, descriptor).
+    pub fn executor(&self, actor: &str) -> Option<&Arc<WasmExecutor>> {
+        self.executors.get(actor)
+    }
+
+    /// Copies every published message to the returned receiver (hop display, tests).
+    pub fn tap(&self) -> mpsc::UnboundedReceiver<Hop> {
+        self.transport.tap()
+    }
+
+    /// Sends `payload` along `route`; returns the new envelope's id.
+    pub async fn send(&self, route: &[String], payload: Value) -> Result<String> {
+        let route = Route::through(route).context("the route is empty")?;
+        let envelope = Envelope::new(route, payload, &now_rfc3339());
+        self.send_envelope(&envelope).await?;
+        Ok(envelope.id)
+    }
+
+    /// Sends a prepared envelope to its `route.curr`.
+    pub async fn send_envelope(&self, envelope: &Envelope) -> Result<()> {
+        self.send_raw(&envelope.route.curr, envelope.to_bytes())
+            .await
+    }
+
+    /// Puts raw bytes on `actor`'s queue (they need not be an envelope).
+    pub async fn send_raw(&self, actor: &str, bytes: Vec<u8>) -> Result<()> {
+        self.transport
+            .publish(
+                actor,
+                Outbound {
+                    bytes,
+                    dedup_id: uuid::Uuid::new_v4().to_string(),
+                    delay: None,
+                },
+            )
+            .await
+    }
+
+    /// The next message to reach an end actor, waiting at most `timeout`.
+    pub async fn next_result(&mut self, timeout: Duration) -> Result<Finished> {
+        tokio::time::timeout(timeout, self.results.recv())
+            .await
+            .context("timed out waiting for a result")?
+            .context("the end actors stopped")
+    }
+
+    /// Runs every payload through `route`, at most `window` in flight, and returns the final
+    /// envelopes in input order.
+    pub async fn run_batch(
+        &mut self,
+        route: &[String],
+        payloads: Vec<Value>,
+        window: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Finished>> {
+        let total = payloads.len();
+        let mut order = HashMap::with_capacity(total);
+        let mut out: Vec<Option<Finished>> = vec![None; total];
+        let mut pending = payloads.into_iter().enumerate();
+        let mut in_flight = 0usize;
+        let mut done = 0usize;
+        while done < total {
+            while in_flight < window.max(1) {
+                let Some((index, payload)) = pending.next() else {
+                    break;
+                };
+                let id = self.send(route, payload).await?;
+                order.insert(id, index);
+                in_flight += 1;
+            }
+            let finished = self.next_result(timeout).await?;
+            if let Some(index) = order.remove(&finished.envelope.id) {
+                out[index] = Some(finished);
+                in_flight -= 1;
+                done += 1;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|f| f.expect("every index filled"))
+            .collect())
+    }
+
+    /// Stops pulling, lets in-flight messages finish, and stops every task.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        while let Some(joined) = self.tasks.join_next().await {
+            joined.context("a host task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+async fn load_component(
+    engine: &Arc<SandboxEngine>,
+    cache: &ComponentCache,
+    def: &ActorDef,
+) -> Result<LoadedComponent> {
+    let engine = engine.clone();
+    let cache = cache.clone();
+    let path = def.component.clone();
+    let name = def.name.clone();
+    tokio::task::spawn_blocking(move || {
+        cache
+            .load_file(engine.engine(), &path)
+            .with_context(|| format!("actor '{name}'"))
+    })
+    .await
+    .context("the component loader panicked")?
+}

@@ -1,0 +1,60 @@
+//! Transports move envelope bytes between actor queues. The sidecar logic ([`crate::sidecar`]) is
+//! written against this interface only, so the embedded in-process transport (the default, for
+//! development, tests and the demo) and NATS JetStream plug into the same routing code.
+//!
+//! Contract: a [`Delivery`] is acknowledged only after every output derived from it has been
+//! published (`publish` returned `Ok`); a delivery dropped without ack is redelivered by
+//! transports that persist (the embedded one does not persist across process restarts).
+
+pub mod embedded;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// One message to put on an actor's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Envelope bytes (JSON).
+    pub bytes: Vec<u8>,
+    /// Idempotency key: envelope id plus hop, so a redelivered input does not duplicate outputs.
+    pub dedup_id: String,
+    /// Deliver no earlier than this from now (retries with backoff).
+    pub delay: Option<Duration>,
+}
+
+/// Acknowledges or rejects one received message.
+#[async_trait]
+pub trait Acker: Send {
+    /// The message is done: all its outputs are published.
+    async fn ack(self: Box<Self>) -> Result<()>;
+    /// The message could not be handled now; deliver it again (after `delay`, if given).
+    async fn nak(self: Box<Self>, delay: Option<Duration>) -> Result<()>;
+}
+
+/// A message received from a queue.
+pub struct Delivery {
+    /// The raw bytes as received (not yet known to be an envelope).
+    pub bytes: bytes::Bytes,
+    /// How many times this message has been delivered (1 on first delivery).
+    pub delivered: u64,
+    /// Acknowledgement handle.
+    pub acker: Box<dyn Acker>,
+}
+
+/// A stream of deliveries from one actor's queue.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; `None` when the subscription ended. Cancellation-safe: dropping the
+    /// future loses no message.
+    async fn next(&mut self) -> Option<Result<Delivery>>;
+}
+
+/// A message bus with one queue per actor.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// Starts consuming `actor`'s queue.
+    async fn subscribe(&self, actor: &str) -> Result<Box<dyn Subscription>>;
+    /// Puts a message on `actor`'s queue; `Ok` means it is durably accepted.
+    async fn publish(&self, actor: &str, message: Outbound) -> Result<()>;
+}

@@ -1,0 +1,355 @@
+//! The WASM executor: a warm pool of component instances for one actor.
+//!
+//! Instances are reused across messages (a call on a warm instance costs microseconds). An
+//! instance is discarded after a trap, a timeout, a refused memory growth, when its memory grew
+//! past the recycle mark, or after a configured number of calls.
+
+use crate::component_cache::LoadedComponent;
+use crate::envelope::{ErrorInfo, Reason};
+use crate::executor::Executor;
+use crate::routing::{CallOutcome, Failure, Mode};
+use crate::sandbox::{
+    configure_store, GuestState, SandboxEngine, SandboxLimits, Stream, WasmtimeResultExt,
+    OUTPUT_OVERFLOW_TRAP,
+};
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use wasmtime::Store;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "asya:actor/actor",
+        exports: { default: async },
+    });
+}
+
+use bindings::asya::actor::types as wit;
+
+/// Host calls blocked in WASI (a guest sleeping) are not interrupted by epochs; the outer
+/// timeout allows this much beyond the CPU deadline before it abandons the instance.
+const HOST_CALL_GRACE: Duration = Duration::from_millis(50);
+
+/// What a component says about itself (`describe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// `module.func` or `module.Class.method`.
+    pub handler: String,
+    /// The mode the adapter was generated for.
+    pub mode: Mode,
+    /// The asya SDK version that generated the adapter.
+    pub sdk_version: String,
+}
+
+/// Counters of one actor's instance pool.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Instances created (including the first).
+    pub instantiated: AtomicU64,
+    /// Instances thrown away (trap, timeout, memory, recycling).
+    pub discarded: AtomicU64,
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Traps by kind are counted by the caller; this is the total.
+    pub traps: AtomicU64,
+    /// Largest linear memory seen in any instance of this actor (bytes).
+    pub memory_peak_bytes: AtomicU64,
+}
+
+struct Guest {
+    store: Store<GuestState>,
+    actor: bindings::Actor,
+    calls: u64,
+}
+
+/// The instance pool of one actor's component.
+pub struct WasmExecutor {
+    actor: String,
+    engine: Arc<SandboxEngine>,
+    pre: bindings::ActorPre<GuestState>,
+    limits: SandboxLimits,
+    descriptor: Descriptor,
+    idle: Mutex<Vec<Guest>>,
+    permits: Semaphore,
+    stats: PoolStats,
+}
+
+impl WasmExecutor {
+    /// Prepares `component` for `actor`: links it, instantiates one warm instance and asks it to
+    /// describe itself.
+    pub async fn load(
+        actor: &str,
+        engine: Arc<SandboxEngine>,
+        component: &LoadedComponent,
+        limits: SandboxLimits,
+    ) -> Result<Self> {
+        if limits.max_instances == 0 {
+            bail!("actor '{actor}': sandbox.maxInstances must be at least 1");
+        }
+        let instance_pre = engine
+            .linker()
+            .instantiate_pre(&component.component)
+            .anyhow()
+            .with_context(|| {
+                format!(
+                    "actor '{actor}': the component does not fit the asya:actor world with WASI \
+                     (was it built by `asya build`?)"
+                )
+            })?;
+        let pre = bindings::ActorPre::new(instance_pre)
+            .anyhow()
+            .with_context(|| format!("actor '{actor}': the component lacks asya:actor exports"))?;
+        let mut executor = WasmExecutor {
+            actor: actor.to_owned(),
+            engine,
+            pre,
+            permits: Semaphore::new(limits.max_instances),
+            limits,
+            descriptor: Descriptor {
+                handler: String::new(),
+                mode: Mode::Payload,
+                sdk_version: String::new(),
+            },
+            idle: Mutex::new(Vec::new()),
+            stats: PoolStats::default(),
+        };
+        let mut guest = executor
+            .instantiate()
+            .await
+            .map_err(|f| anyhow::anyhow!("actor '{actor}': {}", f.error.message))?;
+        let described = guest
+            .actor
+            .call_describe(&mut guest.store)
+            .await
+            .anyhow()
+            .with_context(|| format!("actor '{actor}': describe() failed"))?;
+        executor.descriptor = Descriptor {
+            handler: described.handler,
+            mode: match described.mode {
+                wit::Mode::Payload => Mode::Payload,
+                wit::Mode::Envelope => Mode::Envelope,
+            },
+            sdk_version: described.sdk_version,
+        };
+        executor.idle.lock().expect("pool lock").push(guest);
+        Ok(executor)
+    }
+
+    /// What the component said about itself.
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+
+    /// Pool counters.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// Instances currently idle in the pool.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().expect("pool lock").len()
+    }
+
+    async fn instantiate(&self) -> Result<Guest, Failure> {
+        let mut store = Store::new(self.engine.engine(), GuestState::new(&self.limits));
+        configure_store(&mut store);
+        // The component runs code while instantiating, so the deadline is set first.
+        store.data_mut().deadline = Instant::now() + self.limits.cpu_timeout;
+        let result = self.pre.instantiate_async(&mut store).await;
+        self.log_output(&store);
+        match result {
+            Ok(actor) => {
+                self.stats.instantiated.fetch_add(1, Ordering::Relaxed);
+                Ok(Guest {
+                    store,
+                    actor,
+                    calls: 0,
+                })
+            }
+            Err(err) => {
+                let (reason, kind) = classify_trap(&store, &err);
+                Err(Failure::host(
+                    reason,
+                    format!("instantiating the component failed ({kind}): {err:#}"),
+                ))
+            }
+        }
+    }
+
+    async fn run(&self, guest: &mut Guest, input: &str, timeout: Duration) -> (CallOutcome, bool) {
+        let budget = timeout.min(self.limits.cpu_timeout);
+        {
+            let state = guest.store.data_mut();
+            state.deadline = Instant::now() + budget;
+            state.timed_out = false;
+            state.limiter.denied = false;
+        }
+        guest.calls += 1;
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let call = guest.actor.call_handle(&mut guest.store, input);
+        let result = tokio::time::timeout(budget + HOST_CALL_GRACE, call).await;
+        let overflowed = self.log_output(&guest.store);
+        let limiter = &guest.store.data().limiter;
+        self.stats
+            .memory_peak_bytes
+            .fetch_max(limiter.peak, Ordering::Relaxed);
+        let worn_out = limiter.peak > self.limits.recycle_memory_bytes
+            || (self.limits.recycle_after_calls > 0
+                && guest.calls >= self.limits.recycle_after_calls);
+        match result {
+            Err(_elapsed) => (
+                CallOutcome::Failed(Failure::host(
+                    Reason::Timeout,
+                    format!(
+                        "handler did not return within {} ms (blocked in a host call)",
+                        budget.as_millis()
+                    ),
+                )),
+                false,
+            ),
+            Ok(Err(err)) => {
+                self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                let (reason, kind) = if overflowed {
+                    (Reason::OutputTooLarge, "output")
+                } else {
+                    classify_trap(&guest.store, &err)
+                };
+                let message = match reason {
+                    Reason::Timeout => format!(
+                        "handler exceeded its CPU deadline of {} ms",
+                        budget.as_millis()
+                    ),
+                    Reason::MemoryLimit => format!(
+                        "handler exceeded its memory cap of {} MiB",
+                        self.limits.memory_bytes >> 20
+                    ),
+                    Reason::OutputTooLarge => format!(
+                        "handler wrote more than {} bytes to stdout/stderr",
+                        self.limits.max_log_bytes
+                    ),
+                    _ => format!("handler trapped ({kind}): {}", root_message(&err)),
+                };
+                (CallOutcome::Failed(Failure::host(reason, message)), false)
+            }
+            Ok(Ok(Err(exc))) => {
+                let memory = exc.type_ == "MemoryError" && guest.store.data().limiter.denied;
+                let failure = Failure {
+                    reason: if memory {
+                        Reason::MemoryLimit
+                    } else {
+                        Reason::HandlerError
+                    },
+                    error: ErrorInfo {
+                        kind: exc.type_,
+                        message: exc.message,
+                        mro: exc.mro_names,
+                        traceback: Some(exc.traceback).filter(|t| !t.is_empty()),
+                    },
+                };
+                (CallOutcome::Failed(failure), !memory && !worn_out)
+            }
+            Ok(Ok(Ok(None))) => (CallOutcome::ReturnedNone, !worn_out),
+            Ok(Ok(Ok(Some(text)))) => {
+                if text.len() > self.limits.max_output_bytes {
+                    let failure = Failure::host(
+                        Reason::OutputTooLarge,
+                        format!(
+                            "handler result is {} bytes, more than the allowed {}",
+                            text.len(),
+                            self.limits.max_output_bytes
+                        ),
+                    );
+                    (CallOutcome::Failed(failure), !worn_out)
+                } else {
+                    (CallOutcome::Returned(text), !worn_out)
+                }
+            }
+        }
+    }
+
+    /// Moves the guest's captured stdout/stderr into the host log; returns whether it overflowed.
+    fn log_output(&self, store: &Store<GuestState>) -> bool {
+        let (stdout, stderr, overflowed) = store.data().output.drain();
+        for (stream, bytes) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
+            if bytes.is_empty() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            for line in text.lines() {
+                match stream {
+                    Stream::Stdout => {
+                        tracing::info!(target: "asya::handler", actor = %self.actor, stream = "stdout", "{line}")
+                    }
+                    Stream::Stderr => {
+                        tracing::warn!(target: "asya::handler", actor = %self.actor, stream = "stderr", "{line}")
+                    }
+                }
+            }
+        }
+        if overflowed {
+            tracing::warn!(actor = %self.actor, limit = self.limits.max_log_bytes,
+                "handler output exceeded its limit and was cut");
+        }
+        overflowed
+    }
+}
+
+/// Reason and short kind for an error that stopped the guest.
+fn classify_trap(store: &Store<GuestState>, err: &wasmtime::Error) -> (Reason, &'static str) {
+    let state = store.data();
+    if state.timed_out {
+        return (Reason::Timeout, "deadline");
+    }
+    if state.limiter.denied {
+        return (Reason::MemoryLimit, "memory");
+    }
+    let text = format!("{err:#}");
+    if text.contains(OUTPUT_OVERFLOW_TRAP) {
+        return (Reason::OutputTooLarge, "output");
+    }
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => (Reason::Trap, "stack overflow"),
+        Some(wasmtime::Trap::UnreachableCodeReached) => (Reason::Trap, "unreachable"),
+        Some(_) => (Reason::Trap, "trap"),
+        None => (Reason::Trap, "host error"),
+    }
+}
+
+fn root_message(err: &wasmtime::Error) -> String {
+    let text = format!("{err:#}");
+    // wasmtime appends a multi-line wasm backtrace; the first line says what happened.
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[async_trait]
+impl Executor for WasmExecutor {
+    fn mode(&self) -> Mode {
+        self.descriptor.mode
+    }
+
+    async fn call(&self, input: String, timeout: Duration) -> CallOutcome {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return CallOutcome::Failed(Failure::host(Reason::Trap, "actor is shutting down"));
+        };
+        let pooled = self.idle.lock().expect("pool lock").pop();
+        let mut guest = match pooled {
+            Some(guest) => guest,
+            None => match self.instantiate().await {
+                Ok(guest) => guest,
+                Err(failure) => return CallOutcome::Failed(failure),
+            },
+        };
+        let (outcome, keep) = self.run(&mut guest, &input, timeout).await;
+        if keep {
+            self.idle.lock().expect("pool lock").push(guest);
+        } else {
+            self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(actor = %self.actor, "instance discarded");
+        }
+        outcome
+    }
+}

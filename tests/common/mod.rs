@@ -1,0 +1,62 @@
+//! Shared helpers of the host's integration tests: real components, built by `asya build`.
+#![allow(dead_code)]
+
+use asya_host::component_cache::{default_cache_dir, ComponentCache};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `asya` CLI: `$ASYA_CLI`, else the project's virtual environment.
+pub fn asya_cli() -> PathBuf {
+    if let Some(cli) = std::env::var_os("ASYA_CLI") {
+        return PathBuf::from(cli);
+    }
+    let cli = repo_root().join(".venv/bin/asya");
+    assert!(
+        cli.is_file(),
+        "{} is missing: run scripts/setup.sh (it creates .venv with the asya SDK)",
+        cli.display()
+    );
+    cli
+}
+
+/// Builds `handler` from `tests/fixtures/handlers` with the real `asya build` (componentize-py),
+/// once per test process; unchanged inputs come from asya's content-hash cache.
+pub fn component(handler: &str, mode: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let key = format!("{handler}:{mode}");
+    if let Some(path) = built.get(&key) {
+        return path.clone();
+    }
+    let out = repo_root()
+        .join("target/asya-fixtures")
+        .join(format!("{}-{mode}.wasm", handler.replace('.', "_")));
+    let status = Command::new(asya_cli())
+        .args(["build", handler, "--mode", mode, "--source"])
+        .arg(repo_root().join("tests/fixtures/handlers"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("running asya build");
+    assert!(status.success(), "asya build {handler} failed");
+    built.insert(key, out.clone());
+    out
+}
+
+/// The compiled-component cache shared with `asya dev`.
+pub fn cache() -> ComponentCache {
+    ComponentCache::new(default_cache_dir())
+}

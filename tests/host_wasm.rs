@@ -1,0 +1,361 @@
+//! Real components (built by `asya build` with componentize-py) run through the real host on the
+//! embedded transport: routing, errors, envelope mode and the sandbox's limits.
+
+mod common;
+
+use asya_host::envelope::{Envelope, Phase, Reason, Route, SINK, SUMP};
+use asya_host::local::{ActorDef, LocalHost};
+use asya_host::sandbox::SandboxLimits;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn behave() -> std::path::PathBuf {
+    common::component("behaviours.behave", "payload")
+}
+
+fn steps(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+async fn host(actors: Vec<ActorDef>) -> LocalHost {
+    LocalHost::start(actors, common::cache())
+        .await
+        .expect("host starts")
+}
+
+async fn run_one(host: &mut LocalHost, route: &[&str], payload: Value) -> (String, Envelope) {
+    let id = host.send(&steps(route), payload).await.unwrap();
+    let finished = host.next_result(WAIT).await.unwrap();
+    assert_eq!(finished.envelope.id, id);
+    (finished.end_actor, finished.envelope)
+}
+
+fn reason(env: &Envelope) -> Option<Reason> {
+    env.status.as_ref().and_then(|s| s.reason)
+}
+
+fn error_type(env: &Envelope) -> String {
+    env.status
+        .as_ref()
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .kind
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_handlers_route_through_every_step_to_the_sink() {
+    let mut host = host(vec![
+        ActorDef::new("a", behave()),
+        ActorDef::new("b", behave()),
+    ])
+    .await;
+    let (end, env) = run_one(&mut host, &["a", "b"], json!({"text": "hi"})).await;
+    assert_eq!(end, SINK);
+    assert_eq!(env.payload, json!({"text": "hi", "seen_by": 2}));
+    assert_eq!(env.route.prev, vec!["a", "b"]);
+    let status = env.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded);
+    assert_eq!(status.reason, Some(Reason::Completed));
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class_handler_is_constructed_once_at_build_never_per_message() {
+    let counter = common::component("counter.Counter.process", "payload");
+    let mut def = ActorDef::new("count", counter);
+    def.limits.max_instances = 4;
+    def.settings.concurrency = 4;
+    let mut host = host(vec![def]).await;
+    let payloads: Vec<Value> = (0..40).map(|i| json!({"i": i})).collect();
+    let results = host
+        .run_batch(&steps(&["count"]), payloads, 16, WAIT)
+        .await
+        .unwrap();
+    for r in &results {
+        assert_eq!(r.end_actor, SINK);
+        // The snapshot already holds the constructed object: neither a new pooled instance
+        // nor a message runs the constructor again.
+        assert_eq!(
+            r.envelope.payload["constructions"],
+            json!(1),
+            "{:?}",
+            r.envelope.payload
+        );
+        assert_eq!(r.envelope.payload["greeting"], json!("hello"));
+    }
+    let stats = host.executor("count").unwrap().stats();
+    assert!(
+        stats
+            .instantiated
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "several pooled instances were used"
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_none_ends_at_the_sink_with_the_payload_unchanged() {
+    let mut host = host(vec![
+        ActorDef::new("a", behave()),
+        ActorDef::new("b", behave()),
+    ])
+    .await;
+    let (end, env) = run_one(&mut host, &["a", "b"], json!({"do": "none", "k": 1})).await;
+    assert_eq!(end, SINK);
+    assert_eq!(env.payload, json!({"do": "none", "k": 1}));
+    assert_eq!(env.route.prev, vec!["a"], "b never ran");
+    assert_eq!(env.status.unwrap().phase, Phase::Succeeded);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exception_ends_at_the_sump_with_type_mro_and_traceback() {
+    let mut host = host(vec![ActorDef::new("a", behave())]).await;
+    let (end, env) = run_one(&mut host, &["a"], json!({"do": "raise", "missing": "lang"})).await;
+    assert_eq!(end, SUMP);
+    let status = env.status.unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.reason, Some(Reason::HandlerError));
+    let err = status.error.unwrap();
+    assert_eq!(err.kind, "KeyError");
+    assert_eq!(err.message, "'lang'");
+    assert_eq!(err.mro, vec!["KeyError", "LookupError", "Exception"]);
+    let tb = err.traceback.unwrap();
+    assert!(
+        tb.contains("Traceback") && tb.contains("behaviours.py") && tb.contains("in behave"),
+        "{tb}"
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_mode_inserts_a_step_and_may_not_rewrite_the_past() {
+    let router = common::component("router.route", "envelope");
+    let mut host = host(vec![
+        ActorDef::new("judge", router),
+        ActorDef::new("refine", behave()),
+        ActorDef::new("post", behave()),
+    ])
+    .await;
+    let (end, env) = run_one(&mut host, &["judge", "post"], json!({"insert": "refine"})).await;
+    assert_eq!(end, SINK);
+    assert_eq!(env.route.prev, vec!["judge", "refine", "post"]);
+    assert_eq!(env.payload["seen_by"], json!(2));
+    assert_eq!(env.headers["routed"], json!(true));
+
+    for forge in ["prev", "curr", "id"] {
+        let (end, env) = run_one(&mut host, &["judge", "post"], json!({"forge": forge})).await;
+        assert_eq!(end, SUMP, "forging {forge}");
+        assert_eq!(
+            reason(&env),
+            Some(Reason::RouteViolation),
+            "forging {forge}"
+        );
+        assert_eq!(env.id.len(), 36, "the original id is kept");
+    }
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_misaddressed_input_goes_to_the_sump_with_the_original_kept() {
+    let mut host = host(vec![ActorDef::new("a", behave())]).await;
+    host.send_raw("a", b"{this is not an envelope".to_vec())
+        .await
+        .unwrap();
+    let finished = host.next_result(WAIT).await.unwrap();
+    assert_eq!(finished.end_actor, SUMP);
+    assert_eq!(reason(&finished.envelope), Some(Reason::ParseError));
+    assert_eq!(
+        finished.envelope.payload,
+        json!({"raw": "{this is not an envelope"})
+    );
+
+    let mut env = Envelope::new(
+        Route::through(&["b"]).unwrap(),
+        json!({"x": 1}),
+        "2026-01-01T00:00:00Z",
+    );
+    env.route.curr = "b".into();
+    host.send_raw("a", env.to_bytes()).await.unwrap();
+    let finished = host.next_result(WAIT).await.unwrap();
+    assert_eq!(reason(&finished.envelope), Some(Reason::RouteMismatch));
+    assert_eq!(finished.envelope.payload, json!({"x": 1}));
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_dict_and_non_serialisable_results_are_clear_type_errors() {
+    let mut host = host(vec![ActorDef::new("a", behave())]).await;
+    let (end, env) = run_one(&mut host, &["a"], json!({"do": "non_dict"})).await;
+    assert_eq!(end, SUMP);
+    assert_eq!(error_type(&env), "TypeError");
+    let message = env
+        .status
+        .as_ref()
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("returned list, expected a dict or None"),
+        "{message}"
+    );
+
+    let (_, env) = run_one(&mut host, &["a"], json!({"do": "non_json"})).await;
+    assert_eq!(error_type(&env), "TypeError");
+    let message = env
+        .status
+        .as_ref()
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("not JSON-serialisable"), "{message}");
+    host.shutdown().await.unwrap();
+}
+
+fn strict(name: &str) -> ActorDef {
+    let mut def = ActorDef::new(name, behave());
+    def.limits = SandboxLimits {
+        cpu_timeout: Duration::from_millis(500),
+        memory_bytes: 160 << 20,
+        recycle_memory_bytes: 150 << 20,
+        ..SandboxLimits::default()
+    };
+    def
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_is_stopped_by_the_deadline_and_the_host_carries_on() {
+    let mut host = host(vec![strict("a")]).await;
+    let started = Instant::now();
+    let (end, env) = run_one(&mut host, &["a"], json!({"do": "loop"})).await;
+    assert_eq!(end, SUMP);
+    assert_eq!(reason(&env), Some(Reason::Timeout));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped near the 500 ms deadline"
+    );
+    let (end, env) = run_one(&mut host, &["a"], json!({"text": "next"})).await;
+    assert_eq!(end, SINK, "the next message is processed");
+    assert_eq!(env.payload["seen_by"], json!(1));
+    let stats = host.executor("a").unwrap().stats();
+    assert!(stats.discarded.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_stopped_by_the_cap_and_the_host_carries_on() {
+    let mut host = host(vec![strict("a")]).await;
+    let (end, env) = run_one(&mut host, &["a"], json!({"do": "alloc"})).await;
+    assert_eq!(end, SUMP);
+    assert_eq!(reason(&env), Some(Reason::MemoryLimit), "{:?}", env.status);
+    let (end, _) = run_one(&mut host, &["a"], json!({"text": "next"})).await;
+    assert_eq!(end, SINK, "the next message is processed");
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_sleeping_past_its_deadline_is_stopped() {
+    let mut host = host(vec![strict("a")]).await;
+    let started = Instant::now();
+    let (end, env) = run_one(&mut host, &["a"], json!({"do": "sleep", "seconds": 30})).await;
+    assert_eq!(end, SUMP);
+    assert_eq!(reason(&env), Some(Reason::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicode_large_and_deeply_nested_payloads_round_trip() {
+    let mut host = host(vec![
+        ActorDef::new("a", behave()),
+        ActorDef::new("b", behave()),
+    ])
+    .await;
+    let unicode = json!({"text": "Grüße, мир, 世界, 🌍🚀, \u{0000}nul and \"quotes\""});
+    let (end, env) = run_one(&mut host, &["a", "b"], unicode.clone()).await;
+    assert_eq!(end, SINK);
+    assert_eq!(env.payload["text"], unicode["text"]);
+
+    let big = "é".repeat(512 * 1024); // 1 MiB of UTF-8
+    let (end, env) = run_one(&mut host, &["a", "b"], json!({"blob": big})).await;
+    assert_eq!(end, SINK);
+    assert_eq!(env.payload["blob"].as_str().unwrap().len(), big.len());
+    assert_eq!(env.payload["blob"].as_str().unwrap(), big);
+
+    let mut nested = json!({"leaf": "bottom"});
+    for depth in 0..50 {
+        nested = json!({"level": depth, "child": nested});
+    }
+    let (end, env) = run_one(&mut host, &["a"], json!({"tree": nested.clone()})).await;
+    assert_eq!(end, SINK);
+    assert_eq!(env.payload["tree"], nested);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_results_are_rejected_as_output_too_large() {
+    let mut def = ActorDef::new("a", behave());
+    def.limits.max_output_bytes = 1000;
+    let mut host = host(vec![def]).await;
+    let (end, env) = run_one(&mut host, &["a"], json!({"blob": "x".repeat(5000)})).await;
+    assert_eq!(end, SUMP);
+    assert_eq!(reason(&env), Some(Reason::OutputTooLarge));
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_stdout_is_stopped_and_reported() {
+    let mut host = host(vec![strict("a")]).await;
+    let (end, env) = run_one(&mut host, &["a"], json!({"do": "flood"})).await;
+    assert_eq!(end, SUMP);
+    assert_eq!(
+        reason(&env),
+        Some(Reason::OutputTooLarge),
+        "{:?}",
+        env.status
+    );
+    let (end, _) = run_one(
+        &mut host,
+        &["a"],
+        json!({"do": "print", "text": "still here"}),
+    )
+    .await;
+    assert_eq!(end, SINK);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_hides_the_host_environment_and_filesystem() {
+    // SAFETY: set before the host starts any thread that reads the environment.
+    unsafe { std::env::set_var("ASYA_TEST_FAKE_SECRET", "s3cr3t") };
+    let probe = common::component("probe.probe", "payload");
+    let mut def = ActorDef::new("probe", probe);
+    def.limits.env = vec![("GRANTED".into(), "yes".into())];
+    let mut host = host(vec![def]).await;
+    let (end, env) = run_one(&mut host, &["probe"], json!({})).await;
+    assert_eq!(end, SINK);
+    assert_eq!(env.payload["env"], json!({"GRANTED": "yes"}));
+    assert!(
+        env.payload["passwd"].as_str().unwrap().contains("Error"),
+        "{}",
+        env.payload
+    );
+    assert!(
+        env.payload["socket"].as_str().unwrap().contains("Error"),
+        "{}",
+        env.payload
+    );
+    host.shutdown().await.unwrap();
+}
