@@ -19,7 +19,7 @@ fn steps(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-async fn host(actors: Vec<ActorDef>) -> LocalHost {
+async fn start(actors: Vec<ActorDef>) -> LocalHost {
     LocalHost::start(actors, common::cache())
         .await
         .expect("host starts")
@@ -49,7 +49,7 @@ fn error_type(env: &Envelope) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_handlers_route_through_every_step_to_the_sink() {
-    let mut host = host(vec![
+    let mut host = start(vec![
         ActorDef::new("a", behave()),
         ActorDef::new("b", behave()),
     ])
@@ -70,7 +70,7 @@ async fn class_handler_is_constructed_once_at_build_never_per_message() {
     let mut def = ActorDef::new("count", counter);
     def.limits.max_instances = 4;
     def.settings.concurrency = 4;
-    let mut host = host(vec![def]).await;
+    let mut host = start(vec![def]).await;
     let payloads: Vec<Value> = (0..40).map(|i| json!({"i": i})).collect();
     let results = host
         .run_batch(&steps(&["count"]), payloads, 16, WAIT)
@@ -101,7 +101,7 @@ async fn class_handler_is_constructed_once_at_build_never_per_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn returning_none_ends_at_the_sink_with_the_payload_unchanged() {
-    let mut host = host(vec![
+    let mut host = start(vec![
         ActorDef::new("a", behave()),
         ActorDef::new("b", behave()),
     ])
@@ -116,7 +116,7 @@ async fn returning_none_ends_at_the_sink_with_the_payload_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exception_ends_at_the_sump_with_type_mro_and_traceback() {
-    let mut host = host(vec![ActorDef::new("a", behave())]).await;
+    let mut host = start(vec![ActorDef::new("a", behave())]).await;
     let (end, env) = run_one(&mut host, &["a"], json!({"do": "raise", "missing": "lang"})).await;
     assert_eq!(end, SUMP);
     let status = env.status.unwrap();
@@ -137,7 +137,7 @@ async fn an_exception_ends_at_the_sump_with_type_mro_and_traceback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envelope_mode_inserts_a_step_and_may_not_rewrite_the_past() {
     let router = common::component("router.route", "envelope");
-    let mut host = host(vec![
+    let mut host = start(vec![
         ActorDef::new("judge", router),
         ActorDef::new("refine", behave()),
         ActorDef::new("post", behave()),
@@ -164,7 +164,7 @@ async fn envelope_mode_inserts_a_step_and_may_not_rewrite_the_past() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_misaddressed_input_goes_to_the_sump_with_the_original_kept() {
-    let mut host = host(vec![ActorDef::new("a", behave())]).await;
+    let mut host = start(vec![ActorDef::new("a", behave())]).await;
     host.send_raw("a", b"{this is not an envelope".to_vec())
         .await
         .unwrap();
@@ -191,7 +191,7 @@ async fn malformed_and_misaddressed_input_goes_to_the_sump_with_the_original_kep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_dict_and_non_serialisable_results_are_clear_type_errors() {
-    let mut host = host(vec![ActorDef::new("a", behave())]).await;
+    let mut host = start(vec![ActorDef::new("a", behave())]).await;
     let (end, env) = run_one(&mut host, &["a"], json!({"do": "non_dict"})).await;
     assert_eq!(end, SUMP);
     assert_eq!(error_type(&env), "TypeError");
@@ -237,7 +237,7 @@ fn strict(name: &str) -> ActorDef {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_stopped_by_the_deadline_and_the_host_carries_on() {
-    let mut host = host(vec![strict("a")]).await;
+    let mut host = start(vec![strict("a")]).await;
     let started = Instant::now();
     let (end, env) = run_one(&mut host, &["a"], json!({"do": "loop"})).await;
     assert_eq!(end, SUMP);
@@ -256,7 +256,7 @@ async fn an_infinite_loop_is_stopped_by_the_deadline_and_the_host_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_stopped_by_the_cap_and_the_host_carries_on() {
-    let mut host = host(vec![strict("a")]).await;
+    let mut host = start(vec![strict("a")]).await;
     let (end, env) = run_one(&mut host, &["a"], json!({"do": "alloc"})).await;
     assert_eq!(end, SUMP);
     assert_eq!(reason(&env), Some(Reason::MemoryLimit), "{:?}", env.status);
@@ -267,7 +267,7 @@ async fn a_memory_bomb_is_stopped_by_the_cap_and_the_host_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_sleeping_past_its_deadline_is_stopped() {
-    let mut host = host(vec![strict("a")]).await;
+    let mut host = start(vec![strict("a")]).await;
     let started = Instant::now();
     let (end, env) = run_one(&mut host, &["a"], json!({"do": "sleep", "seconds": 30})).await;
     assert_eq!(end, SUMP);
@@ -278,7 +278,7 @@ async fn a_handler_sleeping_past_its_deadline_is_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unicode_large_and_deeply_nested_payloads_round_trip() {
-    let mut host = host(vec![
+    let mut host = start(vec![
         ActorDef::new("a", behave()),
         ActorDef::new("b", behave()),
     ])
@@ -308,7 +308,7 @@ async fn unicode_large_and_deeply_nested_payloads_round_trip() {
 async fn oversize_results_are_rejected_as_output_too_large() {
     let mut def = ActorDef::new("a", behave());
     def.limits.max_output_bytes = 1000;
-    let mut host = host(vec![def]).await;
+    let mut host = start(vec![def]).await;
     let (end, env) = run_one(&mut host, &["a"], json!({"blob": "x".repeat(5000)})).await;
     assert_eq!(end, SUMP);
     assert_eq!(reason(&env), Some(Reason::OutputTooLarge));
@@ -317,7 +317,7 @@ async fn oversize_results_are_rejected_as_output_too_large() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooding_stdout_is_stopped_and_reported() {
-    let mut host = host(vec![strict("a")]).await;
+    let mut host = start(vec![strict("a")]).await;
     let (end, env) = run_one(&mut host, &["a"], json!({"do": "flood"})).await;
     assert_eq!(end, SUMP);
     assert_eq!(
@@ -343,7 +343,7 @@ async fn the_sandbox_hides_the_host_environment_and_filesystem() {
     let probe = common::component("probe.probe", "payload");
     let mut def = ActorDef::new("probe", probe);
     def.limits.env = vec![("GRANTED".into(), "yes".into())];
-    let mut host = host(vec![def]).await;
+    let mut host = start(vec![def]).await;
     let (end, env) = run_one(&mut host, &["probe"], json!({})).await;
     assert_eq!(end, SINK);
     assert_eq!(env.payload["env"], json!({"GRANTED": "yes"}));
@@ -356,6 +356,60 @@ async fn the_sandbox_hides_the_host_environment_and_filesystem() {
         env.payload["socket"].as_str().unwrap().contains("Error"),
         "{}",
         env.payload
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_are_cached_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = asya_host::component_cache::ComponentCache::new(Some(dir.path().to_path_buf()));
+    let engine = asya_host::sandbox::SandboxEngine::new().unwrap();
+    let path = behave();
+    let t = Instant::now();
+    let first = cache.load_file(engine.engine(), &path).unwrap();
+    let compile = t.elapsed();
+    assert!(!first.from_cache);
+    let t = Instant::now();
+    let second = cache.load_file(engine.engine(), &path).unwrap();
+    let cached = t.elapsed();
+    assert!(second.from_cache);
+    assert_eq!(first.digest, second.digest);
+    assert!(first.digest.starts_with("sha256:"));
+    assert!(
+        cached * 10 < compile,
+        "a cached load ({cached:?}) is far faster than a compile ({compile:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_reused_and_recycled_past_the_memory_mark() {
+    let mut host = start(vec![ActorDef::new("warm", behave())]).await;
+    for i in 0..20 {
+        let (end, _) = run_one(&mut host, &["warm"], json!({"i": i})).await;
+        assert_eq!(end, SINK);
+    }
+    let stats = host.executor("warm").unwrap().stats();
+    assert_eq!(
+        stats
+            .instantiated
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one warm instance served every message"
+    );
+    host.shutdown().await.unwrap();
+
+    let mut def = ActorDef::new("recycled", behave());
+    def.limits.recycle_memory_bytes = 1; // every instance is past the mark after its call
+    let mut host = start(vec![def]).await;
+    for i in 0..3 {
+        let (end, _) = run_one(&mut host, &["recycled"], json!({"i": i})).await;
+        assert_eq!(end, SINK);
+    }
+    let stats = host.executor("recycled").unwrap().stats();
+    assert_eq!(
+        stats.discarded.load(std::sync::atomic::Ordering::Relaxed),
+        3
     );
     host.shutdown().await.unwrap();
 }

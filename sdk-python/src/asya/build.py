@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .adapter import ADAPTER_MODULE, BUILD_ERROR_MARKER, render
+from .adapter import ADAPTER_MODULE, BUILD_ERROR_MARKER, ERROR_CLASS, render
 from .handler_ref import BuildError, check_source, resolve
 
 MODES = ("payload", "envelope")
@@ -142,7 +142,11 @@ def build(
 
 
 def _copy(src: Path, dst: Path) -> None:
-    if dst.exists() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
+    if (
+        dst.exists()
+        and dst.stat().st_size == src.stat().st_size
+        and dst.read_bytes() == src.read_bytes()
+    ):
         return
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     shutil.copyfile(src, tmp)
@@ -167,9 +171,10 @@ def _componentize(wit_dir: Path, work: Path, source_dir: Path, out: Path) -> Non
 
 def explain_failure(log: str) -> str:
     """Turns componentize-py's output into the message a user needs."""
+    raised = f"{ERROR_CLASS}: {BUILD_ERROR_MARKER}"
     for line in log.splitlines():
-        if BUILD_ERROR_MARKER in line:
-            return line.split(BUILD_ERROR_MARKER, 1)[1].strip()
+        if raised in line:
+            return line.split(raised, 1)[1].strip()
     lines = [line for line in log.strip().splitlines() if line.strip()]
     # A Python exception during pre-initialisation ends with "Type: message".
     for line in reversed(lines):

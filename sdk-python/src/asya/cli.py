@@ -36,8 +36,9 @@ def _report(label: str, result: BuildResult) -> None:
         shown = result.output.resolve().relative_to(Path.cwd())
     except ValueError:
         shown = result.output
-    console.print(f"[green]✓[/] {label}: {shown} [dim]({how}, {result.digest[:15]}…)[/]",
-                  soft_wrap=True)
+    console.print(
+        f"[green]✓[/] {label}: {shown} [dim]({how}, {result.digest[:15]}…)[/]", soft_wrap=True
+    )
 
 
 @click.group()
@@ -57,8 +58,13 @@ def main() -> None:
     help="Directory holding the handler's module (bundled into the component).",
 )
 @click.option("--mode", type=click.Choice(MODES), default="payload", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output component (default: <module>.wasm).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output component (default: <module>.wasm).",
+)
 @click.option("--no-cache", is_flag=True, help="Rebuild even if the inputs are unchanged.")
 def build_command(
     handler: str, source_dir: Path, mode: str, output: Path | None, no_cache: bool
@@ -81,7 +87,9 @@ def build_command(
     _report(handler, result)
 
 
-def _build_actors(pipeline_root: Path, actors: list[ActorManifest], out_dir: Path) -> dict[str, Path]:
+def _build_actors(
+    pipeline_root: Path, actors: list[ActorManifest], out_dir: Path
+) -> dict[str, Path]:
     """Builds every WASM actor of a pipeline (two at a time), showing progress."""
     built: dict[str, Path] = {}
     wasm_actors = [a for a in actors if a.runtime == "wasm"]
@@ -119,10 +127,19 @@ def _build_actors(pipeline_root: Path, actors: list[ActorManifest], out_dir: Pat
 )
 @click.option("--route", help="Comma-separated actor names (default: pipeline.yaml's route).")
 @click.option("--hops/--no-hops", default=None, help="Show each hop (default: for one payload).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write results here instead of stdout.")
-@click.option("--window", type=int, default=64, show_default=True,
-              help="Payloads in flight at once in a batch.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write results here instead of stdout.",
+)
+@click.option(
+    "--window",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Payloads in flight at once in a batch.",
+)
 def dev_command(
     pipeline_dir: Path,
     payload: str | None,
@@ -139,17 +156,28 @@ def dev_command(
         pipeline = load_pipeline(pipeline_dir)
         steps = [s.strip() for s in route.split(",")] if route else pipeline.route
         if not steps:
-            raise BuildError(f"no route: add `route: [...]` to {pipeline.root}/pipeline.yaml "
-                             "or pass --route")
+            raise BuildError(
+                f"no route: add `route: [...]` to {pipeline.root}/pipeline.yaml or pass --route"
+            )
         for step in steps:
             pipeline.actor(step)
-        components = _build_actors(pipeline.root, pipeline.actors, pipeline.root / ".asya" / "build")
+        components = _build_actors(
+            pipeline.root, pipeline.actors, pipeline.root / ".asya" / "build"
+        )
         host = find_host_binary()
     except BuildError as exc:
         console.print(f"[red]error:[/] {exc}")
         sys.exit(1)
-    cmd = [str(host), "dev", "--manifests", str(pipeline.actors_dir), "--route", ",".join(steps),
-           "--window", str(window)]
+    cmd = [
+        str(host),
+        "dev",
+        "--manifests",
+        str(pipeline.actors_dir),
+        "--route",
+        ",".join(steps),
+        "--window",
+        str(window),
+    ]
     for name, path in components.items():
         cmd += ["--component", f"{name}={path}"]
     if payload is not None:

@@ -85,9 +85,7 @@ def check_source(ref: HandlerRef, path: Path) -> None:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except SyntaxError as exc:
-        raise BuildError(
-            f"syntax error in {path}:{exc.lineno}:{exc.offset}: {exc.msg}"
-        ) from None
+        raise BuildError(f"syntax error in {path}:{exc.lineno}:{exc.offset}: {exc.msg}") from None
     top: dict[str, ast.AST] = {}
     dynamic = False
     for node in tree.body:
@@ -144,7 +142,5 @@ def required_init_params(init: ast.FunctionDef | ast.AsyncFunctionDef) -> list[s
     positional = [*args.posonlyargs, *args.args][1:]  # drop self
     defaults_from = len(positional) - len(args.defaults)
     missing = [a.arg for i, a in enumerate(positional) if i < defaults_from]
-    missing += [
-        a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None
-    ]
+    missing += [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None]
     return missing

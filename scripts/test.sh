@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting and lints, Rust unit and integration tests
+# (real componentize-py builds run by the real host), the Python SDK's tests (including the
+# end-to-end `asya dev` runs) and a short benchmark run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+echo "== lint"
+cargo fmt --all -- --check
+.venv/bin/ruff check sdk-python tests
+.venv/bin/ruff format --check sdk-python tests
+
+echo "== rust tests"
+cargo test --release --locked --workspace
+
+echo "== python tests"
+.venv/bin/python -m pytest -q sdk-python/tests
+
+echo "== benchmark (short run; full run: cargo bench -p asya-host --bench pipeline)"
+BENCH_MESSAGES=5000 cargo bench --locked -p asya-host --bench pipeline
