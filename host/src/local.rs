@@ -7,6 +7,7 @@ use crate::end_actors::{run_end_actors, Finished, MemoryResults};
 use crate::envelope::{now_rfc3339, Envelope, Route};
 use crate::executor::Executor;
 use crate::manifest::AsyncActor;
+use crate::resiliency::Resiliency;
 use crate::routing::Mode;
 use crate::sandbox::{SandboxEngine, SandboxLimits};
 use crate::sidecar::{Sidecar, SidecarSettings};
@@ -36,6 +37,8 @@ pub struct ActorDef {
     pub limits: SandboxLimits,
     /// Sidecar settings.
     pub settings: SidecarSettings,
+    /// Retry policies.
+    pub resiliency: Resiliency,
 }
 
 impl ActorDef {
@@ -47,6 +50,7 @@ impl ActorDef {
             mode: None,
             limits: SandboxLimits::default(),
             settings: SidecarSettings::default(),
+            resiliency: Resiliency::default(),
         }
     }
 
@@ -58,6 +62,7 @@ impl ActorDef {
             mode: manifest.spec.mode,
             limits: manifest.sandbox_limits()?,
             settings: manifest.sidecar_settings()?,
+            resiliency: manifest.resiliency()?,
         })
     }
 }
@@ -130,12 +135,15 @@ impl LocalHost {
                 from_cache: component.from_cache,
                 load_time: started.elapsed(),
             });
-            let sidecar = Arc::new(Sidecar::new(
-                def.name.clone(),
-                executor.clone() as Arc<dyn Executor>,
-                shared.clone(),
-                def.settings.clone(),
-            ));
+            let sidecar = Arc::new(
+                Sidecar::new(
+                    def.name.clone(),
+                    executor.clone() as Arc<dyn Executor>,
+                    shared.clone(),
+                    def.settings.clone(),
+                )
+                .with_resiliency(def.resiliency.clone()),
+            );
             tasks.spawn(sidecar.run(shutdown.clone()));
             executors.insert(def.name, executor);
         }
@@ -181,7 +189,6 @@ impl LocalHost {
                 Outbound {
                     bytes,
                     dedup_id: uuid::Uuid::new_v4().to_string(),
-                    delay: None,
                 },
             )
             .await

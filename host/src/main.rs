@@ -6,15 +6,20 @@
 use anyhow::{bail, Context, Result};
 use asya_host::component_cache::{default_cache_dir, ComponentCache};
 use asya_host::end_actors::Finished;
+use asya_host::envelope::Route;
 use asya_host::envelope::{is_end_actor, Envelope, SUMP};
 use asya_host::local::{ActorDef, LocalHost};
 use asya_host::manifest;
+use asya_host::serve::{self, RunConfig};
+use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
+use asya_host::transport::{Outbound, Transport};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -32,6 +37,63 @@ struct Cli {
 enum Command {
     /// Run a pipeline locally: every actor in this process, on the embedded transport.
     Dev(DevArgs),
+    /// Serve every actor of a manifest directory from NATS JetStream until SIGTERM.
+    Run(RunArgs),
+    /// Publish a payload into a route on NATS; with --wait, print the final envelope.
+    Send(SendArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// NATS server URL.
+    #[arg(long, env = "ASYA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Directory of AsyncActor manifests (YAML).
+    #[arg(long, env = "ASYA_MANIFESTS")]
+    manifests: PathBuf,
+    /// Component of an actor, as NAME=PATH (overrides spec.component).
+    #[arg(long = "component", value_name = "NAME=PATH")]
+    components: Vec<String>,
+    /// Do not create missing streams, consumers and buckets (the operator owns them).
+    #[arg(long)]
+    no_create: bool,
+    /// Redeliver a message not acknowledged within this time (e.g. 60s).
+    #[arg(long, default_value = "60s")]
+    ack_wait: String,
+    /// Messages fetched per pull.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    http: String,
+    /// Time allowed to finish in-flight messages after SIGTERM.
+    #[arg(long, default_value = "30s")]
+    grace: String,
+    /// Reject inputs larger than this many bytes (default 16 MiB).
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    /// NATS server URL.
+    #[arg(long, env = "ASYA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Namespace of the actors.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Route, comma-separated actor names.
+    #[arg(long, value_delimiter = ',', required = true)]
+    route: Vec<String>,
+    /// The payload, a JSON object.
+    #[arg(long)]
+    payload: String,
+    /// Wait for the message to end and print the final envelope.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds to wait with --wait.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -84,9 +146,89 @@ fn main() -> Result<()> {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => dev(args).await,
+            Command::Run(args) => run(args).await,
+            Command::Send(args) => send(args).await,
         }
     })?;
     std::process::exit(code);
+}
+
+fn parse_components(specs: &[String]) -> Result<HashMap<String, PathBuf>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, path) = spec
+                .split_once('=')
+                .with_context(|| format!("--component '{spec}' is not NAME=PATH"))?;
+            Ok((name.to_owned(), PathBuf::from(path)))
+        })
+        .collect()
+}
+
+async fn run(args: RunArgs) -> Result<i32> {
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+            shutdown.cancel();
+        });
+    }
+    let config = RunConfig {
+        nats_url: args.nats,
+        manifests: args.manifests,
+        components: parse_components(&args.components)?,
+        nats: NatsSettings {
+            create: !args.no_create,
+            ack_wait: manifest::parse_duration(&args.ack_wait).context("--ack-wait")?,
+            batch: args.batch.max(1),
+            ..NatsSettings::default()
+        },
+        http_addr: Some(
+            args.http
+                .parse()
+                .with_context(|| format!("--http {}", args.http))?,
+        ),
+        grace: manifest::parse_duration(&args.grace).context("--grace")?,
+        max_message_bytes: args.max_message_bytes,
+        cache: ComponentCache::new(default_cache_dir()),
+    };
+    serve::run(config, shutdown).await?;
+    Ok(0)
+}
+
+async fn send(args: SendArgs) -> Result<i32> {
+    let payload = parse_payload(&args.payload, "--payload")?;
+    let route = Route::through(&args.route).context("--route is empty")?;
+    let envelope = Envelope::new(route, payload, &asya_host::envelope::now_rfc3339());
+    let client = nats::connect(&args.nats).await?;
+    let transport = NatsTransport::new(client, &args.namespace, NatsSettings::default()).await?;
+    transport
+        .publish(
+            &envelope.route.curr,
+            Outbound {
+                bytes: envelope.to_bytes(),
+                dedup_id: format!("{}:client", envelope.id),
+            },
+        )
+        .await?;
+    if !args.wait {
+        println!("{}", envelope.id);
+        return Ok(0);
+    }
+    let results = transport.results().await?;
+    let finished = results
+        .wait(&envelope.id, Duration::from_secs(args.timeout))
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&finished)?);
+    let failed = finished.route.curr == SUMP;
+    Ok(if failed { 2 } else { 0 })
 }
 
 fn parse_payload(text: &str, origin: &str) -> Result<Value> {
@@ -125,13 +267,7 @@ fn read_payloads(args: &DevArgs) -> Result<(Vec<Value>, bool)> {
 
 async fn dev(args: DevArgs) -> Result<i32> {
     let (payloads, single) = read_payloads(&args)?;
-    let mut components = HashMap::new();
-    for spec in &args.components {
-        let (name, path) = spec
-            .split_once('=')
-            .with_context(|| format!("--component '{spec}' is not NAME=PATH"))?;
-        components.insert(name.to_owned(), PathBuf::from(path));
-    }
+    let mut components = parse_components(&args.components)?;
     let manifests = manifest::load_dir(&args.manifests)?;
     let mut actors = Vec::new();
     for (_, actor) in &manifests {

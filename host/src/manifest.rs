@@ -2,6 +2,7 @@
 //! handler, mode, runtime, component, sandbox limits and the actor timeout. Fields for the
 //! cluster (scaling, resources, ...) are accepted and ignored here; the operator owns them.
 
+use crate::resiliency::{Resiliency, ResiliencySpec};
 use crate::routing::Mode;
 use crate::sandbox::SandboxLimits;
 use crate::sidecar::SidecarSettings;
@@ -93,15 +94,6 @@ pub struct SandboxSpec {
     /// Environment variables the handler sees (nothing else is visible).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-}
-
-/// `spec.resiliency` (the host's subset; retry policies are read by the resiliency module).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResiliencySpec {
-    /// Timeout of one handler call (`30s`).
-    #[serde(default)]
-    pub actor_timeout: Option<String>,
 }
 
 /// A Kubernetes quantity: a number or a string such as `256Mi`, `1G`, `512k`.
@@ -197,6 +189,7 @@ impl AsyncActor {
         validate_actor_name(self.name())?;
         self.sandbox_limits()?;
         self.sidecar_settings()?;
+        self.resiliency()?;
         Ok(())
     }
 
@@ -227,6 +220,12 @@ impl AsyncActor {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Ok(limits)
+    }
+
+    /// Retry policies from `spec.resiliency`.
+    pub fn resiliency(&self) -> Result<Resiliency> {
+        Resiliency::from_spec(&self.spec.resiliency)
+            .with_context(|| format!("actor '{}': spec.resiliency", self.name()))
     }
 
     /// Sidecar settings: the actor timeout and concurrency (= maxInstances).

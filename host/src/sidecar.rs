@@ -1,15 +1,20 @@
 //! The sidecar loop of one actor: receive → check → call the handler → route → publish → ack.
 //!
-//! It owns no routing rules itself (those are in [`crate::routing`]) and no transport details
-//! (those are behind [`crate::transport::Transport`]).
+//! It owns no routing rules itself (those are in [`crate::routing`] and
+//! [`crate::resiliency`]) and no transport details (those are behind
+//! [`crate::transport::Transport`]). A retry is a delayed redelivery of the input (a NAK with a
+//! delay), so nothing is published for it and the attempt number is the delivery count.
 
-use crate::envelope::{now_rfc3339, Envelope};
+use crate::envelope::{is_end_actor, now_rfc3339, Envelope, Reason, SINK, SUMP};
 use crate::executor::Executor;
-use crate::routing::{self, CallOutcome, Dispatch, Failure, FailureAction};
+use crate::metrics::{ActorMetrics, Metrics};
+use crate::resiliency::{AttemptInfo, Resiliency};
+use crate::routing::{self, CallOutcome, Dispatch, FailureAction};
+use crate::trace;
 use crate::transport::{Delivery, Outbound, Transport};
 use anyhow::{Context, Result};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +39,19 @@ impl Default for SidecarSettings {
     }
 }
 
-/// Decides what happens to a failure; the resiliency policy plugs in here.
-pub type FailurePolicy = Arc<dyn Fn(&Failure, &Envelope) -> FailureAction + Send + Sync>;
+/// What to do with one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Publish these envelopes, then acknowledge the input.
+    Publish(Vec<Dispatch>),
+    /// Have the transport deliver the input again after `delay` (a retry).
+    Redeliver {
+        /// Backoff before the next attempt.
+        delay: Duration,
+        /// The failure that caused the retry, for the log.
+        reason: Reason,
+    },
+}
 
 /// One actor's sidecar: its name, its executor and the transport it moves messages on.
 pub struct Sidecar {
@@ -43,7 +59,9 @@ pub struct Sidecar {
     executor: Arc<dyn Executor>,
     transport: Arc<dyn Transport>,
     settings: SidecarSettings,
-    on_failure: FailurePolicy,
+    resiliency: Resiliency,
+    metrics: Arc<Metrics>,
+    actor_metrics: ActorMetrics,
 }
 
 impl Sidecar {
@@ -54,18 +72,29 @@ impl Sidecar {
         transport: Arc<dyn Transport>,
         settings: SidecarSettings,
     ) -> Self {
+        let name = name.into();
+        let metrics = Arc::new(Metrics::new());
         Sidecar {
-            name: name.into(),
+            actor_metrics: metrics.actor(&name),
+            name,
             executor,
             transport,
             settings,
-            on_failure: Arc::new(routing::give_up),
+            resiliency: Resiliency::default(),
+            metrics,
         }
     }
 
-    /// Replaces the failure policy (retries, onExhausted routing).
-    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Self {
-        self.on_failure = policy;
+    /// Replaces the retry policies.
+    pub fn with_resiliency(mut self, resiliency: Resiliency) -> Self {
+        self.resiliency = resiliency;
+        self
+    }
+
+    /// Reports into `metrics` (shared by every actor of a host).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.actor_metrics = metrics.actor(&self.name);
+        self.metrics = metrics;
         self
     }
 
@@ -74,13 +103,19 @@ impl Sidecar {
         &self.name
     }
 
-    /// Everything between receiving bytes and publishing: the pure decisions around one
-    /// executor call. Returns the envelopes to publish.
-    pub async fn process(&self, bytes: &[u8]) -> Vec<Dispatch> {
+    /// Everything between receiving bytes and publishing: the decisions around one executor
+    /// call. `delivered` is the delivery count (the attempt number); `published` is when the
+    /// message first reached this queue (for `maxDuration`).
+    pub async fn plan(
+        &self,
+        bytes: &[u8],
+        delivered: u64,
+        published: Option<time::OffsetDateTime>,
+    ) -> Plan {
         let now = time::OffsetDateTime::now_utc();
         if bytes.len() > self.settings.max_message_bytes {
             let preview = &bytes[..bytes.len().min(1024)];
-            return vec![routing::parse_error_dispatch(
+            return Plan::Publish(vec![routing::parse_error_dispatch(
                 &self.name,
                 preview,
                 &format!(
@@ -89,12 +124,15 @@ impl Sidecar {
                     self.settings.max_message_bytes
                 ),
                 &now_rfc3339(),
-            )];
+            )]);
         }
-        let env = match routing::accept(&self.name, bytes, now) {
+        let mut env = match routing::accept(&self.name, bytes, now) {
             Ok(env) => env,
-            Err(dispatch) => return vec![dispatch],
+            Err(dispatch) => return Plan::Publish(vec![dispatch]),
         };
+        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
+        env.status_mut(&now_rfc3339()).attempt = attempt;
+        let trace_id = trace::enter_hop(&mut env.headers);
         let mut timeout = self.settings.timeout;
         if let Some(deadline) = routing::deadline_of(&env) {
             let left = (deadline - now).try_into().unwrap_or(Duration::ZERO);
@@ -102,66 +140,144 @@ impl Sidecar {
         }
         let mode = self.executor.mode();
         let input = routing::handler_input(mode, &env);
-        let span = tracing::debug_span!("handle", actor = %self.name, envelope = %env.id);
+        let span = tracing::debug_span!("handle", actor = %self.name, envelope = %env.id, trace_id = %trace_id, attempt);
+        let started = Instant::now();
         let outcome = {
             let _entered = span.enter();
             self.executor.call(input, timeout).await
         };
+        self.actor_metrics
+            .handler
+            .observe(started.elapsed().as_secs_f64());
         if let CallOutcome::Failed(failure) = &outcome {
+            let trap = matches!(
+                failure.reason,
+                Reason::Timeout | Reason::MemoryLimit | Reason::Trap | Reason::OutputTooLarge
+            );
+            self.metrics
+                .failed(&self.actor_metrics, failure.reason.as_str(), trap);
             tracing::debug!(actor = %self.name, envelope = %env.id, reason = %failure.reason,
-                error = %failure.error.message, "handler failed");
+                error = %failure.error.message, attempt, "handler failed");
         }
-        let on_failure = &self.on_failure;
-        routing::route_outcome(
+        let elapsed = published
+            .map(|p| (now - p).try_into().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::ZERO);
+        let mut retry = None;
+        let mut max_attempts = 1;
+        let dispatches = routing::route_outcome(
             &self.name,
             mode,
             env,
             outcome,
-            |f, e| on_failure(f, e),
+            |failure, _| {
+                let decision = self.resiliency.decide(
+                    failure,
+                    AttemptInfo {
+                        attempt,
+                        elapsed,
+                        unit_random: unit_random(),
+                    },
+                );
+                max_attempts = self.resiliency.policy_for(failure).max_attempts;
+                if let FailureAction::Retry { .. } = decision.action {
+                    retry = Some((decision.delay.unwrap_or_default(), failure.reason));
+                }
+                decision.action
+            },
             &now_rfc3339(),
+        );
+        if let Some((delay, reason)) = retry {
+            return Plan::Redeliver { delay, reason };
+        }
+        Plan::Publish(
+            dispatches
+                .into_iter()
+                .map(|mut d| {
+                    if d.destination == SUMP {
+                        if let Some(status) = d.envelope.status.as_mut() {
+                            status.max_attempts = status.max_attempts.max(max_attempts);
+                        }
+                    }
+                    d
+                })
+                .collect(),
         )
     }
 
     /// Processes one delivery and acknowledges it only after every output is published.
     /// On a publish failure the delivery is rejected so the transport delivers it again.
     pub async fn handle(&self, delivery: Delivery) -> Result<()> {
-        let dispatches = self.process(&delivery.bytes).await;
-        for dispatch in dispatches {
-            if let Err(err) = self.publish(dispatch).await {
+        let started = Instant::now();
+        self.actor_metrics.received.inc();
+        self.actor_metrics.active.inc();
+        let result = self.handle_inner(delivery).await;
+        self.actor_metrics.active.dec();
+        self.actor_metrics
+            .processing
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn handle_inner(&self, delivery: Delivery) -> Result<()> {
+        match self
+            .plan(&delivery.bytes, delivery.delivered, delivery.published)
+            .await
+        {
+            Plan::Redeliver { delay, reason } => {
+                self.metrics.processed(&self.actor_metrics, "retried");
+                tracing::debug!(actor = %self.name, ?delay, %reason, "retrying later");
                 delivery
                     .acker
-                    .nak(Some(Duration::from_millis(500)))
+                    .nak(Some(delay))
                     .await
-                    .ok();
-                return Err(err);
+                    .context("requesting a redelivery")
+            }
+            Plan::Publish(dispatches) => {
+                for dispatch in dispatches {
+                    let destination = dispatch.destination.clone();
+                    if let Err(err) = self.publish(dispatch).await {
+                        delivery
+                            .acker
+                            .nak(Some(Duration::from_millis(500)))
+                            .await
+                            .ok();
+                        return Err(err);
+                    }
+                    self.metrics.sent(&self.actor_metrics, &destination);
+                    if is_end_actor(&destination) {
+                        let status = if destination == SINK {
+                            "succeeded"
+                        } else {
+                            "failed"
+                        };
+                        self.metrics.processed(&self.actor_metrics, status);
+                    }
+                }
+                delivery
+                    .acker
+                    .ack()
+                    .await
+                    .context("acknowledging the input")
             }
         }
-        delivery
-            .acker
-            .ack()
-            .await
-            .context("acknowledging the input")
     }
 
     async fn publish(&self, dispatch: Dispatch) -> Result<()> {
-        let env = &dispatch.envelope;
-        let status = env.status.as_ref();
-        let attempt = status.map_or(1, |s| s.attempt);
+        let env: &Envelope = &dispatch.envelope;
+        // One output per hop of an envelope: a redelivered input republishes the same id, which
+        // the transport's deduplication drops.
         let dedup_id = format!(
-            "{}:{}:{}:{}",
+            "{}:{}:{}",
             env.id,
             env.route.prev.len(),
-            dispatch.destination,
-            attempt
+            dispatch.destination
         );
-        let delay = retry_delay(&dispatch);
         self.transport
             .publish(
                 &dispatch.destination,
                 Outbound {
                     bytes: env.to_bytes(),
                     dedup_id,
-                    delay,
                 },
             )
             .await
@@ -189,6 +305,7 @@ impl Sidecar {
                     Some(Ok(delivery)) => delivery,
                     Some(Err(err)) => {
                         tracing::warn!(actor = %self.name, error = %format!("{err:#}"), "receive failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                     None => break,
@@ -211,19 +328,7 @@ impl Sidecar {
     }
 }
 
-/// The delay before a retry is delivered, carried in the envelope by the retry policy.
-fn retry_delay(dispatch: &Dispatch) -> Option<Duration> {
-    let status = dispatch.envelope.status.as_ref()?;
-    if status.reason.is_some() && status.phase == crate::envelope::Phase::Retrying {
-        let ms = dispatch
-            .envelope
-            .headers
-            .get(RETRY_DELAY_HEADER)
-            .and_then(|v| v.as_u64())?;
-        return Some(Duration::from_millis(ms));
-    }
-    None
+/// A uniform random number in [0, 1) for retry jitter (quality does not matter here).
+fn unit_random() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
-
-/// Header where the retry policy records the delay of the next attempt (milliseconds).
-pub const RETRY_DELAY_HEADER: &str = "x-asya-retry-delay-ms";

@@ -60,3 +60,4 @@ pub fn component(handler: &str, mode: &str) -> PathBuf {
 pub fn cache() -> ComponentCache {
     ComponentCache::new(default_cache_dir())
 }
+pub mod nats;

@@ -30,6 +30,7 @@ struct Queue {
 struct Queued {
     bytes: bytes::Bytes,
     delivered: u64,
+    published: time::OffsetDateTime,
 }
 
 /// In-process queues, one per actor.
@@ -103,6 +104,7 @@ impl Subscription for EmbeddedSubscription {
         Some(Ok(Delivery {
             bytes: msg.bytes.clone(),
             delivered: msg.delivered,
+            published: Some(msg.published),
             acker: Box::new(EmbeddedAcker {
                 requeue: Some((self.requeue.clone(), msg)),
             }),
@@ -133,19 +135,10 @@ impl Transport for EmbeddedTransport {
         let queued = Queued {
             bytes: message.bytes.into(),
             delivered: 1,
+            published: time::OffsetDateTime::now_utc(),
         };
-        match message.delay {
-            Some(delay) if !delay.is_zero() => {
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send(queued);
-                });
-            }
-            _ => {
-                if tx.send(queued).is_err() {
-                    bail!("embedded queue '{actor}' is closed");
-                }
-            }
+        if tx.send(queued).is_err() {
+            bail!("embedded queue '{actor}' is closed");
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! transports that persist (the embedded one does not persist across process restarts).
 
 pub mod embedded;
+pub mod nats;
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -19,8 +20,6 @@ pub struct Outbound {
     pub bytes: Vec<u8>,
     /// Idempotency key: envelope id plus hop, so a redelivered input does not duplicate outputs.
     pub dedup_id: String,
-    /// Deliver no earlier than this from now (retries with backoff).
-    pub delay: Option<Duration>,
 }
 
 /// Acknowledges or rejects one received message.
@@ -38,6 +37,8 @@ pub struct Delivery {
     pub bytes: bytes::Bytes,
     /// How many times this message has been delivered (1 on first delivery).
     pub delivered: u64,
+    /// When the message was first put on this queue.
+    pub published: Option<time::OffsetDateTime>,
     /// Acknowledgement handle.
     pub acker: Box<dyn Acker>,
 }

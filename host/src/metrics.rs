@@ -1,0 +1,178 @@
+//! Prometheus metrics with the `asya_actor_` names of the design reference.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn histogram() -> Histogram {
+    // 50 µs .. ~50 s
+    Histogram::new(exponential_buckets(0.00005, 2.5, 16))
+}
+
+/// Every metric the host exports.
+pub struct Metrics {
+    registry: Registry,
+    received: Family<Labels, Counter>,
+    processed: Family<Labels, Counter>,
+    sent: Family<Labels, Counter>,
+    failed: Family<Labels, Counter>,
+    processing: Family<Labels, Histogram, fn() -> Histogram>,
+    handler: Family<Labels, Histogram, fn() -> Histogram>,
+    active: Family<Labels, Gauge>,
+    instances: Family<Labels, Gauge>,
+    memory_peak: Family<Labels, Gauge<u64, AtomicU64>>,
+    traps: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One actor's pre-resolved metric handles (no label lookups on the hot path).
+#[derive(Clone)]
+pub struct ActorMetrics {
+    actor: String,
+    /// Messages taken off the queue.
+    pub received: Counter,
+    /// Messages in flight.
+    pub active: Gauge,
+    /// Seconds from receive to ack.
+    pub processing: Histogram,
+    /// Seconds inside the handler.
+    pub handler: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("asya_actor");
+        let m = Metrics {
+            received: Family::default(),
+            processed: Family::default(),
+            sent: Family::default(),
+            failed: Family::default(),
+            processing: Family::new_with_constructor(histogram as fn() -> Histogram),
+            handler: Family::new_with_constructor(histogram as fn() -> Histogram),
+            active: Family::default(),
+            instances: Family::default(),
+            memory_peak: Family::default(),
+            traps: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_received",
+            "Messages taken off an actor's queue",
+            m.received.clone(),
+        );
+        registry.register(
+            "messages_processed",
+            "Messages finished by an actor, by status",
+            m.processed.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "Envelopes published by an actor, by destination",
+            m.sent.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Failed handler calls, by reason",
+            m.failed.clone(),
+        );
+        registry.register(
+            "processing_duration_seconds",
+            "Receive to ack",
+            m.processing.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Time inside the handler",
+            m.handler.clone(),
+        );
+        registry.register("active_messages", "Messages in flight", m.active.clone());
+        registry.register(
+            "instance_count",
+            "Instances created by the actor's pool",
+            m.instances.clone(),
+        );
+        registry.register(
+            "memory_peak_bytes",
+            "Largest linear memory of an instance",
+            m.memory_peak.clone(),
+        );
+        registry.register(
+            "traps",
+            "Instances stopped by the sandbox, by kind",
+            m.traps.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Handles for one actor.
+    pub fn actor(&self, actor: &str) -> ActorMetrics {
+        let labels = vec![("actor", actor.to_owned())];
+        ActorMetrics {
+            actor: actor.to_owned(),
+            received: self.received.get_or_create_owned(&labels),
+            active: self.active.get_or_create_owned(&labels),
+            processing: self.processing.get_or_create_owned(&labels),
+            handler: self.handler.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Counts a finished message by status (`succeeded`, `failed`, `retried`).
+    pub fn processed(&self, am: &ActorMetrics, status: &'static str) {
+        self.processed
+            .get_or_create(&vec![
+                ("actor", am.actor.clone()),
+                ("status", status.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts an envelope sent to `destination`.
+    pub fn sent(&self, am: &ActorMetrics, destination: &str) {
+        self.sent
+            .get_or_create(&vec![
+                ("actor", am.actor.clone()),
+                ("destination", destination.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts a failure by reason; sandbox stops also count as traps by kind.
+    pub fn failed(&self, am: &ActorMetrics, reason: &str, trap: bool) {
+        let labels = vec![("actor", am.actor.clone()), ("reason", reason.to_owned())];
+        self.failed.get_or_create(&labels).inc();
+        if trap {
+            self.traps
+                .get_or_create(&vec![
+                    ("actor", am.actor.clone()),
+                    ("kind", reason.to_owned()),
+                ])
+                .inc();
+        }
+    }
+
+    /// Records the pool figures of an actor.
+    pub fn pool(&self, actor: &str, instances: u64, memory_peak: u64) {
+        let labels = vec![("actor", actor.to_owned())];
+        self.instances.get_or_create(&labels).set(instances as i64);
+        self.memory_peak.get_or_create(&labels).set(memory_peak);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,314 @@
+//! NATS JetStream transport: one stream per namespace (`ASYA_<NAMESPACE>`, subjects
+//! `asya.<namespace>.>`), one durable pull consumer per actor (`<actor>`, filtered on
+//! `asya.<namespace>.<actor>`). Publishes wait for JetStream's ack and carry a `Nats-Msg-Id`, so
+//! an input redelivered after a crash does not duplicate its outputs within the dedup window.
+
+use super::{Acker, Delivery, Outbound, Subscription, Transport};
+use crate::end_actors::ResultStore;
+use crate::envelope::Envelope;
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::time::Duration;
+
+/// How the transport sets up and uses JetStream.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// Create the stream and consumers when missing (off when the operator owns them).
+    pub create: bool,
+    /// A delivery not acknowledged within this time is delivered again.
+    pub ack_wait: Duration,
+    /// Messages fetched per pull (bounds what is buffered locally).
+    pub batch: usize,
+    /// Window in which equal `Nats-Msg-Id`s are dropped.
+    pub duplicate_window: Duration,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            create: true,
+            ack_wait: Duration::from_secs(60),
+            batch: 8,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The JetStream transport of one namespace.
+#[derive(Clone)]
+pub struct NatsTransport {
+    js: jetstream::Context,
+    namespace: String,
+    settings: NatsSettings,
+}
+
+/// The stream name of a namespace: `ASYA_<NAMESPACE>` (upper case, `-` and `.` as `_`).
+pub fn stream_name(namespace: &str) -> String {
+    format!("ASYA_{}", namespace.to_uppercase().replace(['-', '.'], "_"))
+}
+
+/// The subject of an actor's queue: `asya.<namespace>.<actor>`.
+pub fn subject(namespace: &str, actor: &str) -> String {
+    format!("asya.{namespace}.{actor}")
+}
+
+/// Connects to NATS, retrying the first connection, reconnecting forever afterwards.
+pub async fn connect(url: &str) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("asya-host")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            tracing::info!(%event, "nats connection event");
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+impl NatsTransport {
+    /// A transport for `namespace` over `client`. With `settings.create`, the stream is created
+    /// (idempotently) right away.
+    pub async fn new(
+        client: async_nats::Client,
+        namespace: &str,
+        settings: NatsSettings,
+    ) -> Result<Self> {
+        let transport = NatsTransport {
+            js: jetstream::new(client),
+            namespace: namespace.to_owned(),
+            settings,
+        };
+        transport.stream().await?;
+        Ok(transport)
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The namespace's stream, created when missing (if allowed).
+    pub async fn stream(&self) -> Result<stream::Stream> {
+        let name = stream_name(&self.namespace);
+        if self.settings.create {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("asya.{}.>", self.namespace)],
+                    storage: stream::StorageType::File,
+                    duplicate_window: self.settings.duplicate_window,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("creating stream {name}"))
+        } else {
+            self.js
+                .get_stream(&name)
+                .await
+                .with_context(|| format!("stream {name} does not exist (and --no-create is set)"))
+        }
+    }
+
+    /// The key-value bucket where end actors keep final envelopes: `ASYA_RESULTS_<NAMESPACE>`.
+    pub async fn results(&self) -> Result<NatsResults> {
+        let bucket = format!(
+            "ASYA_RESULTS_{}",
+            stream_name(&self.namespace).trim_start_matches("ASYA_")
+        );
+        let store = match self.js.get_key_value(&bucket).await {
+            Ok(store) => store,
+            Err(_) if self.settings.create => self
+                .js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("creating key-value bucket {bucket}"))?,
+            Err(err) => {
+                return Err(err).with_context(|| format!("opening key-value bucket {bucket}"))
+            }
+        };
+        Ok(NatsResults { store })
+    }
+}
+
+struct NatsSubscription {
+    messages: consumer::pull::Stream,
+}
+
+struct NatsAcker(jetstream::message::Acker);
+
+#[async_trait]
+impl Acker for NatsAcker {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        self.0
+            .ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("ack failed: {e}"))
+    }
+
+    async fn nak(self: Box<Self>, delay: Option<Duration>) -> Result<()> {
+        self.0
+            .ack_with(AckKind::Nak(delay))
+            .await
+            .map_err(|e| anyhow::anyhow!("nak failed: {e}"))
+    }
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        let message = match self.messages.next().await? {
+            Ok(message) => message,
+            Err(err) => return Some(Err(anyhow::anyhow!("pulling from JetStream: {err}"))),
+        };
+        let (delivered, published) = match message.info() {
+            Ok(info) => (info.delivered.max(1) as u64, Some(info.published)),
+            Err(_) => (1, None),
+        };
+        let (message, acker) = message.split();
+        Some(Ok(Delivery {
+            bytes: message.payload,
+            delivered,
+            published,
+            acker: Box::new(NatsAcker(acker)),
+        }))
+    }
+}
+
+#[async_trait]
+impl Transport for NatsTransport {
+    async fn subscribe(&self, actor: &str) -> Result<Box<dyn Subscription>> {
+        let stream = self.stream().await?;
+        let config = consumer::pull::Config {
+            durable_name: Some(actor.to_owned()),
+            filter_subject: subject(&self.namespace, actor),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            max_deliver: -1,
+            max_ack_pending: (self.settings.batch * 8) as i64,
+            ..Default::default()
+        };
+        let consumer: consumer::PullConsumer = if self.settings.create {
+            stream
+                .get_or_create_consumer(actor, config)
+                .await
+                .with_context(|| format!("creating consumer '{actor}'"))?
+        } else {
+            stream
+                .get_consumer(actor)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| {
+                    format!("consumer '{actor}' does not exist (and --no-create is set)")
+                })?
+        };
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.settings.batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .with_context(|| format!("pulling for consumer '{actor}'"))?;
+        Ok(Box::new(NatsSubscription { messages }))
+    }
+
+    async fn publish(&self, actor: &str, message: Outbound) -> Result<()> {
+        let ack = self
+            .js
+            .send_publish(
+                subject(&self.namespace, actor),
+                jetstream::message::PublishMessage::build()
+                    .payload(message.bytes.into())
+                    .message_id(&message.dedup_id),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ack.await
+            .map_err(|e| anyhow::anyhow!("JetStream did not confirm: {e}"))?;
+        Ok(())
+    }
+}
+
+/// The key-value key of a message id: the id itself when it is a valid key, else `hex.<hex>`.
+pub fn result_key(id: &str) -> String {
+    let valid = !id.is_empty()
+        && !id.starts_with('.')
+        && !id.ends_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b));
+    if valid {
+        id.to_owned()
+    } else {
+        format!("hex.{}", hex::encode(id))
+    }
+}
+
+/// Final envelopes in a JetStream key-value bucket, keyed by envelope id.
+#[derive(Clone)]
+pub struct NatsResults {
+    store: kv::Store,
+}
+
+impl NatsResults {
+    /// Waits until message `id` has ended, or `timeout` passes.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Envelope> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(env) = self.get(id).await? {
+                return Ok(env);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("no result for {id} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every key in the bucket (message ids that have ended).
+    pub async fn ids(&self) -> Result<Vec<String>> {
+        let mut keys = self
+            .store
+            .keys()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            out.push(key.map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ResultStore for NatsResults {
+    async fn put(&self, _end_actor: &str, envelope: &Envelope) -> Result<()> {
+        self.store
+            .put(result_key(&envelope.id), envelope.to_bytes().into())
+            .await
+            .map_err(|e| anyhow::anyhow!("storing result {}: {e}", envelope.id))?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Envelope>> {
+        let Some(bytes) = self
+            .store
+            .get(result_key(id))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(
+            serde_json::from_slice(&bytes).context("stored result is not an envelope")?,
+        ))
+    }
+}

