@@ -8,8 +8,8 @@ scripts/setup.sh
 
 echo "== lint"
 cargo fmt --all -- --check
-.venv/bin/ruff check sdk-python tests
-.venv/bin/ruff format --check sdk-python tests
+.venv/bin/ruff check sdk-python tests host/benches
+.venv/bin/ruff format --check sdk-python tests host/benches
 
 echo "== rust tests"
 cargo test --release --locked --workspace
@@ -17,5 +17,6 @@ cargo test --release --locked --workspace
 echo "== python tests"
 .venv/bin/python -m pytest -q sdk-python/tests
 
-echo "== benchmark (short run; full run: cargo bench -p asya-host --bench pipeline)"
+echo "== benchmarks (short runs; full runs: cargo bench -p asya-host)"
 BENCH_MESSAGES=5000 cargo bench --locked -p asya-host --bench pipeline
+BENCH_MESSAGES=2000 cargo bench --locked -p asya-host --bench nats_pipeline

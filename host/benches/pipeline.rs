@@ -8,6 +8,10 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+/// mimalloc: the host allocates small JSON values on every hop; glibc malloc showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use asya_host::executor::Executor;
 use asya_host::local::{ActorDef, LocalHost};
 use hdrhistogram::Histogram;

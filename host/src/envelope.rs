@@ -325,11 +325,29 @@ impl Envelope {
     }
 }
 
-/// Current time in RFC 3339 (UTC), the format of every timestamp in `status`.
+/// Current time in RFC 3339 (UTC, millisecond precision), the format of every timestamp in
+/// `status`. Formatting is cached per thread for the current millisecond: it is on the hot path
+/// of every hop.
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("UTC timestamps always format")
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(i128, String)> = const { RefCell::new((i128::MIN, String::new())) };
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let millis = now.unix_timestamp_nanos() / 1_000_000;
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != millis {
+            let truncated = now
+                .replace_nanosecond((now.nanosecond() / 1_000_000) * 1_000_000)
+                .expect("nanoseconds stay in range");
+            cache.1 = truncated
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("UTC timestamps always format");
+            cache.0 = millis;
+        }
+        cache.1.clone()
+    })
 }
 
 /// Parses an RFC 3339 timestamp.

@@ -3,6 +3,10 @@
 //! `asya-host dev` runs a pipeline of WASM actors in this one process on the embedded transport
 //! (what `asya dev` calls after building the components).
 
+/// mimalloc: the host allocates small JSON values on every hop; glibc malloc showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context, Result};
 use asya_host::component_cache::{default_cache_dir, ComponentCache};
 use asya_host::end_actors::Finished;

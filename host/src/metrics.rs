@@ -6,7 +6,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -40,6 +42,10 @@ impl Default for Metrics {
 #[derive(Clone)]
 pub struct ActorMetrics {
     actor: String,
+    sent: Arc<Mutex<HashMap<String, Counter>>>,
+    succeeded: Counter,
+    failed: Counter,
+    retried: Counter,
     /// Messages taken off the queue.
     pub received: Counter,
     /// Messages in flight.
@@ -119,8 +125,16 @@ impl Metrics {
     /// Handles for one actor.
     pub fn actor(&self, actor: &str) -> ActorMetrics {
         let labels = vec![("actor", actor.to_owned())];
+        let status = |s: &str| {
+            self.processed
+                .get_or_create_owned(&vec![("actor", actor.to_owned()), ("status", s.to_owned())])
+        };
         ActorMetrics {
             actor: actor.to_owned(),
+            sent: Arc::default(),
+            succeeded: status("succeeded"),
+            failed: status("failed"),
+            retried: status("retried"),
             received: self.received.get_or_create_owned(&labels),
             active: self.active.get_or_create_owned(&labels),
             processing: self.processing.get_or_create_owned(&labels),

@@ -82,7 +82,7 @@ pub struct Dispatch {
 /// Checks received bytes before any handler runs. `Err` carries the envelope for `x-sump`
 /// (ParseError with the original bytes kept, RouteMismatch, DeadlineExpired).
 pub fn accept(actor: &str, bytes: &[u8], now: time::OffsetDateTime) -> Result<Envelope, Dispatch> {
-    let now_text = format_time(now);
+    let now_text = crate::envelope::now_rfc3339();
     let mut env: Envelope = match serde_json::from_slice(bytes) {
         Ok(env) => env,
         Err(err) => {

@@ -131,7 +131,9 @@ impl Sidecar {
             Err(dispatch) => return Plan::Publish(vec![dispatch]),
         };
         let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
-        env.status_mut(&now_rfc3339()).attempt = attempt;
+        if let Some(status) = env.status.as_mut() {
+            status.attempt = attempt; // `accept` always leaves a status
+        }
         let trace_id = trace::enter_hop(&mut env.headers);
         let mut timeout = self.settings.timeout;
         if let Some(deadline) = routing::deadline_of(&env) {

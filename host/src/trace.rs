@@ -44,7 +44,8 @@ pub fn enter_hop(headers: &mut Map<String, Value>) -> String {
         .and_then(parse)
         .map(|(t, f)| (t.to_owned(), f.to_owned()))
         .unwrap_or_else(|| (random_hex(16), "01".to_owned()));
-    let value = format!("00-{trace_id}-{}-{flags}", random_hex(8));
+    let span_id = uuid::Uuid::new_v4().as_u64_pair().0 | 1; // never all zeros
+    let value = format!("00-{trace_id}-{span_id:016x}-{flags}");
     headers.insert(TRACEPARENT.to_owned(), Value::String(value));
     trace_id
 }

@@ -193,5 +193,47 @@ def dev_command(
     sys.exit(subprocess.call(cmd))
 
 
+@main.command("send")
+@click.option(
+    "--nats",
+    "nats_url",
+    envvar="ASYA_NATS_URL",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="NATS server URL.",
+)
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--route", required=True, help="Comma-separated actor names.")
+@click.option("--payload", required=True, help="A JSON object.")
+@click.option("--wait", is_flag=True, help="Wait for the message to end; print the envelope.")
+@click.option("--timeout", type=int, default=60, show_default=True, help="Seconds to wait.")
+def send_command(
+    nats_url: str, namespace: str, route: str, payload: str, wait: bool, timeout: int
+) -> None:
+    """Publish PAYLOAD into ROUTE on NATS JetStream (prints the id, or the final envelope)."""
+    try:
+        host = find_host_binary()
+    except BuildError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+    cmd = [
+        str(host),
+        "send",
+        "--nats",
+        nats_url,
+        "--namespace",
+        namespace,
+        "--route",
+        route,
+        "--payload",
+        payload,
+        "--timeout",
+        str(timeout),
+    ]
+    if wait:
+        cmd.append("--wait")
+    sys.exit(subprocess.call(cmd))
+
+
 if __name__ == "__main__":
     main()

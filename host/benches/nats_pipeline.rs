@@ -1,0 +1,287 @@
+//! Benchmark: a 3-hop pipeline over a local nats-server (JetStream), trivial handler, measured in
+//! the same run against
+//!   (a) a raw async-nats consume → publish → ack loop with no handler (the transport's limit),
+//!   (b) a plain Python worker on nats-py running the same handler (what a user would write).
+//!
+//! Run: `cargo bench -p asya-host --bench nats_pipeline` (`BENCH_MESSAGES`, default 5000).
+//! Targets: asya >= 50% of the raw loop's throughput, >= 3x the Python worker's, per-hop p50 <= 1 ms.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+/// mimalloc: the host allocates small JSON values on every hop; glibc malloc showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use anyhow::Result;
+use asya_host::end_actors::run_end_actors;
+use asya_host::envelope::{Envelope, Route};
+use asya_host::executor::Executor;
+use asya_host::sandbox::{SandboxEngine, SandboxLimits};
+use asya_host::sidecar::{Sidecar, SidecarSettings};
+use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
+use asya_host::transport::Transport;
+use asya_host::wasm::WasmExecutor;
+use async_nats::jetstream::{self, consumer, stream};
+use common::nats::NatsServer;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+const HOPS: [&str; 3] = ["a", "b", "c"];
+fn concurrency() -> usize {
+    std::env::var("BENCH_concurrency()")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
+}
+
+fn main() -> Result<()> {
+    let messages: usize = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let server = NatsServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (raw_rate, (asya_rate, p50, p99)) = runtime.block_on(async {
+        let raw = raw_loop(&server.url(), messages).await?;
+        let asya = asya_pipeline(&server.url(), messages).await?;
+        anyhow::Ok((raw, asya))
+    })?;
+    let py_messages = (messages / 2).max(500);
+    let py_seconds = python_worker(&server.url(), py_messages)?;
+    let py_rate = (py_messages * HOPS.len()) as f64 / py_seconds;
+    println!("asya NATS benchmark: 3 hops over a local nats-server (JetStream, file storage), {messages} messages");
+    println!("  raw async-nats loop, no handler  {raw_rate:>10.0} hops/s");
+    println!("  asya host (WASM handler)         {asya_rate:>10.0} hops/s");
+    println!("  python nats-py worker            {py_rate:>10.0} hops/s  ({py_messages} messages)");
+    println!("  asya per-hop latency p50 / p99   {p50:>10.2} / {p99:.2} ms  (one message in flight; target p50 <= 1 ms)");
+    println!(
+        "  ratio asya / raw loop            {:>10.0} %   (target >= 50%)",
+        asya_rate / raw_rate * 100.0
+    );
+    println!(
+        "  ratio asya / python worker       {:>10.1} x   (target >= 3x)",
+        asya_rate / py_rate
+    );
+    Ok(())
+}
+
+async fn count_on(stream: &stream::Stream, subject: &str) -> Result<usize> {
+    let mut info = stream.info_with_subjects(subject).await?;
+    let mut total = 0;
+    while let Some(entry) = info.next().await {
+        let (s, n) = entry?;
+        if s == subject {
+            total += n;
+        }
+    }
+    Ok(total)
+}
+
+async fn wait_for(stream: &stream::Stream, subject: &str, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while count_on(stream, subject).await? < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} on {subject}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn prepublish(js: &jetstream::Context, subject: &str, messages: usize) -> Result<()> {
+    let mut acks = Vec::new();
+    for i in 0..messages {
+        let env = Envelope::new(
+            Route::through(&HOPS).unwrap(),
+            json!({"text": "hello world", "n": i}),
+            "2026-11-25T00:00:00Z",
+        );
+        acks.push(
+            js.publish(subject.to_owned(), env.to_bytes().into())
+                .await?,
+        );
+        if acks.len() >= 1000 {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// (a) The transport's limit: consume → publish → ack, no handler, same concurrency as asya.
+async fn raw_loop(url: &str, messages: usize) -> Result<f64> {
+    let client = nats::connect(url).await?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: "RAW".into(),
+            subjects: vec!["raw.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    prepublish(&js, "raw.a", messages).await?;
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let nexts = ["raw.b", "raw.c", "raw.sink"];
+    for (hop, next) in HOPS.iter().zip(nexts) {
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                hop,
+                consumer::pull::Config {
+                    durable_name: Some(hop.to_string()),
+                    filter_subject: format!("raw.{hop}"),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let (js, stop) = (js.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut msgs = consumer
+                .stream()
+                .max_messages_per_batch(concurrency())
+                .messages()
+                .await
+                .unwrap();
+            let slots = Arc::new(Semaphore::new(concurrency()));
+            loop {
+                let permit = slots.clone().acquire_owned().await.unwrap();
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = msgs.next() => match m { Some(Ok(m)) => m, _ => break },
+                };
+                let js = js.clone();
+                tokio::spawn(async move {
+                    let ack = js.publish(next, msg.payload.clone()).await.unwrap();
+                    ack.await.unwrap();
+                    msg.ack().await.unwrap();
+                    drop(permit);
+                });
+            }
+        });
+    }
+    wait_for(&stream, "raw.sink", messages).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    Ok((messages * HOPS.len()) as f64 / elapsed)
+}
+
+/// (main) The asya host's sidecars with real WASM executors on the NATS transport.
+async fn asya_pipeline(url: &str, messages: usize) -> Result<(f64, f64, f64)> {
+    let component = common::component("behaviours.behave", "payload");
+    let engine = SandboxEngine::new()?;
+    let loaded = common::cache().load_file(engine.engine(), &component)?;
+    let client = nats::connect(url).await?;
+    let transport = NatsTransport::new(
+        client.clone(),
+        "bench",
+        NatsSettings {
+            batch: concurrency(),
+            ..NatsSettings::default()
+        },
+    )
+    .await?;
+    let stream = transport.stream().await?;
+    let results = Arc::new(transport.results().await?);
+    let shared: Arc<dyn Transport> = Arc::new(transport.clone());
+    let mut sidecars = Vec::new();
+    for hop in HOPS {
+        let limits = SandboxLimits {
+            max_instances: concurrency(),
+            ..SandboxLimits::default()
+        };
+        let executor = Arc::new(WasmExecutor::load(hop, engine.clone(), &loaded, limits).await?);
+        let settings = SidecarSettings {
+            concurrency: concurrency(),
+            ..SidecarSettings::default()
+        };
+        sidecars.push(Arc::new(Sidecar::new(
+            hop,
+            executor as Arc<dyn Executor>,
+            shared.clone(),
+            settings,
+        )));
+    }
+    prepublish(
+        transport.jetstream(),
+        &nats::subject("bench", "a"),
+        messages,
+    )
+    .await?;
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    if std::env::var_os("BENCH_NO_END").is_none() {
+        tokio::spawn(run_end_actors(shared.clone(), results, stop.clone()));
+    }
+    for sidecar in &sidecars {
+        tokio::spawn(sidecar.clone().run(stop.clone()));
+    }
+    wait_for(&stream, &nats::subject("bench", "x-sink"), messages).await?;
+    let rate = (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64();
+
+    // Latency: one message at a time, publish → seen on x-sink, divided by the three hops.
+    let mut sink = client.subscribe(nats::subject("bench", "x-sink")).await?;
+    let mut latency = Histogram::<u64>::new(3)?;
+    for i in 0..500 {
+        let env = Envelope::new(
+            Route::through(&HOPS).unwrap(),
+            json!({"text": "hello", "n": i}),
+            "2026-11-25T00:00:00Z",
+        );
+        let t = Instant::now();
+        transport
+            .publish(
+                "a",
+                asya_host::transport::Outbound {
+                    bytes: env.to_bytes(),
+                    dedup_id: env.id.clone(),
+                },
+            )
+            .await?;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), sink.next())
+                .await?
+                .unwrap();
+            if serde_json::from_slice::<Envelope>(&msg.payload)?.id == env.id {
+                break;
+            }
+        }
+        latency.record(t.elapsed().as_micros() as u64 / HOPS.len() as u64)?;
+    }
+    stop.cancel();
+    Ok((
+        rate,
+        latency.value_at_quantile(0.5) as f64 / 1000.0,
+        latency.value_at_quantile(0.99) as f64 / 1000.0,
+    ))
+}
+
+/// (b) The nats-py worker script; returns its seconds for `messages` messages.
+fn python_worker(url: &str, messages: usize) -> Result<f64> {
+    let root = common::repo_root();
+    let out = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("host/benches/nats_py_worker.py"))
+        .args([url, "PYBENCH", "py", &messages.to_string()])
+        .arg(root.join("tests/fixtures/handlers"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "python worker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
