@@ -144,7 +144,14 @@ async fn nats_server_restart_mid_stream_loses_nothing() {
     let mut server = NatsServer::start();
     let _host = start_host(&server, &["--ack-wait", "3s"]);
     let (transport, _) = client(&server).await;
-    publish_many(&transport, &["echo"], 3_000, json!({"text": "hi"})).await;
+    // A short sleep in the handler keeps the stream busy long enough to restart mid-way.
+    publish_many(
+        &transport,
+        &["echo"],
+        3_000,
+        json!({"do": "sleep", "seconds": 0.005}),
+    )
+    .await;
     let before = wait_for_count(&transport, "x-sink", 300, Duration::from_secs(60)).await;
     assert!(before < 3_000, "restarted mid-stream (after {before})");
     server.restart();
