@@ -144,22 +144,26 @@ impl Metrics {
 
     /// Counts a finished message by status (`succeeded`, `failed`, `retried`).
     pub fn processed(&self, am: &ActorMetrics, status: &'static str) {
-        self.processed
-            .get_or_create(&vec![
-                ("actor", am.actor.clone()),
-                ("status", status.to_owned()),
-            ])
-            .inc();
+        match status {
+            "succeeded" => am.succeeded.inc(),
+            "failed" => am.failed.inc(),
+            _ => am.retried.inc(),
+        };
     }
 
     /// Counts an envelope sent to `destination`.
     pub fn sent(&self, am: &ActorMetrics, destination: &str) {
-        self.sent
-            .get_or_create(&vec![
-                ("actor", am.actor.clone()),
-                ("destination", destination.to_owned()),
-            ])
-            .inc();
+        let mut sent = am.sent.lock().expect("metrics lock");
+        if let Some(counter) = sent.get(destination) {
+            counter.inc();
+            return;
+        }
+        let counter = self.sent.get_or_create_owned(&vec![
+            ("actor", am.actor.clone()),
+            ("destination", destination.to_owned()),
+        ]);
+        counter.inc();
+        sent.insert(destination.to_owned(), counter);
     }
 
     /// Counts a failure by reason; sandbox stops also count as traps by kind.
