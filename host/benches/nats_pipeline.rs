@@ -50,17 +50,21 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (raw_rate, (asya_rate, p50, p99)) = runtime.block_on(async {
+    let (raw_rate, raw_cpu, (asya_rate, p50, p99, asya_cpu)) = runtime.block_on(async {
+        let cpu = cpu_seconds();
         let raw = raw_loop(&server.url(), messages).await?;
+        let raw_cpu = (cpu_seconds() - cpu) * 1e6 / (messages * HOPS.len()) as f64;
         let asya = asya_pipeline(&server.url(), messages).await?;
-        anyhow::Ok((raw, asya))
+        anyhow::Ok((raw, raw_cpu, asya))
     })?;
     let py_messages = (messages / 2).max(500);
     let py_seconds = python_worker(&server.url(), py_messages)?;
     let py_rate = (py_messages * HOPS.len()) as f64 / py_seconds;
     println!("asya NATS benchmark: 3 hops over a local nats-server (JetStream, file storage), {messages} messages");
-    println!("  raw async-nats loop, no handler  {raw_rate:>10.0} hops/s");
-    println!("  asya host (WASM handler)         {asya_rate:>10.0} hops/s");
+    println!(
+        "  raw async-nats loop, no handler  {raw_rate:>10.0} hops/s   (client CPU {raw_cpu:.1} us/hop)"
+    );
+    println!("  asya host (WASM handler)         {asya_rate:>10.0} hops/s   (host CPU {asya_cpu:.1} us/hop)");
     println!("  python nats-py worker            {py_rate:>10.0} hops/s  ({py_messages} messages)");
     println!("  asya per-hop latency p50 / p99   {p50:>10.2} / {p99:.2} ms  (one message in flight; target p50 <= 1 ms)");
     println!(
@@ -72,6 +76,24 @@ fn main() -> Result<()> {
         asya_rate / py_rate
     );
     Ok(())
+}
+
+/// CPU seconds this process has used (user + system), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(") ")
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 async fn count_on(stream: &stream::Stream, subject: &str) -> Result<usize> {
@@ -181,7 +203,7 @@ async fn raw_loop(url: &str, messages: usize) -> Result<f64> {
 }
 
 /// (main) The asya host's sidecars with real WASM executors on the NATS transport.
-async fn asya_pipeline(url: &str, messages: usize) -> Result<(f64, f64, f64)> {
+async fn asya_pipeline(url: &str, messages: usize) -> Result<(f64, f64, f64, f64)> {
     let component = common::component("behaviours.behave", "payload");
     let engine = SandboxEngine::new()?;
     let loaded = common::cache().load_file(engine.engine(), &component)?;
@@ -224,14 +246,14 @@ async fn asya_pipeline(url: &str, messages: usize) -> Result<(f64, f64, f64)> {
     .await?;
     let stop = CancellationToken::new();
     let started = Instant::now();
-    if std::env::var_os("BENCH_NO_END").is_none() {
-        tokio::spawn(run_end_actors(shared.clone(), results, stop.clone()));
-    }
+    let cpu_started = cpu_seconds();
+    tokio::spawn(run_end_actors(shared.clone(), results, stop.clone()));
     for sidecar in &sidecars {
         tokio::spawn(sidecar.clone().run(stop.clone()));
     }
     wait_for(&stream, &nats::subject("bench", "x-sink"), messages).await?;
     let rate = (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64();
+    let cpu_per_hop = (cpu_seconds() - cpu_started) * 1e6 / (messages * HOPS.len()) as f64;
 
     // Latency: one message at a time, publish → seen on x-sink, divided by the three hops.
     let mut sink = client.subscribe(nats::subject("bench", "x-sink")).await?;
@@ -267,6 +289,7 @@ async fn asya_pipeline(url: &str, messages: usize) -> Result<(f64, f64, f64)> {
         rate,
         latency.value_at_quantile(0.5) as f64 / 1000.0,
         latency.value_at_quantile(0.99) as f64 / 1000.0,
+        cpu_per_hop,
     ))
 }
 
