@@ -7,6 +7,7 @@ use crate::end_actors::{run_end_actors, Finished, MemoryResults};
 use crate::envelope::{now_rfc3339, Envelope, Route};
 use crate::executor::Executor;
 use crate::manifest::AsyncActor;
+use crate::python::{PythonExecutor, PythonRuntimeConfig};
 use crate::resiliency::Resiliency;
 use crate::routing::Mode;
 use crate::sandbox::{SandboxEngine, SandboxLimits};
@@ -39,6 +40,8 @@ pub struct ActorDef {
     pub settings: SidecarSettings,
     /// Retry policies.
     pub resiliency: Resiliency,
+    /// Run the handler in the native-Python runtime instead of the WASM component.
+    pub python: Option<PythonRuntimeConfig>,
 }
 
 impl ActorDef {
@@ -51,6 +54,7 @@ impl ActorDef {
             limits: SandboxLimits::default(),
             settings: SidecarSettings::default(),
             resiliency: Resiliency::default(),
+            python: None,
         }
     }
 
@@ -63,6 +67,7 @@ impl ActorDef {
             limits: manifest.sandbox_limits()?,
             settings: manifest.sidecar_settings()?,
             resiliency: manifest.resiliency()?,
+            python: None,
         })
     }
 }
@@ -91,6 +96,7 @@ pub struct LocalHost {
     shutdown: CancellationToken,
     tasks: JoinSet<Result<()>>,
     executors: HashMap<String, Arc<WasmExecutor>>,
+    python_executors: HashMap<String, Arc<PythonExecutor>>,
     /// How each actor was loaded.
     pub loaded: Vec<LoadReport>,
 }
@@ -107,15 +113,40 @@ impl LocalHost {
         let (store, results) = MemoryResults::new();
         tasks.spawn(run_end_actors(shared.clone(), store, shutdown.clone()));
         let mut executors = HashMap::new();
+        let mut python_executors = HashMap::new();
         let mut loaded = Vec::new();
         for def in actors {
             let started = Instant::now();
-            let component = load_component(&engine, &cache, &def).await?;
-            let executor = Arc::new(
-                WasmExecutor::load(&def.name, engine.clone(), &component, def.limits.clone())
-                    .await?,
-            );
-            let descriptor = executor.descriptor().clone();
+            let (executor, descriptor, digest, from_cache): (Arc<dyn Executor>, _, _, _) =
+                match &def.python {
+                    Some(config) => {
+                        let python =
+                            Arc::new(PythonExecutor::load(&def.name, config.clone()).await?);
+                        let descriptor = python.descriptor().clone();
+                        python_executors.insert(def.name.clone(), python.clone());
+                        (python, descriptor, "python-runtime".to_owned(), false)
+                    }
+                    None => {
+                        let component = load_component(&engine, &cache, &def).await?;
+                        let wasm = Arc::new(
+                            WasmExecutor::load(
+                                &def.name,
+                                engine.clone(),
+                                &component,
+                                def.limits.clone(),
+                            )
+                            .await?,
+                        );
+                        let descriptor = wasm.descriptor().clone();
+                        executors.insert(def.name.clone(), wasm.clone());
+                        (
+                            wasm,
+                            descriptor,
+                            component.digest.clone(),
+                            component.from_cache,
+                        )
+                    }
+                };
             if let Some(mode) = def.mode {
                 if mode != descriptor.mode {
                     bail!(
@@ -131,21 +162,20 @@ impl LocalHost {
                 name: def.name.clone(),
                 handler: descriptor.handler,
                 mode: descriptor.mode,
-                digest: component.digest.clone(),
-                from_cache: component.from_cache,
+                digest,
+                from_cache,
                 load_time: started.elapsed(),
             });
             let sidecar = Arc::new(
                 Sidecar::new(
                     def.name.clone(),
-                    executor.clone() as Arc<dyn Executor>,
+                    executor,
                     shared.clone(),
                     def.settings.clone(),
                 )
                 .with_resiliency(def.resiliency.clone()),
             );
             tasks.spawn(sidecar.run(shutdown.clone()));
-            executors.insert(def.name, executor);
         }
         Ok(LocalHost {
             transport,
@@ -153,6 +183,7 @@ impl LocalHost {
             shutdown,
             tasks,
             executors,
+            python_executors,
             loaded,
         })
     }
@@ -160,6 +191,11 @@ impl LocalHost {
     /// The executor of `actor` (pool statistics, descriptor).
     pub fn executor(&self, actor: &str) -> Option<&Arc<WasmExecutor>> {
         self.executors.get(actor)
+    }
+
+    /// The native-Python executor of `actor`, if it runs in one.
+    pub fn python_executor(&self, actor: &str) -> Option<&Arc<PythonExecutor>> {
+        self.python_executors.get(actor)
     }
 
     /// Copies every published message to the returned receiver (hop display, tests).

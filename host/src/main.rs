@@ -14,6 +14,7 @@ use asya_host::envelope::Route;
 use asya_host::envelope::{is_end_actor, Envelope, SUMP};
 use asya_host::local::{ActorDef, LocalHost};
 use asya_host::manifest;
+use asya_host::python::{PythonRuntimeConfig, SpawnSpec};
 use asya_host::serve::{self, RunConfig};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
 use asya_host::transport::{Outbound, Transport};
@@ -76,6 +77,10 @@ struct RunArgs {
     /// Reject inputs larger than this many bytes (default 16 MiB).
     #[arg(long)]
     max_message_bytes: Option<usize>,
+    /// Socket of a `runtime: python` actor's runtime, as NAME=PATH
+    /// (default /var/run/asya/runtime.sock).
+    #[arg(long = "python-socket", value_name = "NAME=PATH")]
+    python_sockets: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -106,8 +111,15 @@ struct DevArgs {
     #[arg(long)]
     manifests: PathBuf,
     /// Built component of an actor, as NAME=PATH (repeat for each actor).
-    #[arg(long = "component", value_name = "NAME=PATH", required = true)]
+    #[arg(long = "component", value_name = "NAME=PATH")]
     components: Vec<String>,
+    /// An actor with `runtime: python`, as NAME=SOURCE_DIR: the host starts
+    /// `python -m asya.runtime` for it with the handler of its manifest.
+    #[arg(long = "python-actor", value_name = "NAME=DIR")]
+    python_actors: Vec<String>,
+    /// The Python interpreter for python actors (needs the asya SDK importable).
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
     /// The route every payload takes, comma-separated actor names.
     #[arg(long, value_delimiter = ',', required = true)]
     route: Vec<String>,
@@ -202,6 +214,7 @@ async fn run(args: RunArgs) -> Result<i32> {
         grace: manifest::parse_duration(&args.grace).context("--grace")?,
         max_message_bytes: args.max_message_bytes,
         cache: ComponentCache::new(default_cache_dir()),
+        python_sockets: parse_components(&args.python_sockets)?,
     };
     serve::run(config, shutdown).await?;
     Ok(0)
@@ -272,13 +285,47 @@ fn read_payloads(args: &DevArgs) -> Result<(Vec<Value>, bool)> {
 async fn dev(args: DevArgs) -> Result<i32> {
     let (payloads, single) = read_payloads(&args)?;
     let mut components = parse_components(&args.components)?;
+    let mut python_actors = parse_components(&args.python_actors)?;
     let manifests = manifest::load_dir(&args.manifests)?;
     let mut actors = Vec::new();
     for (_, actor) in &manifests {
+        if let Some(source_dir) = python_actors.remove(actor.name()) {
+            let mut def = ActorDef::from_manifest(actor, PathBuf::new())?;
+            let handler = actor
+                .spec
+                .handler
+                .clone()
+                .with_context(|| format!("actor '{}' has no spec.handler", actor.name()))?;
+            def.python = Some(PythonRuntimeConfig {
+                socket: std::env::temp_dir().join(format!(
+                    "asya-{}-{}.sock",
+                    std::process::id(),
+                    actor.name()
+                )),
+                spawn: Some(SpawnSpec {
+                    python: args.python.clone(),
+                    handler,
+                    mode: actor.spec.mode.unwrap_or_default(),
+                    source_dir,
+                    env: def.limits.env.clone(),
+                }),
+                ready_timeout: Duration::from_secs(120),
+                max_in_flight: def.limits.max_instances,
+                max_output_bytes: def.limits.max_output_bytes,
+            });
+            actors.push(def);
+            continue;
+        }
         let Some(path) = components.remove(actor.name()) else {
             continue;
         };
         actors.push(ActorDef::from_manifest(actor, path)?);
+    }
+    if let Some(name) = python_actors.keys().next() {
+        bail!(
+            "--python-actor {name}=...: no AsyncActor named '{name}' in {}",
+            args.manifests.display()
+        );
     }
     if let Some(name) = components.keys().next() {
         bail!(

@@ -7,6 +7,7 @@ use crate::end_actors::run_end_actors;
 use crate::executor::Executor;
 use crate::manifest::{self, AsyncActor, Runtime};
 use crate::metrics::Metrics;
+use crate::python::{PythonExecutor, PythonRuntimeConfig};
 use crate::sandbox::SandboxEngine;
 use crate::sidecar::Sidecar;
 use crate::transport::nats::{connect, NatsSettings, NatsTransport};
@@ -44,7 +45,13 @@ pub struct RunConfig {
     pub max_message_bytes: Option<usize>,
     /// Compiled-component cache.
     pub cache: ComponentCache,
+    /// Runtime sockets of `runtime: python` actors by name (default
+    /// `/var/run/asya/runtime.sock`, the shared emptyDir of the actor's pod).
+    pub python_sockets: HashMap<String, PathBuf>,
 }
+
+/// Where a python actor's runtime listens unless told otherwise.
+pub const DEFAULT_RUNTIME_SOCKET: &str = "/var/run/asya/runtime.sock";
 
 #[derive(Clone)]
 struct HttpState {
@@ -151,49 +158,63 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
         let shared: Arc<dyn Transport> = Arc::new(transport);
         tasks.spawn(run_end_actors(shared.clone(), results, workers.clone()));
         for (file, actor) in actors {
-            if actor.spec.runtime == Runtime::Python {
-                tracing::warn!(
-                    actor = actor.name(),
-                    "runtime: python is not served by this host yet; skipped"
-                );
-                continue;
-            }
-            let base = file.parent().unwrap_or(Path::new("."));
-            let path = component_path(&actor, &config.components, base)?;
-            let loaded = {
-                let (cache, engine, path) = (config.cache.clone(), engine.clone(), path.clone());
-                tokio::task::spawn_blocking(move || cache.load_file(engine.engine(), &path))
-                    .await
-                    .context("component loader panicked")?
-                    .with_context(|| format!("actor '{}'", actor.name()))?
-            };
-            let executor = Arc::new(
-                WasmExecutor::load(
-                    actor.name(),
-                    engine.clone(),
-                    &loaded,
-                    actor.sandbox_limits()?,
-                )
-                .await?,
-            );
             let mut settings = actor.sidecar_settings()?;
             if let Some(max) = config.max_message_bytes {
                 settings.max_message_bytes = max;
             }
-            tracing::info!(actor = actor.name(), namespace = %namespace, handler = %executor.descriptor().handler,
-                digest = %loaded.digest, cached = loaded.from_cache, "actor loaded");
-            let sidecar = Arc::new(
-                Sidecar::new(
+            let executor: Arc<dyn Executor> = if actor.spec.runtime == Runtime::Python {
+                let limits = actor.sandbox_limits()?;
+                let socket = config
+                    .python_sockets
+                    .get(actor.name())
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_SOCKET));
+                // The user's container runs the runtime; the host waits for it before pulling.
+                let python = PythonExecutor::load(
                     actor.name(),
-                    executor.clone() as Arc<dyn Executor>,
-                    shared.clone(),
-                    settings,
+                    PythonRuntimeConfig {
+                        socket,
+                        spawn: None,
+                        ready_timeout: Duration::from_secs(600),
+                        max_in_flight: limits.max_instances,
+                        max_output_bytes: limits.max_output_bytes,
+                    },
                 )
-                .with_resiliency(actor.resiliency()?)
-                .with_metrics(metrics.clone()),
+                .await?;
+                tracing::info!(actor = actor.name(), namespace = %namespace,
+                    handler = %python.descriptor().handler, "python actor connected");
+                Arc::new(python)
+            } else {
+                let base = file.parent().unwrap_or(Path::new("."));
+                let path = component_path(&actor, &config.components, base)?;
+                let loaded = {
+                    let (cache, engine, path) =
+                        (config.cache.clone(), engine.clone(), path.clone());
+                    tokio::task::spawn_blocking(move || cache.load_file(engine.engine(), &path))
+                        .await
+                        .context("component loader panicked")?
+                        .with_context(|| format!("actor '{}'", actor.name()))?
+                };
+                let wasm = Arc::new(
+                    WasmExecutor::load(
+                        actor.name(),
+                        engine.clone(),
+                        &loaded,
+                        actor.sandbox_limits()?,
+                    )
+                    .await?,
+                );
+                tracing::info!(actor = actor.name(), namespace = %namespace, handler = %wasm.descriptor().handler,
+                    digest = %loaded.digest, cached = loaded.from_cache, "actor loaded");
+                executors.push((actor.name().to_owned(), wasm.clone()));
+                wasm
+            };
+            let sidecar = Arc::new(
+                Sidecar::new(actor.name(), executor, shared.clone(), settings)
+                    .with_resiliency(actor.resiliency()?)
+                    .with_metrics(metrics.clone()),
             );
             tasks.spawn(sidecar.run(workers.clone()));
-            executors.push((actor.name().to_owned(), executor));
         }
     }
     {

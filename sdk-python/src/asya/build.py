@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .adapter import ADAPTER_MODULE, BUILD_ERROR_MARKER, ERROR_CLASS, render
+from .adapter import ADAPTER_MODULE, BUILD_ERROR_MARKER, ERROR_CLASS, HANDLING_MODULE, render
 from .handler_ref import BuildError, check_source, resolve
 
 MODES = ("payload", "envelope")
@@ -51,6 +51,11 @@ def cache_dir() -> Path:
 def wit_text() -> str:
     """The `asya:actor` WIT contract shipped with the SDK."""
     return resources.files("asya").joinpath("wit/actor.wit").read_text(encoding="utf-8")
+
+
+def handling_source() -> str:
+    """The shared handling module, copied into every component."""
+    return resources.files("asya").joinpath("handling.py").read_text(encoding="utf-8")
 
 
 def componentize_py_version() -> str:
@@ -116,8 +121,9 @@ def build(
     ref, path = resolve(handler, source_dir)
     check_source(ref, path)
     adapter = render(ref, mode, __version__)
+    handling = handling_source()
     wit = wit_text()
-    key = content_key(source_dir, adapter, wit)
+    key = content_key(source_dir, adapter + handling, wit)
     cached = cache_dir() / "components" / f"{key}.wasm"
     output.parent.mkdir(parents=True, exist_ok=True)
     if use_cache and cached.is_file():
@@ -128,6 +134,7 @@ def build(
     with tempfile.TemporaryDirectory(prefix="asya-build-") as tmp:
         work = Path(tmp)
         (work / f"{ADAPTER_MODULE}.py").write_text(adapter, encoding="utf-8")
+        (work / f"{HANDLING_MODULE}.py").write_text(handling, encoding="utf-8")
         wit_dir = work / "wit"
         wit_dir.mkdir()
         (wit_dir / "actor.wit").write_text(wit, encoding="utf-8")

@@ -180,6 +180,10 @@ def dev_command(
     ]
     for name, path in components.items():
         cmd += ["--component", f"{name}={path}"]
+    for actor in pipeline.actors:
+        if actor.runtime == "python":
+            cmd += ["--python-actor", f"{actor.name}={pipeline.root}"]
+    cmd += ["--python", sys.executable]
     if payload is not None:
         cmd += ["--payload", payload]
     else:

@@ -1,0 +1,143 @@
+"""How a handler is loaded and called: the one implementation shared by the WASM adapter (copied
+into every component as `_asya_handling`) and the native runtime (`python -m asya.runtime`), so
+the two paths cannot drift apart. Standard library only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+#: Marker in front of load-time errors, so `asya build` can show them plainly.
+BUILD_ERROR_MARKER = "ASYA_BUILD_ERROR: "
+
+
+class LoadError(Exception):
+    """The handler cannot be loaded; the message says why."""
+
+
+class HandlerFailure(Exception):
+    """A call failed; `fields` is the error record (type, message, mro_names, traceback)."""
+
+    def __init__(self, kind: str, message: str, mro_names: list[str], trace: str) -> None:
+        super().__init__(message)
+        self.fields = {"type": kind, "message": message, "mro_names": mro_names, "traceback": trace}
+
+
+def _fail(message: str) -> None:
+    raise LoadError(BUILD_ERROR_MARKER + message)
+
+
+def load_handler(reference: str, module: str, cls: str | None, func: str) -> Callable[..., Any]:
+    """Imports `module` and returns the handler callable. A class is constructed here, once,
+    with no arguments; every `__init__` parameter must have a default."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        _fail(f"handler {reference!r}: cannot import {exc.name!r}: {exc}")
+    if cls is None:
+        fn = getattr(mod, func, None)
+        if fn is None or not callable(fn):
+            _fail(f"handler {reference!r}: module {module!r} has no function {func!r}")
+        return fn  # type: ignore[return-value]
+    klass = getattr(mod, cls, None)
+    if not isinstance(klass, type):
+        _fail(f"handler {reference!r}: module {module!r} has no class {cls!r}")
+    for name, param in inspect.signature(klass).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.default is param.empty:
+            _fail(
+                f"handler {reference!r}: {cls}.__init__ parameter {name!r} has no default; "
+                "the class is constructed once with no arguments"
+            )
+    instance = klass()  # type: ignore[misc]
+    fn = getattr(instance, func, None)
+    if fn is None or not callable(fn):
+        _fail(f"handler {reference!r}: class {cls!r} has no method {func!r}")
+    return fn  # type: ignore[return-value]
+
+
+def split_reference(reference: str, cls_given: bool) -> tuple[str, str | None, str]:
+    """`module.func` or `module.Class.method` (dotted module paths allowed)."""
+    parts = reference.split(".")
+    if cls_given:
+        return ".".join(parts[:-2]), parts[-2], parts[-1]
+    return ".".join(parts[:-1]), None, parts[-1]
+
+
+def _mro(exc: BaseException) -> list[str]:
+    return [c.__name__ for c in type(exc).__mro__ if c not in (BaseException, object)]
+
+
+def failure(exc: BaseException, skip_frames: int = 1) -> HandlerFailure:
+    """The error record of an exception raised by the handler (skipping our own frames)."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return HandlerFailure(type(exc).__name__, str(exc), _mro(exc), text)
+
+
+def type_error(message: str) -> HandlerFailure:
+    return HandlerFailure("TypeError", message, ["TypeError", "Exception"], "")
+
+
+def parse_input(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise type_error(f"input is not JSON: {exc}") from None
+
+
+def drive(coroutine: Any) -> Any:
+    """Runs a coroutine that never awaits real I/O to completion (the WASM runtime has no event
+    loop); anything awaiting I/O is reported."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coroutine.close()
+    raise TypeError(
+        "async handler awaited something that needs an event loop; "
+        "use runtime: python for handlers that await I/O"
+    )
+
+
+def call(handler: Callable[..., Any], data: Any) -> Any:
+    """Calls the handler; a coroutine result is driven to completion without an event loop."""
+    try:
+        result = handler(data)
+        if inspect.iscoroutine(result):
+            result = drive(result)
+        return result
+    except BaseException as exc:  # the handler's failure, whatever it is, is reported
+        raise failure(exc, skip_frames=1) from None
+
+
+async def call_async(handler: Callable[..., Any], data: Any) -> Any:
+    """Calls the handler on the running event loop (native runtime)."""
+    try:
+        result = handler(data)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    except BaseException as exc:  # the handler's failure, whatever it is, is reported
+        raise failure(exc, skip_frames=1) from None
+
+
+def encode_result(result: Any) -> str | None:
+    """`None` stays `None`; a dict becomes JSON text; anything else is a TypeError."""
+    if result is None:
+        return None
+    if not isinstance(result, dict):
+        raise type_error(f"handler returned {type(result).__name__}, expected a dict or None")
+    try:
+        return json.dumps(result, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise type_error(f"handler result is not JSON-serialisable: {exc}") from None
