@@ -8,8 +8,8 @@ scripts/setup.sh
 
 echo "== lint"
 cargo fmt --all -- --check
-.venv/bin/ruff check sdk-python tests host/benches
-.venv/bin/ruff format --check sdk-python tests host/benches
+.venv/bin/ruff check sdk-python tests host/benches examples
+.venv/bin/ruff format --check sdk-python tests host/benches examples
 
 echo "== rust tests"
 cargo test --release --locked --workspace
@@ -20,3 +20,4 @@ echo "== python tests"
 echo "== benchmarks (short runs; full runs: cargo bench -p asya-host)"
 BENCH_MESSAGES=5000 cargo bench --locked -p asya-host --bench pipeline
 BENCH_MESSAGES=2000 cargo bench --locked -p asya-host --bench nats_pipeline
+BENCH_MESSAGES=1000 cargo bench --locked -p asya-host --bench runtimes

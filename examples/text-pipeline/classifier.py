@@ -28,4 +28,9 @@ class TextClassifier:
         neg = sum(w in self.negative for w in words)
         score = (pos + 1) / (pos + neg + 2)  # Laplace-smoothed share of positive words
         label = "positive" if score >= self.threshold else "negative"
-        return {**payload, "label": label, "score": round(score, 3), "model_loads": self.loads}
+        return {
+            **payload,
+            "label": label,
+            "score": round(score, 3),
+            "model_loads": self.loads,
+        }

@@ -4,4 +4,8 @@
 def refine(payload: dict) -> dict:
     score = payload["score"]
     nudged = score + 0.15 if score >= 0.5 else score - 0.15
-    return {**payload, "score": round(nudged, 3), "refinements": payload.get("refinements", 0) + 1}
+    return {
+        **payload,
+        "score": round(nudged, 3),
+        "refinements": payload.get("refinements", 0) + 1,
+    }

@@ -90,3 +90,14 @@ def test_bad_input_gets_a_clear_message(repo: Path) -> None:
     proc = asya(repo, "dev", EXAMPLE, "--route", "nobody", "--payload", "{}")
     assert proc.returncode == 1
     assert "no actor named 'nobody'" in proc.stderr
+
+
+def test_gpu_example_mixes_a_native_python_actor_with_a_wasm_actor(repo: Path) -> None:
+    proc = asya(repo, "dev", "examples/gpu-embedder", "--payload", '{"text": "hello gpu"}')
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads(proc.stdout)
+    assert final["route"]["prev"] == ["embed", "summarize"]
+    payload = final["payload"]
+    assert payload["dims"] == 16
+    assert payload["device"] in ("python", "cpu", "cuda")
+    assert abs(sum(v * v for v in payload["embedding"]) - 1.0) < 1e-3
