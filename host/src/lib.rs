@@ -13,6 +13,7 @@ pub mod executor;
 pub mod local;
 pub mod manifest;
 pub mod metrics;
+pub mod oci;
 pub mod python;
 pub mod resiliency;
 pub mod routing;

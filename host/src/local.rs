@@ -7,6 +7,7 @@ use crate::end_actors::{run_end_actors, Finished, MemoryResults};
 use crate::envelope::{now_rfc3339, Envelope, Route};
 use crate::executor::Executor;
 use crate::manifest::AsyncActor;
+use crate::oci::OciFetcher;
 use crate::python::{PythonExecutor, PythonRuntimeConfig};
 use crate::resiliency::Resiliency;
 use crate::routing::Mode;
@@ -290,10 +291,42 @@ async fn load_component(
     cache: &ComponentCache,
     def: &ActorDef,
 ) -> Result<LoadedComponent> {
+    load_component_from(engine, cache, &def.name, def.component.clone()).await
+}
+
+/// Loads an actor's component from a file or an `oci://` reference (pulled, verified, cached),
+/// compiling it or taking it from the compiled cache.
+pub async fn load_component_from(
+    engine: &Arc<SandboxEngine>,
+    cache: &ComponentCache,
+    name: &str,
+    path: PathBuf,
+) -> Result<LoadedComponent> {
     let engine = engine.clone();
     let cache = cache.clone();
-    let path = def.component.clone();
-    let name = def.name.clone();
+    let name = name.to_owned();
+    let reference = path
+        .to_str()
+        .filter(|p| p.starts_with("oci://"))
+        .map(str::to_owned);
+    if let Some(reference) = reference {
+        let root = cache
+            .root()
+            .map(PathBuf::from)
+            .or_else(crate::component_cache::default_cache_dir)
+            .context("no cache directory for OCI blobs")?;
+        let fetched = OciFetcher::new(&root)
+            .fetch(&reference)
+            .await
+            .with_context(|| format!("actor '{name}'"))?;
+        return tokio::task::spawn_blocking(move || {
+            cache
+                .load_verified(engine.engine(), &fetched.path, &fetched.digest)
+                .with_context(|| format!("actor '{name}'"))
+        })
+        .await
+        .context("the component loader panicked")?;
+    }
     tokio::task::spawn_blocking(move || {
         cache
             .load_file(engine.engine(), &path)

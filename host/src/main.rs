@@ -46,6 +46,19 @@ enum Command {
     Run(RunArgs),
     /// Publish a payload into a route on NATS; with --wait, print the final envelope.
     Send(SendArgs),
+    /// Pull an `oci://` component into the cache (verifying its digest) and print where it is.
+    Pull {
+        /// `oci://registry/repo:tag` or `oci://registry/repo@sha256:...`.
+        reference: String,
+        /// Also copy the component here.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Describe a component: handler, mode, SDK version, digest, WIT imports and exports (JSON).
+    Inspect {
+        /// The component file.
+        component: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -164,6 +177,8 @@ fn main() -> Result<()> {
             Command::Dev(args) => dev(args).await,
             Command::Run(args) => run(args).await,
             Command::Send(args) => send(args).await,
+            Command::Pull { reference, output } => pull(reference, output).await,
+            Command::Inspect { component } => inspect(component).await,
         }
     })?;
     std::process::exit(code);
@@ -246,6 +261,62 @@ async fn send(args: SendArgs) -> Result<i32> {
     println!("{}", serde_json::to_string_pretty(&finished)?);
     let failed = finished.route.curr == SUMP;
     Ok(if failed { 2 } else { 0 })
+}
+
+async fn pull(reference: String, output: Option<PathBuf>) -> Result<i32> {
+    let root = default_cache_dir().context("no cache directory (set ASYA_CACHE_DIR)")?;
+    let fetched = asya_host::oci::OciFetcher::new(&root)
+        .fetch(&reference)
+        .await?;
+    if let Some(output) = &output {
+        std::fs::copy(&fetched.path, output)
+            .with_context(|| format!("writing {}", output.display()))?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "reference": reference,
+            "manifest_digest": fetched.manifest_digest,
+            "digest": fetched.digest,
+            "path": output.unwrap_or(fetched.path),
+            "from_cache": fetched.from_cache,
+        })
+    );
+    Ok(0)
+}
+
+async fn inspect(component: PathBuf) -> Result<i32> {
+    let engine = asya_host::sandbox::SandboxEngine::new()?;
+    let loaded = ComponentCache::new(default_cache_dir()).load_file(engine.engine(), &component)?;
+    let ty = loaded.component.component_type();
+    let imports: Vec<String> = ty
+        .imports(engine.engine())
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine.engine())
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let executor = asya_host::wasm::WasmExecutor::load(
+        "inspect",
+        engine.clone(),
+        &loaded,
+        asya_host::sandbox::SandboxLimits::default(),
+    )
+    .await?;
+    let d = executor.descriptor();
+    println!(
+        "{}",
+        serde_json::json!({
+            "handler": d.handler,
+            "mode": d.mode,
+            "sdk_version": d.sdk_version,
+            "digest": loaded.digest,
+            "imports": imports,
+            "exports": exports,
+        })
+    );
+    Ok(0)
 }
 
 fn parse_payload(text: &str, origin: &str) -> Result<Value> {

@@ -94,11 +94,7 @@ fn component_path(
             "actor '{}' has no spec.component and no --component {0}=PATH",
             actor.name()
         ),
-        Some(reference) if reference.starts_with("oci://") => bail!(
-            "actor '{}': component {reference} is an OCI reference; pass the built file with \
-             --component {0}=PATH",
-            actor.name()
-        ),
+        Some(reference) if reference.starts_with("oci://") => Ok(PathBuf::from(reference)),
         Some(reference) => {
             let path = PathBuf::from(reference.trim_start_matches("file://"));
             Ok(if path.is_absolute() {
@@ -187,14 +183,13 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
             } else {
                 let base = file.parent().unwrap_or(Path::new("."));
                 let path = component_path(&actor, &config.components, base)?;
-                let loaded = {
-                    let (cache, engine, path) =
-                        (config.cache.clone(), engine.clone(), path.clone());
-                    tokio::task::spawn_blocking(move || cache.load_file(engine.engine(), &path))
-                        .await
-                        .context("component loader panicked")?
-                        .with_context(|| format!("actor '{}'", actor.name()))?
-                };
+                let loaded = crate::local::load_component_from(
+                    &engine,
+                    &config.cache,
+                    actor.name(),
+                    path.clone(),
+                )
+                .await?;
                 let wasm = Arc::new(
                     WasmExecutor::load(
                         actor.name(),

@@ -37,6 +37,7 @@ class BuildResult:
     digest: str
     cached: bool
     seconds: float
+    source_key: str = ""
 
 
 def cache_dir() -> Path:
@@ -128,7 +129,7 @@ def build(
     output.parent.mkdir(parents=True, exist_ok=True)
     if use_cache and cached.is_file():
         _copy(cached, output)
-        return BuildResult(output, sha256_file(output), True, time.monotonic() - started)
+        return BuildResult(output, sha256_file(output), True, time.monotonic() - started, key)
     if on_start is not None:
         on_start(f"componentize-py {ref.text} ({mode})")
     with tempfile.TemporaryDirectory(prefix="asya-build-") as tmp:
@@ -145,7 +146,7 @@ def build(
         shutil.copyfile(built, partial)
         os.replace(partial, cached)
     _copy(cached, output)
-    return BuildResult(output, sha256_file(output), False, time.monotonic() - started)
+    return BuildResult(output, sha256_file(output), False, time.monotonic() - started, key)
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -9,13 +10,22 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from . import __version__
 from .build import MODES, BuildResult, build
 from .handler_ref import BuildError
 from .host import find_host_binary
 from .manifest import ActorManifest, load_pipeline
+from .oci import RegistryError, push
 
 console = Console(stderr=True)
 
@@ -66,8 +76,19 @@ def main() -> None:
     help="Output component (default: <module>.wasm).",
 )
 @click.option("--no-cache", is_flag=True, help="Rebuild even if the inputs are unchanged.")
+@click.option(
+    "--push",
+    "push_to",
+    metavar="oci://REGISTRY/REPO:TAG",
+    help="Push the component to an OCI registry after building it.",
+)
 def build_command(
-    handler: str, source_dir: Path, mode: str, output: Path | None, no_cache: bool
+    handler: str,
+    source_dir: Path,
+    mode: str,
+    output: Path | None,
+    no_cache: bool,
+    push_to: str | None,
 ) -> None:
     """Build HANDLER (module.func or module.Class.method) into a WebAssembly component."""
     output = output or Path(handler.split(".")[0] + ".wasm")
@@ -85,6 +106,61 @@ def build_command(
         console.print(f"[red]error:[/] {exc}")
         sys.exit(1)
     _report(handler, result)
+    if push_to:
+        _push(result.output, push_to, {"sh.asya.source-digest": result.source_key})
+
+
+def _inspect(component: Path) -> dict[str, object]:
+    """Handler, mode, SDK version, imports and exports of a component (via `asya-host`)."""
+    proc = subprocess.run(
+        [str(find_host_binary()), "inspect", str(component)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise BuildError(f"cannot inspect {component}: {proc.stderr.strip()}")
+    info: dict[str, object] = json.loads(proc.stdout)
+    return info
+
+
+def _push(component: Path, reference: str, extra: dict[str, str] | None = None) -> None:
+    try:
+        info = _inspect(component)
+        annotations = {
+            "sh.asya.handler": str(info["handler"]),
+            "sh.asya.mode": str(info["mode"]),
+            "sh.asya.sdk-version": str(info["sdk_version"]),
+            **(extra or {}),
+        }
+        with Progress(
+            TextColumn("uploading {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(component.name, total=component.stat().st_size)
+            ref, digest = push(
+                component,
+                reference,
+                imports=[str(i) for i in info["imports"]],  # type: ignore[attr-defined]
+                exports=[str(e) for e in info["exports"]],  # type: ignore[attr-defined]
+                annotations=annotations,
+                progress=lambda sent, total: progress.update(task, completed=sent, total=total),
+            )
+    except (BuildError, RegistryError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+    console.print(f"[green]✓[/] pushed {ref}")
+    click.echo(digest)
+
+
+@main.command("push")
+@click.argument("component", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("reference", metavar="oci://REGISTRY/REPO:TAG")
+def push_command(component: Path, reference: str) -> None:
+    """Push COMPONENT to an OCI registry as a CNCF wasm artifact; prints the manifest digest."""
+    _push(component, reference)
 
 
 def _build_actors(
