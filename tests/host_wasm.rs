@@ -395,8 +395,8 @@ async fn instances_are_reused_and_recycled_past_the_memory_mark() {
         stats
             .instantiated
             .load(std::sync::atomic::Ordering::Relaxed),
-        1,
-        "one warm instance served every message"
+        2,
+        "one instance for describe() at load, then one warm instance for every message"
     );
     host.shutdown().await.unwrap();
 
@@ -412,5 +412,51 @@ async fn instances_are_reused_and_recycled_past_the_memory_mark() {
         stats.discarded.load(std::sync::atomic::Ordering::Relaxed),
         3
     );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_actors_hold_no_instance_and_idle_instances_are_reclaimed() {
+    let mut def = ActorDef::new("cold", behave());
+    def.limits.idle_timeout = Duration::from_millis(300);
+    let mut host = start(vec![def]).await;
+    let executor = host.executor("cold").unwrap().clone();
+    assert_eq!(
+        executor.idle_instances(),
+        0,
+        "a registered, idle actor holds no instance"
+    );
+    let started = Instant::now();
+    let (end, _) = run_one(&mut host, &["cold"], json!({"text": "first"})).await;
+    assert_eq!(end, SINK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "instantiated on demand"
+    );
+    assert_eq!(executor.idle_instances(), 1, "kept for the next message");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        executor.idle_instances(),
+        0,
+        "reclaimed after the idle timeout"
+    );
+    let (end, _) = run_one(&mut host, &["cold"], json!({"text": "again"})).await;
+    assert_eq!(end, SINK);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_is_reported_and_the_host_carries_on() {
+    let mut host = start(vec![strict("a")]).await;
+    let (end, env) = run_one(&mut host, &["a"], json!({"do": "recurse"})).await;
+    assert_eq!(end, SUMP);
+    let status = env.status.unwrap();
+    // CPython's own guard (RecursionError) or the wasm stack guard (Trap): never a crash.
+    assert!(
+        status.reason == Some(Reason::HandlerError) || status.reason == Some(Reason::Trap),
+        "{status:?}"
+    );
+    let (end, _) = run_one(&mut host, &["a"], json!({"text": "next"})).await;
+    assert_eq!(end, SINK);
     host.shutdown().await.unwrap();
 }

@@ -139,6 +139,7 @@ impl LocalHost {
                             .await?,
                         );
                         let descriptor = wasm.descriptor().clone();
+                        wasm.start_reaper();
                         executors.insert(def.name.clone(), wasm.clone());
                         (
                             wasm,

@@ -94,6 +94,15 @@ pub struct SandboxSpec {
     /// Environment variables the handler sees (nothing else is visible).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Keep one instance ready while idle.
+    #[serde(default)]
+    pub keep_warm: Option<bool>,
+    /// Drop idle instances after this long (`60s`).
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Discard an instance after this many calls.
+    #[serde(default)]
+    pub recycle_after_calls: Option<u64>,
 }
 
 /// A Kubernetes quantity: a number or a string such as `256Mi`, `1G`, `512k`.
@@ -219,6 +228,15 @@ impl AsyncActor {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if let Some(warm) = spec.keep_warm {
+            limits.keep_warm = warm;
+        }
+        if let Some(idle) = &spec.idle_timeout {
+            limits.idle_timeout = parse_duration(idle).with_context(ctx)?;
+        }
+        if let Some(n) = spec.recycle_after_calls {
+            limits.recycle_after_calls = n;
+        }
         Ok(limits)
     }
 

@@ -50,6 +50,10 @@ pub struct SandboxLimits {
     pub recycle_after_calls: u64,
     /// The only environment variables the guest sees.
     pub env: Vec<(String, String)>,
+    /// Keep one instance ready while idle (lower first-message latency, more memory).
+    pub keep_warm: bool,
+    /// Idle instances are dropped after this long without a message.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for SandboxLimits {
@@ -63,6 +67,8 @@ impl Default for SandboxLimits {
             recycle_memory_bytes: 192 << 20,
             recycle_after_calls: 0,
             env: Vec::new(),
+            keep_warm: false,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

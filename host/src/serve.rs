@@ -201,6 +201,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
                 );
                 tracing::info!(actor = actor.name(), namespace = %namespace, handler = %wasm.descriptor().handler,
                     digest = %loaded.digest, cached = loaded.from_cache, "actor loaded");
+                wasm.start_reaper();
                 executors.push((actor.name().to_owned(), wasm.clone()));
                 wasm
             };

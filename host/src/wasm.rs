@@ -64,6 +64,7 @@ struct Guest {
     store: Store<GuestState>,
     actor: bindings::Actor,
     calls: u64,
+    last_used: Instant,
 }
 
 /// The instance pool of one actor's component.
@@ -135,8 +136,52 @@ impl WasmExecutor {
             },
             sdk_version: described.sdk_version,
         };
-        executor.idle.lock().expect("pool lock").push(guest);
+        if executor.limits.keep_warm {
+            executor.idle.lock().expect("pool lock").push(guest);
+        } else {
+            // Idle actors hold no instance: the first message instantiates one from the
+            // snapshot (about a millisecond).
+            drop(guest);
+        }
         Ok(executor)
+    }
+
+    /// Drops instances idle for longer than `sandbox.idle_timeout` (keeping one when
+    /// `keep_warm`); returns how many were dropped.
+    pub fn reap_idle(&self) -> usize {
+        let keep = usize::from(self.limits.keep_warm);
+        let mut idle = self.idle.lock().expect("pool lock");
+        let before = idle.len();
+        let timeout = self.limits.idle_timeout;
+        let mut kept = 0;
+        idle.retain(|g| {
+            let fresh = g.last_used.elapsed() < timeout;
+            let keep_this = fresh || kept < keep;
+            if keep_this {
+                kept += 1;
+            }
+            keep_this
+        });
+        let dropped = before - idle.len();
+        self.stats
+            .discarded
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        dropped
+    }
+
+    /// Starts a background task that reaps idle instances until the executor is dropped.
+    pub fn start_reaper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = (self.limits.idle_timeout / 2).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(executor) = weak.upgrade() else {
+                    break;
+                };
+                executor.reap_idle();
+            }
+        });
     }
 
     /// What the component said about itself.
@@ -168,6 +213,7 @@ impl WasmExecutor {
                     store,
                     actor,
                     calls: 0,
+                    last_used: Instant::now(),
                 })
             }
             Err(err) => {
@@ -344,6 +390,7 @@ impl Executor for WasmExecutor {
             },
         };
         let (outcome, keep) = self.run(&mut guest, &input, timeout).await;
+        guest.last_used = Instant::now();
         if keep {
             self.idle.lock().expect("pool lock").push(guest);
         } else {
