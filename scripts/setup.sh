@@ -13,6 +13,15 @@ if ! command -v docker-registry >/dev/null 2>&1; then
   fi
 fi
 
+# Graphviz renders `asya flow compile --plot` diagrams (flow.dot -> SVG/PNG).
+if ! command -v dot >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+  else
+    echo "graphviz is missing: install it (apt-get install graphviz) for flow plots" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -10,6 +10,8 @@ pub mod component_cache;
 pub mod end_actors;
 pub mod envelope;
 pub mod executor;
+pub mod fanin;
+pub mod flow;
 pub mod local;
 pub mod manifest;
 pub mod metrics;

@@ -113,6 +113,11 @@ impl LocalHost {
         let mut tasks = JoinSet::new();
         let (store, results) = MemoryResults::new();
         tasks.spawn(run_end_actors(shared.clone(), store, shutdown.clone()));
+        tasks.spawn(crate::fanin::run_fanin(
+            shared.clone(),
+            Arc::new(crate::fanin::MemoryFanIn::default()),
+            shutdown.clone(),
+        ));
         let mut executors = HashMap::new();
         let mut python_executors = HashMap::new();
         let mut loaded = Vec::new();

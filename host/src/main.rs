@@ -120,9 +120,9 @@ struct SendArgs {
 
 #[derive(clap::Args)]
 struct DevArgs {
-    /// Directory of AsyncActor manifests (YAML).
-    #[arg(long)]
-    manifests: PathBuf,
+    /// Directory of AsyncActor manifests (YAML); repeat for several (e.g. compiled flow routers).
+    #[arg(long, required = true)]
+    manifests: Vec<PathBuf>,
     /// Built component of an actor, as NAME=PATH (repeat for each actor).
     #[arg(long = "component", value_name = "NAME=PATH")]
     components: Vec<String>,
@@ -357,7 +357,16 @@ async fn dev(args: DevArgs) -> Result<i32> {
     let (payloads, single) = read_payloads(&args)?;
     let mut components = parse_components(&args.components)?;
     let mut python_actors = parse_components(&args.python_actors)?;
-    let manifests = manifest::load_dir(&args.manifests)?;
+    let mut manifests = Vec::new();
+    for dir in &args.manifests {
+        manifests.extend(manifest::load_dir(dir)?);
+    }
+    let manifest_dirs = args
+        .manifests
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut actors = Vec::new();
     for (_, actor) in &manifests {
         if let Some(source_dir) = python_actors.remove(actor.name()) {
@@ -393,16 +402,10 @@ async fn dev(args: DevArgs) -> Result<i32> {
         actors.push(ActorDef::from_manifest(actor, path)?);
     }
     if let Some(name) = python_actors.keys().next() {
-        bail!(
-            "--python-actor {name}=...: no AsyncActor named '{name}' in {}",
-            args.manifests.display()
-        );
+        bail!("--python-actor {name}=...: no AsyncActor named '{name}' in {manifest_dirs}");
     }
     if let Some(name) = components.keys().next() {
-        bail!(
-            "--component {name}=...: no AsyncActor named '{name}' in {}",
-            args.manifests.display()
-        );
+        bail!("--component {name}=...: no AsyncActor named '{name}' in {manifest_dirs}");
     }
     for step in &args.route {
         if !is_end_actor(step) && !actors.iter().any(|a| &a.name == step) {

@@ -6,6 +6,7 @@
 use crate::envelope::{
     is_end_actor, parse_rfc3339, Envelope, ErrorInfo, Phase, Reason, Route, Status, SINK, SUMP,
 };
+use crate::flow;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -172,6 +173,21 @@ pub fn handler_input(mode: Mode, env: &Envelope) -> String {
 pub fn route_outcome(
     actor: &str,
     mode: Mode,
+    env: Envelope,
+    outcome: CallOutcome,
+    on_failure: impl FnOnce(&Failure, &Envelope) -> FailureAction,
+    now: &str,
+) -> Vec<Dispatch> {
+    let mut out = route_outcome_inner(actor, mode, env, outcome, on_failure, now);
+    for dispatch in &mut out {
+        flow::redirect_child_end(dispatch);
+    }
+    out
+}
+
+fn route_outcome_inner(
+    actor: &str,
+    mode: Mode,
     mut env: Envelope,
     outcome: CallOutcome,
     on_failure: impl FnOnce(&Failure, &Envelope) -> FailureAction,
@@ -186,7 +202,13 @@ pub fn route_outcome(
         CallOutcome::Failed(failure) => Err(failure),
     };
     match result {
-        Ok(None) => vec![finish(env, actor, now)],
+        Ok(None) => {
+            if flow::is_child(&env) {
+                // A fan-out child that returned None contributes None to the merged list.
+                env.payload = Value::Null;
+            }
+            vec![finish(env, actor, now)]
+        }
         Ok(Some(Updated {
             payload,
             route,
@@ -201,7 +223,22 @@ pub fn route_outcome(
             }
             match env.route.advanced() {
                 Some(route) => {
-                    env.route = route;
+                    let given_route = std::mem::replace(&mut env.route, route);
+                    if let Some(expanded) = flow::expand_fanout(&mut env, now) {
+                        return match expanded {
+                            Ok(dispatches) => dispatches,
+                            Err(message) => {
+                                env.route = given_route;
+                                let failure = Failure::host(Reason::HandlerError, message)
+                                    .with_type("FanOutError");
+                                let action = FailureAction::GiveUp {
+                                    reason: Reason::HandlerError,
+                                    route_to: vec![SUMP.to_owned()],
+                                };
+                                route_failure(actor, env, failure, action, now)
+                            }
+                        };
+                    }
                     let next_actor = env.route.curr.clone();
                     if is_end_actor(&next_actor) {
                         // A handler may end the route explicitly by naming an end actor.
@@ -271,6 +308,19 @@ fn route_failure(
             }]
         }
         FailureAction::GiveUp { reason, route_to } => {
+            if route_to.len() == 1 && route_to[0] == SUMP {
+                // A flow's try frame may catch the failure before it reaches the error end.
+                fail_status(
+                    env.status_mut(now),
+                    actor,
+                    reason,
+                    failure.error.clone(),
+                    now,
+                );
+                if let Some(caught) = flow::catch(&mut env, now) {
+                    return vec![caught];
+                }
+            }
             let mut route_to = route_to.into_iter();
             let first = route_to.next().unwrap_or_else(|| SUMP.to_owned());
             let mut prev = env.route.prev.clone();

@@ -151,8 +151,15 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
     for (namespace, actors) in by_namespace {
         let transport = NatsTransport::new(client.clone(), &namespace, config.nats.clone()).await?;
         let results = Arc::new(transport.results().await?);
+        let fanin =
+            Arc::new(crate::fanin::NatsFanIn::open(transport.jetstream(), &namespace).await?);
         let shared: Arc<dyn Transport> = Arc::new(transport);
         tasks.spawn(run_end_actors(shared.clone(), results, workers.clone()));
+        tasks.spawn(crate::fanin::run_fanin(
+            shared.clone(),
+            fanin,
+            workers.clone(),
+        ));
         for (file, actor) in actors {
             let mut settings = actor.sidecar_settings()?;
             if let Some(max) = config.max_message_bytes {

@@ -169,26 +169,44 @@ def _build_actors(
     """Builds every WASM actor of a pipeline (two at a time), showing progress."""
     built: dict[str, Path] = {}
     wasm_actors = [a for a in actors if a.runtime == "wasm"]
+    # Actors with the same handler, mode and sources (e.g. a flow's routers) share one component.
+    groups: dict[tuple[str, str, Path], list[ActorManifest]] = {}
+    for actor in wasm_actors:
+        key = (actor.handler, actor.mode, actor.source_dir or pipeline_root)
+        groups.setdefault(key, []).append(actor)
     with _progress() as progress, ThreadPoolExecutor(max_workers=2) as pool:
-        tasks = {a.name: progress.add_task(f"{a.name}: checking", total=None) for a in wasm_actors}
+        tasks = {
+            key: progress.add_task(f"{members[0].name}: checking", total=None)
+            for key, members in groups.items()
+        }
 
-        def one(actor: ActorManifest) -> tuple[ActorManifest, BuildResult]:
+        def one(
+            item: tuple[tuple[str, str, Path], list[ActorManifest]],
+        ) -> tuple[list[ActorManifest], BuildResult]:
+            key, members = item
+            handler, mode, source_dir = key
+            label = members[0].name if len(members) == 1 else f"{len(members)} routers"
+
             def started(what: str) -> None:
-                progress.update(tasks[actor.name], description=f"{actor.name}: {what}")
+                progress.update(tasks[key], description=f"{label}: {what}")
 
             result = build(
-                actor.handler,
-                pipeline_root,
-                out_dir / f"{actor.name}.wasm",
-                actor.mode,
+                handler,
+                source_dir,
+                out_dir / f"{members[0].name}.wasm",
+                mode,
                 on_start=started,
             )
-            progress.remove_task(tasks[actor.name])
-            return actor, result
+            progress.remove_task(tasks[key])
+            return members, result
 
-        for actor, result in pool.map(one, wasm_actors):
-            _report(f"{actor.name} ({actor.handler})", result)
-            built[actor.name] = result.output
+        for members, result in pool.map(one, groups.items()):
+            names = ", ".join(a.name for a in members)
+            if len(members) > 3:
+                names = f"{members[0].name} and {len(members) - 1} more routers"
+            _report(f"{names} ({members[0].handler})", result)
+            for actor in members:
+                built[actor.name] = result.output
     return built
 
 
@@ -244,11 +262,10 @@ def dev_command(
     except BuildError as exc:
         console.print(f"[red]error:[/] {exc}")
         sys.exit(1)
-    cmd = [
-        str(host),
-        "dev",
-        "--manifests",
-        str(pipeline.actors_dir),
+    cmd = [str(host), "dev"]
+    for directory in pipeline.manifest_dirs:
+        cmd += ["--manifests", str(directory)]
+    cmd += [
         "--route",
         ",".join(steps),
         "--window",
@@ -317,3 +334,107 @@ def send_command(
 
 if __name__ == "__main__":
     main()
+
+
+@main.group("flow")
+def flow_group() -> None:
+    """Compile plain-Python flows into router actors."""
+
+
+def _flow_error(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    sys.exit(1)
+
+
+@flow_group.command("validate")
+@click.argument("flow_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def flow_validate_command(flow_file: Path) -> None:
+    """Check FLOW_FILE without writing anything."""
+    from .flow import FlowCompileError, compile_source
+
+    try:
+        program = compile_source(flow_file.read_text(encoding="utf-8"), str(flow_file))
+    except FlowCompileError as exc:
+        _flow_error(exc)
+        return
+    for flow in program.flows:
+        console.print(
+            f"[green]ok[/] {flow.name}: {len(flow.entries)} routers, "
+            f"calls {', '.join(flow.handlers + flow.subflows) or 'no actors'}"
+        )
+
+
+@flow_group.command("compile")
+@click.argument("flow_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Where routers.py, flow.dot and the manifests go.",
+)
+@click.option("--plot", is_flag=True, help="Also render flow.dot to SVG and PNG (Graphviz).")
+@click.option("--plot-width", type=int, default=None, help="Width of the plot in pixels.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--verbose", is_flag=True, help="Show every router and how handlers resolve.")
+@click.option(
+    "--actors",
+    "actors_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="AsyncActor manifests of the handler actors: names resolve against them now.",
+)
+@click.option("--namespace", default=None, help="metadata.namespace of the router manifests.")
+@click.option(
+    "--max-iterations",
+    type=int,
+    default=0,
+    help="Iteration guard of every while/for loop (default 1000).",
+)
+def flow_compile_command(
+    flow_file: Path,
+    output_dir: Path,
+    plot: bool,
+    plot_width: int | None,
+    overwrite: bool,
+    verbose: bool,
+    actors_dir: Path | None,
+    namespace: str | None,
+    max_iterations: int,
+) -> None:
+    """Compile FLOW_FILE into router actors."""
+    from .flow import FlowCompileError, compile_file
+    from .flow import plot as render_plot
+    from .manifest import load_actors
+
+    try:
+        known = None
+        if actors_dir is not None:
+            known = {a.name: a.handler for a in load_actors(actors_dir)}
+        compiled = compile_file(
+            flow_file,
+            output_dir,
+            overwrite=overwrite,
+            known_actors=known,
+            namespace=namespace,
+            max_iterations=max_iterations,
+        )
+        plots = []
+        if plot:
+            for fmt in ("svg", "png"):
+                plots.append(render_plot(output_dir / "flow.dot", fmt, plot_width))
+    except (FlowCompileError, LookupError, FileExistsError, FileNotFoundError, BuildError) as exc:
+        _flow_error(exc)
+        return
+    except subprocess.CalledProcessError as exc:
+        _flow_error(RuntimeError(f"dot failed: {exc.stderr}"))
+        return
+    for flow in compiled.program.flows:
+        console.print(f"[green]compiled[/] {flow.name}: {len(flow.entries)} routers")
+        if verbose:
+            for block_id in flow.entries:
+                actor, _ = flow.routers[block_id]
+                console.print(f"  router {actor} (line {flow.blocks[block_id].line})")
+    if verbose:
+        for h in compiled.handlers:
+            console.print(f"  handler {h.name} -> actor {h.actor} ({h.env}={h.handler})")
+    for path in [*compiled.files, *plots]:
+        console.print(f"  wrote {path}")

@@ -6,7 +6,7 @@ that deploy the actors to a cluster) and `pipeline.yaml` with the route payloads
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -25,6 +25,8 @@ class ActorManifest:
     mode: str
     runtime: str
     path: Path
+    #: Where the handler's module is, when not the pipeline's root (compiled flow routers).
+    source_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class Pipeline:
     actors_dir: Path
     actors: list[ActorManifest]
     route: list[str]
+    #: Every directory of manifests the host loads (the actors, then compiled flow routers).
+    manifest_dirs: list[Path] = field(default_factory=list)
+    #: Router actors of compiled flows, by flow file.
+    flow_routers: dict[str, list[str]] = field(default_factory=dict)
 
     def actor(self, name: str) -> ActorManifest:
         for actor in self.actors:
@@ -95,8 +101,43 @@ def load_pipeline(root: Path) -> Pipeline:
     if not actors:
         raise BuildError(f"no AsyncActor manifests found in {actors_dir}")
     route: list[str] = []
+    flows: list[str] = []
     spec_file = root / "pipeline.yaml"
     if spec_file.is_file():
         spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}
         route = [str(step) for step in spec.get("route") or []]
-    return Pipeline(root=root, actors_dir=actors_dir, actors=actors, route=route)
+        flows = [str(f) for f in spec.get("flows") or []]
+    manifest_dirs = [actors_dir]
+    flow_routers: dict[str, list[str]] = {}
+    if flows:
+        from .flow import FlowCompileError, compile_file
+
+        known = {a.name: a.handler for a in actors}
+        for flow_file in flows:
+            source = root / flow_file
+            if not source.is_file():
+                raise BuildError(f"{spec_file}: flow file {flow_file} does not exist")
+            out = root / ".asya" / "flows" / source.stem
+            try:
+                compiled = compile_file(source, out, overwrite=True, known_actors=known)
+            except (FlowCompileError, LookupError) as exc:
+                raise BuildError(str(exc)) from None
+            routers = load_actors(out / "actors")
+            actors += [replace(r, source_dir=out) for r in routers]
+            manifest_dirs.append(out / "actors")
+            flow_routers[flow_file] = compiled.routers
+        if not route:
+            # The first flow's entry router: `start-<flow>`.
+            route = [next(iter(flow_routers.values()))[0]]
+    names = [a.name for a in actors]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise BuildError(f"flow routers clash with actors of the same name: {duplicates}")
+    return Pipeline(
+        root=root,
+        actors_dir=actors_dir,
+        actors=actors,
+        route=route,
+        manifest_dirs=manifest_dirs,
+        flow_routers=flow_routers,
+    )

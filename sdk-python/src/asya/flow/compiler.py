@@ -1,0 +1,993 @@
+"""The Flow DSL compiler: a plain Python function over one payload dict becomes a graph of blocks
+that generated router actors walk, calling one actor per hop.
+
+A flow is a module-level `def` (or `async def`) with one parameter, the payload (`p` below).
+What it may contain:
+
+- actor calls `p = f(p)`, `p = await f(p)`, `p = c.method(p)` after `c = Cls()` (zero arguments);
+  a call of another flow of the same file runs that flow as a sub-flow;
+- payload mutations: `p["k"] = expr`, `p["n"] += 1`, nested subscripts, `del p["k"]`,
+  `p = {**p, ...}`; expressions may use `p`, loop/except variables and pure builtins;
+- `if/elif/else`, early `return p`, `while` (with `break`/`continue`, `else` not allowed) under a
+  run-time iteration guard, `for x in <expr>:` loops, `try/except [Type [as e]]` (and `else`);
+- fan-out: `p["k"] = [f(x) for x in <expr>]`, `p["k"] = await asyncio.gather(f(a), g(b))` and
+  `p["k"] = await asyncio.gather(*[f(x) for x in <expr>])`: the host sends every item to its
+  actor in parallel and merges the results back, in order, before the flow continues.
+
+Everything else is rejected with the file, line, column and a hint. The compiler is pure: it reads
+source text and returns a `FlowProgram`; `codegen` turns that into Python.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+from dataclasses import dataclass, field
+
+#: Builtins a flow's expressions may call: pure functions of their arguments.
+PURE_BUILTINS = frozenset(
+    {
+        "abs",
+        "all",
+        "any",
+        "bool",
+        "dict",
+        "divmod",
+        "enumerate",
+        "filter",
+        "float",
+        "format",
+        "frozenset",
+        "int",
+        "isinstance",
+        "len",
+        "list",
+        "map",
+        "max",
+        "min",
+        "reversed",
+        "round",
+        "set",
+        "sorted",
+        "str",
+        "sum",
+        "tuple",
+        "zip",
+        "range",
+        "repr",
+        "hash",
+        "ord",
+        "chr",
+    }
+)
+
+#: Constants and exception names an expression may name.
+KNOWN_NAMES = frozenset({"True", "False", "None"}) | frozenset(
+    n for n in dir(builtins) if isinstance(getattr(builtins, n), type) and n[0].isupper()
+)
+
+DEFAULT_MAX_ITERATIONS = 1000
+
+
+class FlowCompileError(Exception):
+    """A construct the flow DSL does not support, with where it is and how to fix it."""
+
+    def __init__(self, path: str, node: ast.AST | None, message: str, hint: str = "") -> None:
+        self.path = path
+        self.line = getattr(node, "lineno", 0) or 0
+        self.column = (getattr(node, "col_offset", 0) or 0) + 1
+        self.message = message
+        self.hint = hint
+        text = f"{path}:{self.line}:{self.column}: {message}"
+        if hint:
+            text += f"\n  hint: {hint}"
+        super().__init__(text)
+
+
+# --- the program --------------------------------------------------------------------------------
+
+
+@dataclass
+class Goto:
+    target: str
+
+
+@dataclass
+class Branch:
+    condition: str
+    then: str
+    otherwise: str
+
+
+@dataclass
+class Call:
+    #: ("handler", name) resolved at run time, or ("actor", name) for a sub-flow's entry router.
+    target: tuple[str, str]
+    after: str
+
+
+@dataclass
+class FanOut:
+    #: Python source of each key of the payload path the results go to.
+    target_keys: list[str]
+    #: Explicit items: (target, argument source).
+    items: list[tuple[tuple[str, str], str]] = field(default_factory=list)
+    #: Comprehension items: (target, loop variable, iterable source, argument source).
+    comprehension: tuple[tuple[str, str], str, str, str] | None = None
+    after: str = ""
+
+
+@dataclass
+class End:
+    pass
+
+
+Terminator = Goto | Branch | Call | FanOut | End
+
+
+@dataclass
+class Block:
+    """Straight-line flow code (`ops`) and where control goes next (`term`)."""
+
+    id: str
+    line: int
+    kind: str
+    ops: list[str] = field(default_factory=list)
+    term: Terminator | None = None
+    #: Loop and except variables visible here: name -> "value" | "error".
+    scope: dict[str, str] = field(default_factory=dict)
+    #: Active try frames, outermost first: (except block id, error names).
+    frames: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+@dataclass
+class Flow:
+    """One compiled flow function."""
+
+    name: str
+    param: str
+    line: int
+    blocks: dict[str, Block]
+    start: str
+    end: str
+    #: Blocks a message can arrive at (each gets a router actor), in a stable order.
+    entries: list[str] = field(default_factory=list)
+    #: Router actor (kebab-case) and Python function name of each entry block.
+    routers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: Handler names this flow calls, in first-use order.
+    handlers: list[str] = field(default_factory=list)
+    #: Other flows of the same file this flow calls.
+    subflows: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FlowProgram:
+    """Every flow of one file."""
+
+    path: str
+    flows: list[Flow]
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+
+    @property
+    def handlers(self) -> list[str]:
+        seen: list[str] = []
+        for flow in self.flows:
+            seen += [h for h in flow.handlers if h not in seen]
+        return seen
+
+
+def kebab(name: str) -> str:
+    """`review_flow` -> `review-flow`, `TextCleaner.score` -> `text-cleaner-score`."""
+    name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def snake(name: str) -> str:
+    return kebab(name).replace("-", "_")
+
+
+# --- compiling ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Loop:
+    continue_to: str
+    break_to: str
+    cleanup: list[str]
+    has_break: bool = False
+
+
+class _FlowBuilder:
+    def __init__(self, path: str, fn: ast.FunctionDef | ast.AsyncFunctionDef, flows: set[str]):
+        self.path = path
+        self.fn = fn
+        self.flows = flows
+        args = fn.args
+        if (
+            len(args.args) != 1
+            or args.posonlyargs
+            or args.kwonlyargs
+            or args.vararg
+            or args.kwarg
+            or args.defaults
+        ):
+            self.fail(
+                fn,
+                f"flow {fn.name!r} must take exactly one parameter, the payload",
+                f"def {fn.name}(p: dict) -> dict:",
+            )
+        if fn.decorator_list:
+            self.fail(fn.decorator_list[0], "flows cannot be decorated")
+        self.param = args.args[0].arg
+        self.blocks: dict[str, Block] = {}
+        self.instances: dict[str, str] = {}
+        self.handlers: list[str] = []
+        self.subflows: list[str] = []
+        self.loops: list[_Loop] = []
+        self.has_return = False
+        self.end = self.new_block(fn.end_lineno or fn.lineno, "end")
+        self.end.term = End()
+
+    # blocks
+
+    def fail(self, node: ast.AST | None, message: str, hint: str = "") -> None:
+        raise FlowCompileError(self.path, node, message, hint)
+
+    def new_block(self, line: int, kind: str, like: Block | None = None) -> Block:
+        block = Block(id=f"b{len(self.blocks)}", line=line, kind=kind)
+        if like is not None:
+            block.scope = dict(like.scope)
+            block.frames = list(like.frames)
+        self.blocks[block.id] = block
+        return block
+
+    def build(self) -> Flow:
+        start = self.new_block(self.fn.lineno, "start")
+        last = self.body(self.fn.body, start)
+        if last is not None:
+            last.term = Goto(self.end.id)
+        flow = Flow(
+            name=self.fn.name,
+            param=self.param,
+            line=self.fn.lineno,
+            blocks=self.blocks,
+            start=start.id,
+            end=self.end.id,
+            handlers=self.handlers,
+            subflows=self.subflows,
+        )
+        _finish(flow)
+        return flow
+
+    def body(self, statements: list[ast.stmt], cur: Block | None) -> Block | None:
+        for stmt in statements:
+            if cur is None:
+                # Unreachable code after return/break/continue: still checked, never run.
+                cur = self.new_block(stmt.lineno, "dead")
+            cur = self.statement(stmt, cur)
+        return cur
+
+    def continue_block(self, cur: Block, stmt: ast.stmt, kind: str) -> Block:
+        return self.new_block(stmt.end_lineno or stmt.lineno, kind, like=cur)
+
+    # statements
+
+    def statement(self, stmt: ast.stmt, cur: Block) -> Block | None:
+        if cur.kind == "seq?" and not cur.ops and cur.term is None:
+            # A block that starts at this statement is named after it (routers' names).
+            cur.line, cur.kind = stmt.lineno, _kind_of(stmt)
+        if isinstance(stmt, ast.Expr):
+            if isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
+                return cur  # a docstring or comment string
+            value = stmt.value
+            if (
+                isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Attribute)
+                and self._rooted_in_payload(value.func.value)
+            ):
+                # An in-place method of a payload value: p["tags"].append(...), p.update(...).
+                self.check_expression(value, cur)
+                cur.ops.append(ast.unparse(stmt))
+                return cur
+            if self.actor_call(stmt.value) is not None:
+                self.fail(
+                    stmt,
+                    "the actor's result is discarded",
+                    f"write `{self.param} = {ast.unparse(stmt.value)}`",
+                )
+            self.fail(stmt, "an expression statement has no effect on the payload")
+        if isinstance(stmt, ast.Pass):
+            return cur
+        if isinstance(stmt, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            return self.assignment(stmt, cur)
+        if isinstance(stmt, ast.Delete):
+            for target in stmt.targets:
+                self.check_payload_target(target, stmt)
+            cur.ops.append(ast.unparse(stmt))
+            return cur
+        if isinstance(stmt, ast.If):
+            return self.if_statement(stmt, cur)
+        if isinstance(stmt, ast.While):
+            return self.while_statement(stmt, cur)
+        if isinstance(stmt, ast.For | ast.AsyncFor):
+            return self.for_statement(stmt, cur)
+        if isinstance(stmt, ast.Try):
+            return self.try_statement(stmt, cur)
+        if isinstance(stmt, ast.Return):
+            if stmt.value is not None and not (
+                isinstance(stmt.value, ast.Name) and stmt.value.id == self.param
+            ):
+                self.fail(
+                    stmt,
+                    f"a flow returns its payload: `return {self.param}`",
+                    f"set fields on {self.param} first, then `return {self.param}`",
+                )
+            self.has_return = True
+            cur.term = Goto(self.end.id)
+            return None
+        if isinstance(stmt, ast.Break | ast.Continue):
+            if not self.loops:
+                self.fail(stmt, f"'{type(stmt).__name__.lower()}' outside a loop")
+            loop = self.loops[-1]
+            if isinstance(stmt, ast.Break):
+                loop.has_break = True
+                cur.ops += loop.cleanup
+                cur.term = Goto(loop.break_to)
+            else:
+                cur.term = Goto(loop.continue_to)
+            return None
+        if isinstance(stmt, ast.Import | ast.ImportFrom):
+            self.fail(
+                stmt,
+                "flows cannot import",
+                "actors are referenced by their handler's name; imports belong in handlers",
+            )
+        if isinstance(stmt, ast.Global | ast.Nonlocal):
+            self.fail(
+                stmt,
+                f"'{type(stmt).__name__.lower()}' is not supported in a flow",
+                f"all state travels in the payload {self.param}",
+            )
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            self.fail(
+                stmt,
+                "nested definitions are not supported in a flow",
+                "define handlers in their own modules; each is an actor",
+            )
+        if isinstance(stmt, ast.With | ast.AsyncWith):
+            self.fail(stmt, "'with' is not supported in a flow")
+        if isinstance(stmt, ast.Raise):
+            self.fail(
+                stmt,
+                "'raise' is not supported in a flow",
+                "raise inside a handler; its error goes to the error end or an except",
+            )
+        if isinstance(stmt, ast.Match):
+            self.fail(stmt, "'match' is not supported in a flow", "use if/elif/else")
+        self.fail(stmt, f"{type(stmt).__name__} statements are not supported in a flow")
+        return None
+
+    def assignment(self, stmt: ast.Assign | ast.AnnAssign | ast.AugAssign, cur: Block) -> Block:
+        if isinstance(stmt, ast.Assign):
+            if len(stmt.targets) != 1:
+                self.fail(stmt, "chained assignment is not supported", "assign one target")
+            target = stmt.targets[0]
+        else:
+            target = stmt.target
+        value = stmt.value
+        if isinstance(target, ast.Tuple | ast.List | ast.Starred):
+            self.fail(
+                target,
+                "tuple targets are not supported",
+                f"assign each field separately: {self.param}['a'] = ...; {self.param}['b'] = ...",
+            )
+        if value is None:
+            self.fail(stmt, "an annotation without a value does nothing")
+        assert value is not None
+        # `c = Cls()`: a class handler, bound at compile time.
+        if (
+            isinstance(stmt, ast.Assign | ast.AnnAssign)
+            and isinstance(target, ast.Name)
+            and target.id != self.param
+        ):
+            if (
+                isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Name)
+                and value.func.id[:1].isupper()
+                and value.func.id not in KNOWN_NAMES
+            ):
+                if value.args or value.keywords:
+                    self.fail(
+                        value,
+                        f"class handler {value.func.id} is constructed with arguments",
+                        "handler classes are constructed once with no arguments; give every "
+                        "__init__ parameter a default",
+                    )
+                self.instances[target.id] = value.func.id
+                return cur
+            self.fail(
+                target,
+                f"assignment to {target.id!r}: a flow keeps no variables of its own",
+                f"all state travels in the payload: {self.param}[{target.id!r}] = ...",
+            )
+        if isinstance(stmt, ast.Assign | ast.AnnAssign):
+            call = self.actor_call(value)
+            if call is not None:
+                if not (isinstance(target, ast.Name) and target.id == self.param):
+                    if self.fanout(target, value, stmt, cur):
+                        return self._after_fanout
+                    self.fail(
+                        target,
+                        "an actor's result replaces the payload",
+                        f"write `{self.param} = {ast.unparse(value)}`",
+                    )
+                return self.call(stmt, value, call, cur)
+            if self.fanout(target, value, stmt, cur):
+                return self._after_fanout
+        self.check_payload_target(target, stmt)
+        self.check_expression(value, cur)
+        if isinstance(target, ast.Subscript):
+            self.check_expression(target, cur)
+        cur.ops.append(ast.unparse(stmt))
+        return cur
+
+    def _rooted_in_payload(self, node: ast.expr) -> bool:
+        while isinstance(node, ast.Subscript | ast.Attribute):
+            node = node.value
+        return isinstance(node, ast.Name) and node.id == self.param
+
+    def check_payload_target(self, target: ast.expr, stmt: ast.stmt) -> None:
+        node = target
+        while isinstance(node, ast.Subscript):
+            node = node.value
+        if isinstance(node, ast.Attribute):
+            self.fail(target, "attribute assignment is not supported", f"use {self.param}['key']")
+        if not (isinstance(node, ast.Name) and node.id == self.param):
+            self.fail(
+                target,
+                "only the payload can be assigned to",
+                f"all state travels in the payload: {self.param}['key'] = ...",
+            )
+
+    def call(self, stmt: ast.stmt, value: ast.expr, target: tuple[str, str], cur: Block) -> Block:
+        after = self.continue_block(cur, stmt, "seq")
+        cur.term = Call(target, after.id)
+        after.line = 0  # set by the next statement, or stays the call's end line
+        after.kind = "seq?"
+        return after
+
+    # control flow
+
+    def if_statement(self, stmt: ast.If, cur: Block) -> Block:
+        self.check_expression(stmt.test, cur)
+        then = self.new_block(stmt.body[0].lineno, "if", like=cur)
+        join = self.new_block(stmt.end_lineno or stmt.lineno, "seq?", like=cur)
+        join.line = 0
+        otherwise = self.new_block(stmt.orelse[0].lineno, "else", like=cur) if stmt.orelse else join
+        cur.term = Branch(ast.unparse(stmt.test), then.id, otherwise.id)
+        end = self.body(stmt.body, then)
+        if end is not None:
+            end.term = Goto(join.id)
+        if stmt.orelse:
+            end = self.body(stmt.orelse, otherwise)
+            if end is not None:
+                end.term = Goto(join.id)
+        return join
+
+    def while_statement(self, stmt: ast.While, cur: Block) -> Block:
+        if stmt.orelse:
+            self.fail(
+                stmt.orelse[0],
+                "while ... else is not supported",
+                "put the else code after the loop, guarded by a payload flag",
+            )
+        self.check_expression(stmt.test, cur)
+        loop_id = f"W{stmt.lineno}"
+        head = self.new_block(stmt.lineno, "while", like=cur)
+        body = self.new_block(stmt.body[0].lineno, "loop", like=cur)
+        after = self.new_block(stmt.end_lineno or stmt.lineno, "seq?", like=cur)
+        after.line = 0
+        cur.ops.append(f"_rt.loop_reset(_s, {loop_id!r})")
+        cur.term = Goto(head.id)
+        # The guard counts iterations (entries into the body), not condition checks.
+        body.ops.append(f"_rt.loop_tick(_s, {loop_id!r}, _MAX_ITERATIONS)")
+        head.term = Branch(ast.unparse(stmt.test), body.id, after.id)
+        loop = _Loop(continue_to=head.id, break_to=after.id, cleanup=[])
+        self.loops.append(loop)
+        returns_before = self.has_return
+        self.has_return = False
+        end = self.body(stmt.body, body)
+        returned = self.has_return
+        self.has_return = returns_before or returned
+        self.loops.pop()
+        if end is not None:
+            end.term = Goto(head.id)
+        if _always_true(stmt.test) and not loop.has_break and not returned:
+            self.fail(
+                stmt,
+                "this loop can never exit: its condition is always true and it has no "
+                "break or return",
+                "add a `break` (or `return`) under a condition on the payload",
+            )
+        return after
+
+    def for_statement(self, stmt: ast.For | ast.AsyncFor, cur: Block) -> Block:
+        if stmt.orelse:
+            self.fail(stmt.orelse[0], "for ... else is not supported")
+        if not isinstance(stmt.target, ast.Name):
+            self.fail(
+                stmt.target,
+                "tuple targets are not supported in for loops",
+                f"loop over items and index them: for item in {self.param}['items']:",
+            )
+        assert isinstance(stmt.target, ast.Name)
+        var = stmt.target.id
+        if var == self.param or var in self.instances:
+            self.fail(stmt.target, f"the loop variable may not be named {var!r}")
+        self.check_expression(stmt.iter, cur)
+        loop_id = f"F{stmt.lineno}"
+        cur.ops.append(f"_rt.for_init(_s, {loop_id!r}, {ast.unparse(stmt.iter)})")
+        head = self.new_block(stmt.lineno, "for", like=cur)
+        cur.term = Goto(head.id)
+        body = self.new_block(stmt.body[0].lineno, "loop", like=cur)
+        body.scope[var] = "value"
+        after = self.new_block(stmt.end_lineno or stmt.lineno, "seq?", like=cur)
+        after.line = 0
+        after.scope[var] = "value"
+        head.term = Branch(f"_rt.for_next(_s, {loop_id!r}, {var!r})", body.id, after.id)
+        cleanup = [f"_rt.for_done(_s, {loop_id!r})"]
+        self.loops.append(_Loop(continue_to=head.id, break_to=after.id, cleanup=cleanup))
+        end = self.body(stmt.body, body)
+        self.loops.pop()
+        if end is not None:
+            end.term = Goto(head.id)
+        return after
+
+    def try_statement(self, stmt: ast.Try, cur: Block) -> Block:
+        if stmt.finalbody:
+            self.fail(
+                stmt.finalbody[0],
+                "try ... finally is not supported",
+                "put the cleanup code after the try statement",
+            )
+        dispatch = self.new_block(stmt.handlers[0].lineno, "except", like=cur)
+        join = self.new_block(stmt.end_lineno or stmt.lineno, "seq?", like=cur)
+        join.line = 0
+        clauses: list[tuple[list[str], str | None, ast.ExceptHandler]] = []
+        names_union: list[str] = []
+        for handler in stmt.handlers:
+            names = self.except_names(handler)
+            clauses.append((names, handler.name, handler))
+            names_union += [n for n in names if n not in names_union]
+        body = self.new_block(stmt.body[0].lineno, "try", like=cur)
+        body.frames.append((dispatch.id, names_union))
+        cur.term = Goto(body.id)
+        end = self.body(stmt.body, body)
+        if end is not None:
+            if stmt.orelse:
+                orelse = self.new_block(stmt.orelse[0].lineno, "else", like=cur)
+                end.term = Goto(orelse.id)
+                end = self.body(stmt.orelse, orelse)
+            if end is not None:
+                end.term = Goto(join.id)
+        test = dispatch
+        for index, (names, var, handler) in enumerate(clauses):
+            clause = self.new_block(handler.body[0].lineno, "handler", like=cur)
+            if var:
+                if var == self.param or var in self.instances:
+                    self.fail(handler, f"the except variable may not be named {var!r}")
+                clause.scope[var] = "error"
+            rest = self.new_block(handler.lineno, "except", like=cur)
+            test.term = Branch(f"_rt.caught(_s, {names!r}, {var!r})", clause.id, rest.id)
+            end = self.body(handler.body, clause)
+            if end is not None:
+                end.term = Goto(join.id)
+            test = rest
+            if index == len(clauses) - 1:
+                rest.ops.append("_rt.reraise(_s)")
+                rest.term = Goto(join.id)
+        return join
+
+    def except_names(self, handler: ast.ExceptHandler) -> list[str]:
+        if handler.type is None:
+            return ["*"]
+        types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        names = []
+        for t in types:
+            if isinstance(t, ast.Name):
+                names.append("*" if t.id == "BaseException" else t.id)
+            elif isinstance(t, ast.Attribute):
+                names.append(t.attr)  # module.Error matches by class name, like the MRO
+            else:
+                self.fail(
+                    t, "except clauses name exception types", "except (ValueError, KeyError) as e:"
+                )
+        return names
+
+    # actor calls and fan-out
+
+    def actor_call(self, value: ast.expr) -> tuple[str, str] | None:
+        """The target if `value` is `f(p)`, `await f(p)` or `c.m(p)`; errors for near misses."""
+        node = value.value if isinstance(value, ast.Await) else value
+        if not isinstance(node, ast.Call):
+            return None
+        target = self.callee(node.func)
+        if target is None:
+            return None
+        if node.keywords or len(node.args) != 1:
+            self.fail(
+                node,
+                f"an actor call takes exactly the payload: {ast.unparse(node.func)}({self.param})",
+            )
+        arg = node.args[0]
+        if isinstance(arg, (ast.Call, ast.Await)):
+            self.fail(
+                arg,
+                "nested calls are not supported",
+                f"call one actor per statement: {self.param} = g({self.param}); "
+                f"{self.param} = f({self.param})",
+            )
+        if not (isinstance(arg, ast.Name) and arg.id == self.param):
+            self.fail(
+                arg,
+                f"an actor receives the whole payload {self.param!r}",
+                f"copy what it needs into {self.param} first, or fan out with "
+                f"{self.param}['out'] = [f(x) for x in {self.param}['items']]",
+            )
+        return target
+
+    def callee(self, func: ast.expr) -> tuple[str, str] | None:
+        """The actor a call expression names, or None for builtins and methods of values."""
+        if isinstance(func, ast.Name):
+            if func.id in PURE_BUILTINS or func.id in KNOWN_NAMES:
+                return None
+            if func.id == self.fn.name:
+                self.fail(func, f"flow {func.id!r} calls itself", "use a while loop")
+            if func.id in self.flows:
+                if func.id not in self.subflows:
+                    self.subflows.append(func.id)
+                return ("actor", f"start-{kebab(func.id)}")
+            if func.id[:1].isupper():
+                self.fail(
+                    func,
+                    f"class {func.id} is called with the payload",
+                    f"bind it first: c = {func.id}(); then {self.param} = c.method({self.param})",
+                )
+            self._use(func.id)
+            return ("handler", func.id)
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            cls = self.instances.get(func.value.id)
+            if cls is not None:
+                name = f"{cls}.{func.attr}"
+                self._use(name)
+                return ("handler", name)
+            if func.value.id == "asyncio":
+                return None
+        return None
+
+    def _use(self, name: str) -> None:
+        if name not in self.handlers:
+            self.handlers.append(name)
+
+    _after_fanout: Block
+
+    def fanout(self, target: ast.expr, value: ast.expr, stmt: ast.stmt, cur: Block) -> bool:
+        """Compiles `p[k] = [f(x) for x in ...]` / `await asyncio.gather(...)`; False if `value`
+        is neither."""
+        spec: FanOut | None = None
+        node = value
+        if isinstance(node, ast.Await):
+            gather = node.value
+            if not (
+                isinstance(gather, ast.Call)
+                and isinstance(gather.func, ast.Attribute)
+                and isinstance(gather.func.value, ast.Name)
+                and gather.func.value.id == "asyncio"
+                and gather.func.attr == "gather"
+            ):
+                return False
+            if gather.keywords:
+                self.fail(gather, "asyncio.gather options are not supported in a flow")
+            if len(gather.args) == 1 and isinstance(gather.args[0], ast.Starred):
+                comp = gather.args[0].value
+                if not isinstance(comp, ast.ListComp):
+                    self.fail(comp, "gather(*...) needs a list comprehension of actor calls")
+                assert isinstance(comp, ast.ListComp)
+                spec = self.comprehension(comp, cur)
+            else:
+                spec = FanOut(target_keys=[])
+                for arg in gather.args:
+                    if isinstance(arg, ast.Starred):
+                        self.fail(arg, "mix of starred and plain gather arguments")
+                    spec.items.append(self.fanout_item(arg, cur, None))
+        elif isinstance(node, ast.ListComp):
+            if not self._calls_actor(node.elt):
+                return False
+            spec = self.comprehension(node, cur)
+        else:
+            return False
+        if not isinstance(target, ast.Subscript):
+            self.fail(
+                target,
+                "fan-out results go into the payload",
+                f"{self.param}['results'] = [f(x) for x in {self.param}['items']]",
+            )
+        keys = []
+        node_t: ast.expr = target
+        while isinstance(node_t, ast.Subscript):
+            self.check_expression(node_t.slice, cur)
+            keys.append(ast.unparse(node_t.slice))
+            node_t = node_t.value
+        if not (isinstance(node_t, ast.Name) and node_t.id == self.param):
+            self.fail(target, "fan-out results go into the payload")
+        spec.target_keys = list(reversed(keys))
+        after = self.continue_block(cur, stmt, "fanin")
+        spec.after = after.id
+        cur.term = spec
+        self._after_fanout = after
+        return True
+
+    def _calls_actor(self, node: ast.expr) -> bool:
+        if not isinstance(node, ast.Call):
+            return False
+        if isinstance(node.func, ast.Name):
+            return node.func.id not in PURE_BUILTINS and node.func.id not in KNOWN_NAMES
+        return (
+            isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and (node.func.value.id in self.instances)
+        )
+
+    def comprehension(self, comp: ast.ListComp, cur: Block) -> FanOut:
+        if len(comp.generators) != 1:
+            self.fail(comp, "fan-out over one iterable only")
+        gen = comp.generators[0]
+        if gen.ifs or gen.is_async:
+            self.fail(
+                comp,
+                "fan-out comprehensions cannot filter",
+                "filter the items into the payload first",
+            )
+        if not isinstance(gen.target, ast.Name):
+            self.fail(gen.target, "tuple targets are not supported")
+        assert isinstance(gen.target, ast.Name)
+        var = gen.target.id
+        self.check_expression(gen.iter, cur)
+        target, arg = self.fanout_item(comp.elt, cur, var)
+        return FanOut(target_keys=[], comprehension=(target, var, ast.unparse(gen.iter), arg))
+
+    def fanout_item(
+        self, node: ast.expr, cur: Block, var: str | None
+    ) -> tuple[tuple[str, str], str]:
+        if isinstance(node, ast.Await):
+            node = node.value
+        if not isinstance(node, ast.Call):
+            self.fail(node, "each fan-out item is an actor call: f(x)")
+        assert isinstance(node, ast.Call)
+        target = self.callee(node.func)
+        if target is None:
+            self.fail(node, f"{ast.unparse(node.func)} is not an actor")
+        assert target is not None
+        if node.keywords or len(node.args) != 1:
+            self.fail(node, "a fan-out actor call takes exactly one argument")
+        arg = node.args[0]
+        if isinstance(arg, ast.Call) and self._calls_actor(arg):
+            self.fail(
+                arg,
+                "nested calls are not supported",
+                "fan out to one actor, then process its results in a next step",
+            )
+        extra = {var} if var else set()
+        self.check_expression(arg, cur, extra)
+        return target, ast.unparse(arg)
+
+    # expressions
+
+    def check_expression(self, node: ast.expr, cur: Block, extra: set[str] | None = None) -> None:
+        """Rejects free variables, actor calls and side channels inside an expression."""
+        bound = set(extra or ())
+        for comp in ast.walk(node):
+            if isinstance(comp, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+                for gen in comp.generators:
+                    bound |= {n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Lambda):
+                self.fail(sub, "lambda is not supported in a flow")
+            if isinstance(sub, ast.NamedExpr):
+                self.fail(
+                    sub, "':=' is not supported in a flow", f"all state travels in {self.param}"
+                )
+            if isinstance(sub, ast.Await):
+                self.fail(sub, "await is only allowed in `p = await f(p)` and asyncio.gather")
+            if isinstance(sub, ast.Call) and self.callee(sub.func) is not None:
+                self.fail(
+                    sub,
+                    "actor calls cannot be nested inside expressions",
+                    f"call the actor as its own statement: {self.param} = "
+                    f"{ast.unparse(sub.func)}({self.param})",
+                )
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+                name = sub.id
+                if (
+                    name == self.param
+                    or name in cur.scope
+                    or name in bound
+                    or name in PURE_BUILTINS
+                    or name in KNOWN_NAMES
+                ):
+                    continue
+                if name in self.instances:
+                    self.fail(
+                        sub,
+                        f"handler instance {name!r} can only be called: "
+                        f"{self.param} = {name}.method({self.param})",
+                    )
+                self.fail(
+                    sub,
+                    f"free variable {name!r}",
+                    f"a flow has no variables besides its payload: read {self.param}[{name!r}]",
+                )
+
+
+def _kind_of(stmt: ast.stmt) -> str:
+    if isinstance(stmt, ast.If):
+        return "if"
+    if isinstance(stmt, ast.While):
+        return "while"
+    if isinstance(stmt, ast.For | ast.AsyncFor):
+        return "for"
+    if isinstance(stmt, ast.Try):
+        return "try"
+    if isinstance(stmt, ast.Return):
+        return "return"
+    value = getattr(stmt, "value", None)
+    if isinstance(value, ast.ListComp) or (
+        isinstance(value, ast.Await)
+        and isinstance(value.value, ast.Call)
+        and isinstance(value.value.func, ast.Attribute)
+        and value.value.func.attr == "gather"
+    ):
+        return "fanout"
+    if isinstance(value, ast.Await) or (
+        isinstance(value, ast.Call)
+        and isinstance(stmt, ast.Assign)
+        and not (isinstance(value.func, ast.Name) and value.func.id in PURE_BUILTINS)
+        and not isinstance(stmt.targets[0], ast.Subscript)
+    ):
+        return "call"
+    return "seq"
+
+
+def _allowed_import(stmt: ast.stmt) -> bool:
+    """`import asyncio` (for gather) and `from __future__ import ...` are all a flow imports."""
+    if isinstance(stmt, ast.Import):
+        return all(alias.name == "asyncio" for alias in stmt.names)
+    return isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"
+
+
+def _always_true(test: ast.expr) -> bool:
+    return isinstance(test, ast.Constant) and bool(test.value)
+
+
+def _finish(flow: Flow) -> None:
+    """Collapses empty blocks, finds entry blocks and names their routers."""
+    blocks = flow.blocks
+
+    def target(block_id: str) -> str:
+        seen = set()
+        while True:
+            block = blocks[block_id]
+            if block.ops or not isinstance(block.term, Goto) or block_id in seen:
+                return block_id
+            if block.id == flow.start:
+                return block_id
+            seen.add(block_id)
+            block_id = block.term.target
+
+    for block in blocks.values():
+        term = block.term
+        if isinstance(term, Goto):
+            term.target = target(term.target)
+        elif isinstance(term, Branch):
+            term.then, term.otherwise = target(term.then), target(term.otherwise)
+        elif isinstance(term, Call | FanOut):
+            term.after = target(term.after)
+    for block in blocks.values():
+        if block.term is None:
+            block.term = Goto(flow.end)
+    reachable: set[str] = set()
+    todo = [flow.start]
+    while todo:
+        block_id = todo.pop()
+        if block_id in reachable:
+            continue
+        reachable.add(block_id)
+        block = blocks[block_id]
+        term = block.term
+        if isinstance(term, Goto):
+            todo.append(term.target)
+        elif isinstance(term, Branch):
+            todo += [term.then, term.otherwise]
+        elif isinstance(term, Call | FanOut):
+            todo.append(term.after)
+        todo += [h for h, _ in block.frames]
+    reachable.add(flow.end)
+    for block_id in [b for b in blocks if b not in reachable]:
+        del blocks[block_id]
+    entries = [flow.start]
+    for block in blocks.values():
+        term = block.term
+        if isinstance(term, Call | FanOut):
+            entries.append(term.after)
+        for handler_block, _ in block.frames:
+            entries.append(handler_block)
+    entries.append(flow.end)
+    ordered: list[str] = []
+    for e in entries:
+        if e not in ordered:
+            ordered.append(e)
+    flow.entries = ordered
+    used: set[str] = set()
+    base = snake(flow.name)
+    for block_id in ordered:
+        block = blocks[block_id]
+        if block_id == flow.start:
+            fn = f"start_{base}"
+        elif block_id == flow.end:
+            fn = f"end_{base}"
+        else:
+            kind = "seq" if block.kind in ("seq?", "dead") else block.kind
+            fn = f"router_{base}_line_{block.line or flow.line}_{kind}"
+        unique, n = fn, 2
+        while unique in used:
+            unique, n = f"{fn}_{n}", n + 1
+        used.add(unique)
+        flow.routers[block_id] = (unique.replace("_", "-"), unique)
+
+
+def compile_source(source: str, path: str = "<flow>", max_iterations: int = 0) -> FlowProgram:
+    """Compiles every flow function in `source`; raises `FlowCompileError`."""
+    try:
+        module = ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        err = FlowCompileError(path, None, f"not valid Python: {exc.msg}")
+        err.line, err.column = exc.lineno or 0, exc.offset or 0
+        err.args = (f"{path}:{err.line}:{err.column}: not valid Python: {exc.msg}",)
+        raise err from None
+    functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+    for index, stmt in enumerate(module.body):
+        if (
+            index == 0
+            and isinstance(stmt, ast.Expr)
+            and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str)
+        ):
+            continue
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+            functions.append(stmt)
+        elif _allowed_import(stmt):
+            continue
+        elif isinstance(stmt, ast.Import | ast.ImportFrom):
+            raise FlowCompileError(
+                path,
+                stmt,
+                "flows cannot import (only `import asyncio` for gather)",
+                "actors are referenced by their handler's name; imports belong in handlers",
+            )
+        else:
+            raise FlowCompileError(
+                path,
+                stmt,
+                f"{type(stmt).__name__} at module level is not supported in a flow file",
+                "a flow file holds flow functions only; constants go into the payload",
+            )
+    if not functions:
+        raise FlowCompileError(
+            path, None, "no flow function found", "def my_flow(p: dict) -> dict: ..."
+        )
+    names = {f.name for f in functions}
+    flows = [_FlowBuilder(path, fn, names).build() for fn in functions]
+    return FlowProgram(
+        path=path, flows=flows, max_iterations=max_iterations or DEFAULT_MAX_ITERATIONS
+    )

@@ -1,0 +1,332 @@
+"""What compiled flow routers run: the block driver, handler-name resolution and the flow state
+that travels in the envelope's headers. Standard library only: `asya flow compile` copies this
+module next to the generated `routers.py` (as `_asya_flow`), so it is built into the routers'
+WASM component and needs nothing from asya at run time.
+
+Headers owned by flows (all JSON):
+- `x-asya-flow`: per flow name, the state of the running flow: `keep` (how many route steps
+  after the flow belong to the caller), loop counters, `for` iterators and bound variables.
+- `x-asya-catch`: the active `try` frames, innermost last. The host sends a message whose actor
+  failed for good to the innermost frame that handles the error type (or one of its MRO names)
+  instead of `x-sump`.
+- `x-asya-fanout`: set by a router to ask the host to fan out (see the host's `flow` module).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+FLOW_HEADER = "x-asya-flow"
+CATCH_HEADER = "x-asya-catch"
+FANOUT_HEADER = "x-asya-fanout"
+HANDLER_ENV_PREFIX = "ASYA_HANDLER_"
+
+Block = Callable[[Any, dict[str, Any]], tuple[Any, tuple[Any, ...]]]
+
+
+class FlowError(Exception):
+    """A flow cannot go on (missing state, unknown block): a bug or a tampered envelope."""
+
+
+class FlowLoopLimitExceeded(Exception):
+    """A `while` or `for` loop ran more iterations than the flow's guard allows."""
+
+
+class HandlerNotFound(LookupError):
+    """No actor's `ASYA_HANDLER_<ACTOR>` matches a handler name used by the flow."""
+
+
+class AmbiguousHandler(LookupError):
+    """Several actors' handlers match a handler name used by the flow."""
+
+
+def _handler_actors() -> dict[str, str]:
+    actors = {}
+    for key, value in os.environ.items():
+        if not key.startswith(HANDLER_ENV_PREFIX) or key == "ASYA_HANDLER_MODE":
+            continue
+        actor = key[len(HANDLER_ENV_PREFIX) :].lower().replace("_", "-")
+        if actor:
+            actors[actor] = value.strip()
+    return actors
+
+
+_resolved: dict[str, str] = {}
+
+
+def resolve(name: str, environ: dict[str, str] | None = None) -> str:
+    """The actor whose handler is `name`: `method`, `Class.method` or `module.Class.method`.
+
+    Every `ASYA_HANDLER_<ACTOR>=module.Class.method` environment variable declares one actor
+    (`<ACTOR>` upper-cased, `-` as `_`). `name` matches a handler when it equals one of the
+    handler's dotted suffixes; the shortest unambiguous suffix is enough."""
+    if environ is None and name in _resolved:
+        return _resolved[name]
+    if environ is None:
+        actors = _handler_actors()
+    else:
+        actors = {
+            k[len(HANDLER_ENV_PREFIX) :].lower().replace("_", "-"): v
+            for k, v in environ.items()
+            if k.startswith(HANDLER_ENV_PREFIX) and k != "ASYA_HANDLER_MODE"
+        }
+    matches = sorted(
+        actor
+        for actor, handler in actors.items()
+        if handler == name or handler.endswith("." + name)
+    )
+    if not matches:
+        known = ", ".join(f"{a}={h}" for a, h in sorted(actors.items())) or "none"
+        raise HandlerNotFound(
+            f"no actor's handler matches {name!r}: declare one with "
+            f"ASYA_HANDLER_<ACTOR>=module.{name} (declared: {known})"
+        )
+    if len(matches) > 1:
+        listed = ", ".join(f"{a}={actors[a]}" for a in matches)
+        raise AmbiguousHandler(
+            f"handler name {name!r} is ambiguous: it matches {listed}; "
+            "use a longer name (Class.method or module.Class.method)"
+        )
+    if environ is None:
+        _resolved[name] = matches[0]
+    return matches[0]
+
+
+# --- loop and error helpers called from generated blocks ---------------------------------------
+
+
+def loop_reset(state: dict[str, Any], loop: str) -> None:
+    state["loops"][loop] = 0
+
+
+def loop_tick(state: dict[str, Any], loop: str, limit: int) -> None:
+    count = state["loops"].get(loop, 0) + 1
+    if count > limit:
+        raise FlowLoopLimitExceeded(
+            f"loop {loop} ran more than {limit} iterations (the flow's iteration guard)"
+        )
+    state["loops"][loop] = count
+
+
+def for_init(state: dict[str, Any], loop: str, iterable: Any) -> None:
+    state["iters"][loop] = {"items": list(iterable), "i": 0}
+
+
+def for_next(state: dict[str, Any], loop: str, var: str) -> bool:
+    it = state["iters"].get(loop)
+    if it is None or it["i"] >= len(it["items"]):
+        state["iters"].pop(loop, None)
+        return False
+    state["vars"][var] = it["items"][it["i"]]
+    it["i"] += 1
+    return True
+
+
+def for_done(state: dict[str, Any], loop: str) -> None:
+    state["iters"].pop(loop, None)
+
+
+class CaughtError(Exception):
+    """The error an `except ... as e:` clause binds: `type`, `message`, `mro`, `traceback`."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = dict(record or {})
+        self.type: str = str(self.record.get("type") or "Exception")
+        self.message: str = str(self.record.get("message") or "")
+        self.mro: list[str] = [str(m) for m in self.record.get("mro") or [self.type]]
+        self.traceback: str = str(self.record.get("traceback") or "")
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def error_matches(error: dict[str, Any] | None, names: list[str]) -> bool:
+    """Whether `error` (a `status.error` record) is one of `names` or has one in its MRO."""
+    if "*" in names:
+        return True
+    if not error:
+        return False
+    seen = {str(error.get("type") or "")} | {str(m) for m in error.get("mro") or []}
+    return any(name in seen for name in names)
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """The `status.error`-shaped record of an exception raised inside a router."""
+    mro = [c.__name__ for c in type(exc).__mro__ if c not in (BaseException, object)]
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "mro": mro,
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def caught(state: dict[str, Any], names: list[str], var: str | None = None) -> bool:
+    """Whether the error being handled matches an except clause; binds `as var` if it does."""
+    if not error_matches(state.get("_error"), names):
+        return False
+    if var:
+        state["vars"][var] = state.get("_error") or {}
+    return True
+
+
+def reraise(state: dict[str, Any]) -> None:
+    error = state.get("_error") or {}
+    raise FlowError(
+        f"no except clause matched {error.get('type')}: {error.get('message')} "
+        "(the host only routes matching errors here)"
+    )
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+class Flow:
+    """One compiled flow: its blocks, the router actor of each resumable block, and limits."""
+
+    def __init__(
+        self,
+        name: str,
+        blocks: dict[str, Block],
+        routers: dict[str, str],
+        try_frames: dict[str, list[tuple[str, list[str]]]],
+        start: str,
+        max_steps: int = 100_000,
+    ) -> None:
+        self.name = name
+        self.blocks = blocks
+        self.routers = routers
+        self.try_frames = try_frames
+        self.start = start
+        self.max_steps = max_steps
+
+    def router(self, block: str) -> str:
+        try:
+            return self.routers[block]
+        except KeyError:
+            raise FlowError(f"flow {self.name}: block {block} has no router actor") from None
+
+    def run(self, envelope: dict[str, Any], block: str) -> dict[str, Any]:
+        """Runs blocks from `block` until the flow calls an actor, fans out or ends, and rewrites
+        the envelope's future route (and flow headers) accordingly."""
+        route = envelope.setdefault("route", {})
+        following = list(route.get("next") or [])
+        headers = envelope.get("headers")
+        if not isinstance(headers, dict):
+            headers = {}
+            envelope["headers"] = headers
+        states = headers.get(FLOW_HEADER)
+        if not isinstance(states, dict):
+            states = {}
+        if block == self.start:
+            state: dict[str, Any] = {"keep": len(following), "vars": {}, "loops": {}, "iters": {}}
+        else:
+            state = states.get(self.name)
+            if not isinstance(state, dict):
+                raise FlowError(
+                    f"flow {self.name}: the envelope carries no state for this flow "
+                    f"(header {FLOW_HEADER}); was it sent to a router directly?"
+                )
+        keep = int(state.get("keep", len(following)))
+        caller = following[len(following) - keep :] if keep else []
+        status = envelope.get("status") or {}
+        state["_error"] = status.get("error") if isinstance(status, dict) else None
+        payload = envelope.get("payload")
+        steps = 0
+        while True:
+            steps += 1
+            if steps > self.max_steps:
+                raise FlowLoopLimitExceeded(
+                    f"flow {self.name} ran {self.max_steps} steps without calling an actor"
+                )
+            function = self.blocks.get(block)
+            if function is None:
+                raise FlowError(f"flow {self.name}: unknown block {block}")
+            try:
+                payload, term = function(payload, state)
+            except Exception as exc:
+                # An error raised by the flow's own code inside a `try` is handled right here.
+                record = error_record(exc)
+                handler = self._inline_handler(block, record)
+                if handler is None:
+                    raise
+                state["_error"] = record
+                block = handler
+                continue
+            kind = term[0]
+            if kind == "goto":
+                block = term[1]
+                continue
+            state.pop("_error", None)
+            envelope["payload"] = payload
+            if kind == "end":
+                states.pop(self.name, None)
+                self._set_frames(headers, [], keep)
+                route["next"] = caller
+            elif kind == "call":
+                _, target, after = term
+                actors = [_actor(target)]
+                # Consecutive calls in the same try scope go straight from actor to actor.
+                while True:
+                    nxt = self.blocks.get(after)
+                    chained = getattr(nxt, "chain", None)
+                    if chained is None or self.try_frames.get(after) != self.try_frames.get(block):
+                        break
+                    actors.append(_actor(chained[0]))
+                    after = chained[1]
+                route["next"] = [*actors, self.router(after), *caller]
+                self._set_frames(headers, self.try_frames.get(block, []), keep)
+            elif kind == "fanout":
+                _, target, items, after = term
+                headers[FANOUT_HEADER] = {
+                    "target": list(target),
+                    "items": [{"actor": _actor(t), "payload": item} for t, item in items],
+                }
+                route["next"] = [self.router(after), *caller]
+                self._set_frames(headers, self.try_frames.get(block, []), keep)
+            else:
+                raise FlowError(f"flow {self.name}: unknown step {kind!r}")
+            if kind != "end":
+                states[self.name] = state
+            if states:
+                headers[FLOW_HEADER] = states
+            else:
+                headers.pop(FLOW_HEADER, None)
+            return envelope
+
+    def _inline_handler(self, block: str, record: dict[str, Any]) -> str | None:
+        for handler_block, names in reversed(self.try_frames.get(block, [])):
+            if error_matches(record, names):
+                return handler_block
+        return None
+
+    def _set_frames(
+        self, headers: dict[str, Any], frames: list[tuple[str, list[str]]], keep: int
+    ) -> None:
+        current = headers.get(CATCH_HEADER)
+        others = [
+            f for f in (current if isinstance(current, list) else []) if f.get("flow") != self.name
+        ]
+        ours = [
+            {"flow": self.name, "router": self.router(handler_block), "keep": keep, "errors": errs}
+            for handler_block, errs in frames
+        ]
+        if others or ours:
+            headers[CATCH_HEADER] = others + ours
+        else:
+            headers.pop(CATCH_HEADER, None)
+
+
+def _actor(target: tuple[str, str]) -> str:
+    kind, name = target
+    return name if kind == "actor" else resolve(name)
+
+
+def chain(function: Block, target: tuple[str, str], after: str) -> Block:
+    """Marks a block that only calls an actor, so a preceding call can route straight to it."""
+    function.chain = (target, after)  # type: ignore[attr-defined]
+    return function

@@ -1,0 +1,537 @@
+"""The Flow DSL compiler on every construct: compiled flows run in the in-process model of the
+host's routing (`flow_mesh`), and unsupported constructs fail with file, line, column and hint."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from flow_mesh import Mesh
+
+from asya.cli import main
+from asya.flow import FlowCompileError, compile_source
+from asya.flow.runtime import AmbiguousHandler, HandlerNotFound, resolve
+
+
+def flow(source: str) -> str:
+    return textwrap.dedent(source).lstrip()
+
+
+def add(key: str, value: Any):
+    def handler(p: dict) -> dict:
+        return {**p, key: value}
+
+    return handler
+
+
+def inc(p: dict) -> dict:
+    return {**p, "n": p.get("n", 0) + 1}
+
+
+REVIEW = flow(
+    """
+    def review_flow(p: dict) -> dict:
+        p = clean_text(p)
+        if p["language"] == "en":
+            p = english_sentiment(p)
+        elif p["language"] == "es":
+            p = spanish_sentiment(p)
+        else:
+            p["sentiment"] = "neutral"
+        p["reviewed"] = True
+        return p
+    """
+)
+
+
+def review_handlers() -> dict[str, Any]:
+    return {
+        "clean_text": lambda p: {**p, "language": p["lang"]},
+        "english_sentiment": add("sentiment", "en-positive"),
+        "spanish_sentiment": add("sentiment", "es-positive"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("lang", "sentiment", "calls"),
+    [
+        ("en", "en-positive", ["clean-text", "english-sentiment"]),
+        ("es", "es-positive", ["clean-text", "spanish-sentiment"]),
+        ("fr", "neutral", ["clean-text"]),
+    ],
+)
+def test_if_elif_else_takes_each_branch(tmp_path: Path, lang, sentiment, calls) -> None:
+    mesh = Mesh(tmp_path, REVIEW, review_handlers())
+    end, env = mesh.run({"lang": lang})
+    assert end == "x-sink"
+    assert env["payload"]["sentiment"] == sentiment
+    assert env["payload"]["reviewed"] is True
+    assert mesh.calls == calls
+    assert "x-asya-flow" not in env["headers"], "flow state is cleaned up at the end"
+
+
+def test_router_names_follow_the_convention(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path, REVIEW, review_handlers())
+    routers = mesh.compiled.routers
+    assert routers[0] == "start-review-flow"
+    assert routers[-1] == "end-review-flow"
+    assert "router-review-flow-line-3-if" in routers
+    text = (tmp_path / "compiled" / "routers.py").read_text()
+    assert "def start_review_flow(envelope)" in text
+    assert "def end_review_flow(envelope)" in text
+    assert "def router_review_flow_line_3_if(envelope)" in text
+    compile(text, "routers.py", "exec")
+
+
+def test_consecutive_calls_go_straight_from_actor_to_actor(tmp_path: Path) -> None:
+    source = flow(
+        """
+        async def chain(p):
+            p = await a(p)
+            p = b(p)
+            p = c(p)
+            return p
+        """
+    )
+    mesh = Mesh(tmp_path, source, {"a": add("a", 1), "b": add("b", 2), "c": add("c", 3)})
+    _end, env = mesh.run({})
+    assert env["payload"] == {"a": 1, "b": 2, "c": 3}
+    assert mesh.hops == ["start-chain", "a", "b", "c", "end-chain", "x-sink"]
+
+
+def test_payload_mutations_and_nested_subscripts(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def mutate(p):
+            p["n"] = 1
+            p["n"] += 41
+            p["deep"] = {"a": {"b": []}}
+            p["deep"]["a"]["b"].append(len(p["words"]))
+            p["upper"] = [w.upper() for w in p["words"] if w]
+            del p["words"]
+            p = {**p, "spread": True}
+            return p
+        """
+    )
+    mesh = Mesh(tmp_path, source, {})
+    _, env = mesh.run({"words": ["x", "", "y"]})
+    assert env["payload"] == {
+        "n": 42,
+        "deep": {"a": {"b": [3]}},
+        "upper": ["X", "Y"],
+        "spread": True,
+    }
+
+
+def test_class_handlers_bind_once_and_call_methods(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def classy(p):
+            scorer = Scorer()
+            p = scorer.score(p)
+            return p
+        """
+    )
+    mesh = Mesh(tmp_path, source, {"Scorer.score": add("score", 0.9)})
+    _, env = mesh.run({})
+    assert env["payload"]["score"] == 0.9
+    assert mesh.calls == ["scorer-score"]
+    assert mesh.compiled.program.handlers == ["Scorer.score"]
+
+
+def test_early_return_skips_the_rest(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def early(p):
+            if p.get("skip"):
+                p["skipped"] = True
+                return p
+            p = work(p)
+            return p
+        """
+    )
+    mesh = Mesh(tmp_path, source, {"work": add("worked", True)})
+    _, env = mesh.run({"skip": True})
+    assert env["payload"] == {"skip": True, "skipped": True}
+    assert mesh.calls == []
+    _, env = Mesh(tmp_path, source, {"work": add("worked", True)}).run({})
+    assert env["payload"]["worked"] is True
+
+
+def test_while_loop_counts_break_and_continue(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def loop(p):
+            p["n"] = 0
+            p["odd"] = 0
+            while p["n"] < p["limit"]:
+                p = inc(p)
+                if p["n"] == p["stop_at"]:
+                    break
+                if p["n"] % 2 == 0:
+                    continue
+                p["odd"] += 1
+            p["done"] = True
+            return p
+        """
+    )
+    mesh = Mesh(tmp_path, source, {"inc": inc})
+    _, env = mesh.run({"limit": 7, "stop_at": -1})
+    assert (env["payload"]["n"], env["payload"]["odd"]) == (7, 4)
+    assert mesh.calls == ["inc"] * 7
+    mesh = Mesh(tmp_path, source, {"inc": inc})
+    _, env = mesh.run({"limit": 7, "stop_at": 3})
+    assert (env["payload"]["n"], env["payload"]["odd"]) == (3, 1)
+    _, env = Mesh(tmp_path, source, {"inc": inc}).run({"limit": 0, "stop_at": -1})
+    assert env["payload"]["n"] == 0 and env["payload"]["done"]
+
+
+def test_the_iteration_guard_stops_runaway_loops(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def forever(p):
+            while p["go"]:
+                p = inc(p)
+            return p
+        """
+    )
+    mesh = Mesh(tmp_path, source, {"inc": inc}, max_iterations=25)
+    end, env = mesh.run({"go": True})
+    assert end == "x-sump"
+    assert env["status"]["error"]["type"] == "FlowLoopLimitExceeded"
+    assert mesh.calls == ["inc"] * 25
+
+
+def test_nested_loops_reset_the_inner_counter(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def nested(p):
+            p["i"] = 0
+            p["total"] = 0
+            while p["i"] < 4:
+                p["i"] += 1
+                p["j"] = 0
+                while p["j"] < 3:
+                    p["j"] += 1
+                    p = bump(p)
+            return p
+        """
+    )
+
+    def bump(p: dict) -> dict:
+        return {**p, "total": p["total"] + 1}
+
+    mesh = Mesh(tmp_path, source, {"bump": bump}, max_iterations=4)
+    end, env = mesh.run({})
+    assert end == "x-sink", env["status"]
+    assert env["payload"]["total"] == 12
+
+
+def test_for_loops_over_payload_items(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def each(p):
+            p["seen"] = []
+            for item in p["items"]:
+                if item == "skip":
+                    continue
+                if item == "stop":
+                    break
+                p["current"] = item
+                p = tag(p)
+                p["seen"].append(item)
+            p["after"] = item
+            return p
+        """
+    )
+
+    def tag(p: dict) -> dict:
+        return {**p, "tags": [*p.get("tags", []), p["current"].upper()]}
+
+    mesh = Mesh(tmp_path, source, {"tag": tag})
+    _, env = mesh.run({"items": ["a", "skip", "b", "stop", "c"]})
+    assert env["payload"]["seen"] == ["a", "b"]
+    assert env["payload"]["tags"] == ["A", "B"]
+    assert env["payload"]["after"] == "stop"
+    assert "x-asya-flow" not in env["headers"]
+
+
+def test_try_except_catches_by_type_and_mro(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def guarded(p):
+            try:
+                p = risky(p)
+                p["ok"] = True
+            except KeyError as e:
+                p["caught"] = "key"
+                p["message"] = str(e)
+                p["type"] = e.type
+            except LookupError:
+                p["caught"] = "lookup"
+            else:
+                p["else"] = True
+            p = after(p)
+            return p
+        """
+    )
+
+    def risky(p: dict) -> dict:
+        if p["raise"] == "key":
+            raise KeyError("missing")
+        if p["raise"] == "index":
+            raise IndexError("out of range")  # an IndexError is a LookupError
+        if p["raise"] == "value":
+            raise ValueError("not caught")
+        return p
+
+    handlers = {"risky": risky, "after": add("after", True)}
+    _, env = Mesh(tmp_path, source, handlers).run({"raise": None})
+    assert env["payload"]["ok"] and env["payload"]["else"] and env["payload"]["after"]
+    _, env = Mesh(tmp_path, source, handlers).run({"raise": "key"})
+    assert env["payload"]["caught"] == "key"
+    assert env["payload"]["type"] == "KeyError"
+    assert "missing" in env["payload"]["message"]
+    assert "ok" not in env["payload"] and "else" not in env["payload"]
+    assert env["payload"]["after"] is True
+    _, env = Mesh(tmp_path, source, handlers).run({"raise": "index"})
+    assert env["payload"]["caught"] == "lookup"
+    end, env = Mesh(tmp_path, source, handlers).run({"raise": "value"})
+    assert end == "x-sump"
+    assert env["status"]["error"]["type"] == "ValueError"
+
+
+def test_errors_in_the_flows_own_code_are_caught_too(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def inline(p):
+            try:
+                p["x"] = p["missing"] + 1
+            except KeyError:
+                p["x"] = 0
+            return p
+        """
+    )
+    _, env = Mesh(tmp_path, source, {}).run({})
+    assert env["payload"] == {"x": 0}
+
+
+def test_fan_out_comprehension_merges_in_order(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def fan(p):
+            p["results"] = [double(x) for x in p["items"]]
+            p["count"] = len(p["results"])
+            return p
+        """
+    )
+    double = lambda x: {"value": x * 2}  # noqa: E731
+    for n in (0, 1, 50):
+        end, env = Mesh(tmp_path, source, {"double": double}).run({"items": list(range(n))})
+        assert end == "x-sink"
+        assert env["payload"]["results"] == [{"value": i * 2} for i in range(n)]
+        assert env["payload"]["count"] == n
+
+
+def test_gather_fans_out_to_different_actors(tmp_path: Path) -> None:
+    source = flow(
+        """
+        import asyncio
+
+        async def both(p):
+            p["pair"] = await asyncio.gather(english(p), spanish(p["text"]))
+            p["many"] = await asyncio.gather(*[english(t) for t in p["texts"]])
+            return p
+        """
+    )
+    handlers = {
+        "english": lambda x: {"en": x["text"] if isinstance(x, dict) else x},
+        "spanish": lambda x: {"es": x},
+    }
+    _, env = Mesh(tmp_path, source, handlers).run({"text": "hi", "texts": ["a", "b"]})
+    assert env["payload"]["pair"] == [{"en": "hi"}, {"es": "hi"}]
+    assert env["payload"]["many"] == [{"en": "a"}, {"en": "b"}]
+
+
+def test_a_failed_fan_out_item_fails_the_parent_or_is_caught(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def fan(p):
+            try:
+                p["results"] = [check(x) for x in p["items"]]
+            except ValueError as e:
+                p["error"] = str(e)
+            return p
+        """
+    )
+
+    def check(x: int) -> dict:
+        if x == 3:
+            raise ValueError("three is bad")
+        return {"x": x}
+
+    _, env = Mesh(tmp_path, source, {"check": check}).run({"items": [1, 2, 3, 4]})
+    assert "three is bad" in env["payload"]["error"]
+    assert "item 2" in env["payload"]["error"]  # the third item, index 2
+    _, env = Mesh(tmp_path, source, {"check": check}).run({"items": [1]})
+    assert env["payload"]["results"] == [{"x": 1}]
+
+
+def test_fan_out_item_returning_none_gives_none(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def fan(p):
+            p["results"] = [maybe(x) for x in p["items"]]
+            return p
+        """
+    )
+    maybe = lambda x: None if x % 2 else {"x": x}  # noqa: E731
+    _, env = Mesh(tmp_path, source, {"maybe": maybe}).run({"items": [0, 1, 2]})
+    assert env["payload"]["results"] == [{"x": 0}, None, {"x": 2}]
+
+
+def test_sub_flows_and_the_callers_route_survive(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def inner(p):
+            p = a(p)
+            try:
+                p = boom(p)
+            except RuntimeError:
+                p["inner_caught"] = True
+            return p
+
+        def outer(p):
+            try:
+                p = inner(p)
+                p = b(p)
+            except ValueError:
+                p["outer_caught"] = True
+            return p
+        """
+    )
+
+    def boom(p: dict) -> dict:
+        raise (RuntimeError if p["kind"] == "runtime" else ValueError)("boom")
+
+    handlers = {"a": add("a", 1), "b": add("b", 2), "boom": boom, "tail": add("tail", 3)}
+    mesh = Mesh(tmp_path, source, handlers)
+    _, env = mesh.run({"kind": "runtime"}, route=["start-outer", "tail"])
+    assert env["payload"] == {"kind": "runtime", "a": 1, "inner_caught": True, "b": 2, "tail": 3}
+    mesh = Mesh(tmp_path, source, handlers)
+    __, env = mesh.run({"kind": "value"}, route=["start-outer", "tail"])
+    assert env["payload"] == {"kind": "value", "a": 1, "outer_caught": True, "tail": 3}
+    assert "x-asya-catch" not in env["headers"]
+
+
+def test_a_flow_is_plain_python_and_runs_as_is() -> None:
+    namespace: dict[str, Any] = {
+        "clean_text": lambda p: {**p, "language": p["lang"]},
+        "english_sentiment": add("sentiment", "en"),
+        "spanish_sentiment": add("sentiment", "es"),
+    }
+    exec(REVIEW, namespace)
+    assert namespace["review_flow"]({"lang": "en"})["sentiment"] == "en"
+
+
+# --- rejections ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "hint"),
+    [
+        ("p['a'], p['b'] = x(p)", "tuple targets", "separately"),
+        ("p = f(g(p))", "nested calls", "one actor per statement"),
+        ("c = Model(3)\n    p = c.run(p)", "constructed with arguments", "default"),
+        ("import json", "cannot import", "handlers"),
+        ("global counter", "'global' is not supported", "payload"),
+        ("p['x'] = threshold", "free variable 'threshold'", "p['threshold']"),
+        ("x = 1", "keeps no variables", "p['x']"),
+        ("p = f(p, 2)", "exactly the payload", ""),
+        ("f(p)", "discarded", "p = f(p)"),
+        ("p = f(p['x'])", "whole payload", "fan out"),
+        ("while True:\n        p = f(p)", "can never exit", "break"),
+        ("p['x'] = f(p) + 1", "nested inside expressions", ""),
+        ("try:\n        p = f(p)\n    finally:\n        p['x'] = 1", "finally", ""),
+        ("p.x = 1", "attribute assignment", ""),
+        ("p['k'] = (y := 2)", "':='", ""),
+    ],
+)
+def test_unsupported_constructs_are_rejected_with_location(
+    tmp_path: Path, body: str, message: str, hint: str
+) -> None:
+    source = f"def bad(p):\n    {body}\n    return p\n"
+    with pytest.raises(FlowCompileError) as info:
+        compile_source(source, "bad_flow.py")
+    err = info.value
+    assert message in err.message, str(err)
+    assert hint in err.hint, str(err)
+    assert str(err).startswith(f"bad_flow.py:{err.line}:{err.column}: ")
+    assert err.line >= 2
+
+
+def test_module_level_code_and_bad_signatures_are_rejected() -> None:
+    with pytest.raises(FlowCompileError, match="module level"):
+        compile_source("LIMIT = 3\ndef f(p):\n    return p\n", "x.py")
+    with pytest.raises(FlowCompileError, match="exactly one parameter"):
+        compile_source("def f(p, q):\n    return p\n", "x.py")
+    with pytest.raises(FlowCompileError, match="not valid Python"):
+        compile_source("def f(p):\n    return (\n", "x.py")
+    with pytest.raises(FlowCompileError, match="calls itself"):
+        compile_source("def f(p):\n    p = f(p)\n    return p\n", "x.py")
+
+
+# --- resolve ------------------------------------------------------------------------------------
+
+
+def test_resolve_uses_the_shortest_unambiguous_suffix() -> None:
+    env = {
+        "ASYA_HANDLER_SCORER": "models.Scorer.score",
+        "ASYA_HANDLER_RANKER": "models.Ranker.score",
+        "ASYA_HANDLER_CLEAN_TEXT": "text.clean",
+        "ASYA_HANDLER_MODE": "payload",
+    }
+    assert resolve("clean", env) == "clean-text"
+    assert resolve("Scorer.score", env) == "scorer"
+    assert resolve("models.Ranker.score", env) == "ranker"
+    with pytest.raises(AmbiguousHandler, match=r"scorer=models\.Scorer\.score"):
+        resolve("score", env)
+    with pytest.raises(HandlerNotFound, match="ASYA_HANDLER_<ACTOR>"):
+        resolve("missing", env)
+    with pytest.raises(HandlerNotFound):
+        resolve("ore", env)  # a suffix of a name part is not a match
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_compile_validate_and_plot(tmp_path: Path, repo: Path) -> None:
+    runner = CliRunner()
+    source = repo / "examples" / "review-flow" / "flow.py"
+    out = tmp_path / "out"
+    result = runner.invoke(main, ["flow", "validate", str(source)])
+    assert result.exit_code == 0, result.output
+    assert "review_flow" in result.output
+    args = ["flow", "compile", str(source), "--output-dir", str(out), "--plot", "--verbose"]
+    result = runner.invoke(main, [*args, "--actors", str(source.parent / "actors")])
+    assert result.exit_code == 0, result.output
+    for name in ("routers.py", "_asya_flow.py", "flow.dot", "flow.svg", "flow.png"):
+        assert (out / name).is_file(), name
+    assert (out / "flow.png").read_bytes()[:4] == b"\x89PNG"
+    manifests = (out / "actors" / "review-flow.yaml").read_text()
+    assert "ASYA_HANDLER_ENGLISH_SENTIMENT: handlers.english_sentiment" in manifests
+    assert "handler: routers.dispatch" in manifests
+    listing = (out / "handlers.yaml").read_text()
+    assert "english-sentiment" in listing
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    result = runner.invoke(main, [*args, "--overwrite", "--plot-width", "400"])
+    assert result.exit_code == 0, result.output
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(p):\n    p = g(h(p))\n    return p\n")
+    result = runner.invoke(main, ["flow", "validate", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:2:" in result.output and "nested calls" in result.output
