@@ -56,6 +56,19 @@ pub fn component(handler: &str, mode: &str) -> PathBuf {
     out
 }
 
+/// Builds `handler` from `source` (any directory) into `out` with the real `asya build`.
+pub fn component_from(source: &Path, handler: &str, mode: &str, out: &Path) -> PathBuf {
+    let status = Command::new(asya_cli())
+        .args(["build", handler, "--mode", mode, "--source"])
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .expect("running asya build");
+    assert!(status.success(), "asya build {handler} from {} failed", source.display());
+    out.to_path_buf()
+}
+
 /// The compiled-component cache shared with `asya dev`.
 pub fn cache() -> ComponentCache {
     ComponentCache::new(default_cache_dir())
