@@ -65,7 +65,11 @@ pub fn component_from(source: &Path, handler: &str, mode: &str, out: &Path) -> P
         .arg(out)
         .status()
         .expect("running asya build");
-    assert!(status.success(), "asya build {handler} from {} failed", source.display());
+    assert!(
+        status.success(),
+        "asya build {handler} from {} failed",
+        source.display()
+    );
     out.to_path_buf()
 }
 
