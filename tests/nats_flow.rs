@@ -159,5 +159,8 @@ async fn fan_in_is_durable_across_a_host_crash() {
     }
     // Each message fans out three times (squares, the gather pair, an empty check list merges
     // without the aggregator).
-    assert!(tombstones >= 2 * messages as usize, "{tombstones} fan-ins recorded");
+    assert!(
+        tombstones >= 2 * messages as usize,
+        "{tombstones} fan-ins recorded"
+    );
 }
