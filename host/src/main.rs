@@ -90,6 +90,10 @@ struct RunArgs {
     /// Reject inputs larger than this many bytes (default 16 MiB).
     #[arg(long)]
     max_message_bytes: Option<usize>,
+    /// How often the manifest directory is checked for added, changed or removed actors
+    /// (`0` turns reloading off).
+    #[arg(long, default_value = "2s")]
+    reload_interval: String,
     /// Socket of a `runtime: python` actor's runtime, as NAME=PATH
     /// (default /var/run/asya/runtime.sock).
     #[arg(long = "python-socket", value_name = "NAME=PATH")]
@@ -230,6 +234,10 @@ async fn run(args: RunArgs) -> Result<i32> {
         max_message_bytes: args.max_message_bytes,
         cache: ComponentCache::new(default_cache_dir()),
         python_sockets: parse_components(&args.python_sockets)?,
+        reload_interval: match args.reload_interval.trim() {
+            "0" | "0s" | "off" => None,
+            every => Some(manifest::parse_duration(every).context("--reload-interval")?),
+        },
     };
     serve::run(config, shutdown).await?;
     Ok(0)

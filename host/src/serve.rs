@@ -48,6 +48,8 @@ pub struct RunConfig {
     /// Runtime sockets of `runtime: python` actors by name (default
     /// `/var/run/asya/runtime.sock`, the shared emptyDir of the actor's pod).
     pub python_sockets: HashMap<String, PathBuf>,
+    /// How often the manifest directory is checked for changes (`None`: never).
+    pub reload_interval: Option<Duration>,
 }
 
 /// Where a python actor's runtime listens unless told otherwise.
@@ -107,6 +109,12 @@ fn component_path(
 }
 
 /// Runs the host until `shutdown` is cancelled.
+///
+/// The manifest directory is re-read every `config.reload_interval`: actors that appear are
+/// started, actors whose manifest (or component file) changed are replaced (the new sidecar starts
+/// before the old one stops, so the queue keeps being served), and actors that disappear finish
+/// their in-flight messages and stop. Other actors are not touched. A manifest that does not load
+/// is reported and the running set is kept.
 pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let manifests = manifest::load_dir(&config.manifests)?;
     if manifests.is_empty() {
@@ -136,98 +144,37 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
         });
     }
 
-    let engine = SandboxEngine::new()?;
     let client = connect(&config.nats_url).await?;
-    let mut by_namespace: BTreeMap<String, Vec<(PathBuf, AsyncActor)>> = BTreeMap::new();
-    for (file, actor) in manifests {
-        by_namespace
-            .entry(actor.namespace().to_owned())
-            .or_default()
-            .push((file, actor));
-    }
     let workers = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let mut executors = Vec::new();
-    for (namespace, actors) in by_namespace {
-        let transport = NatsTransport::new(client.clone(), &namespace, config.nats.clone()).await?;
-        let results = Arc::new(transport.results().await?);
-        let fanin =
-            Arc::new(crate::fanin::NatsFanIn::open(transport.jetstream(), &namespace).await?);
-        let shared: Arc<dyn Transport> = Arc::new(transport);
-        tasks.spawn(run_end_actors(shared.clone(), results, workers.clone()));
-        tasks.spawn(crate::fanin::run_fanin(
-            shared.clone(),
-            fanin,
-            workers.clone(),
-        ));
-        for (file, actor) in actors {
-            let mut settings = actor.sidecar_settings()?;
-            if let Some(max) = config.max_message_bytes {
-                settings.max_message_bytes = max;
-            }
-            let executor: Arc<dyn Executor> = if actor.spec.runtime == Runtime::Python {
-                let limits = actor.sandbox_limits()?;
-                let socket = config
-                    .python_sockets
-                    .get(actor.name())
-                    .cloned()
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_SOCKET));
-                // The user's container runs the runtime; the host waits for it before pulling.
-                let python = PythonExecutor::load(
-                    actor.name(),
-                    PythonRuntimeConfig {
-                        socket,
-                        spawn: None,
-                        ready_timeout: Duration::from_secs(600),
-                        max_in_flight: limits.max_instances,
-                        max_output_bytes: limits.max_output_bytes,
-                    },
-                )
-                .await?;
-                tracing::info!(actor = actor.name(), namespace = %namespace,
-                    handler = %python.descriptor().handler, "python actor connected");
-                Arc::new(python)
-            } else {
-                let base = file.parent().unwrap_or(Path::new("."));
-                let path = component_path(&actor, &config.components, base)?;
-                let loaded = crate::local::load_component_from(
-                    &engine,
-                    &config.cache,
-                    actor.name(),
-                    path.clone(),
-                )
-                .await?;
-                let wasm = Arc::new(
-                    WasmExecutor::load(
-                        actor.name(),
-                        engine.clone(),
-                        &loaded,
-                        actor.sandbox_limits()?,
-                    )
-                    .await?,
-                );
-                tracing::info!(actor = actor.name(), namespace = %namespace, handler = %wasm.descriptor().handler,
-                    digest = %loaded.digest, cached = loaded.from_cache, "actor loaded");
-                wasm.start_reaper();
-                executors.push((actor.name().to_owned(), wasm.clone()));
-                wasm
-            };
-            let sidecar = Arc::new(
-                Sidecar::new(actor.name(), executor, shared.clone(), settings)
-                    .with_resiliency(actor.resiliency()?)
-                    .with_metrics(metrics.clone()),
-            );
-            tasks.spawn(sidecar.run(workers.clone()));
-        }
+    let mut fleet = Fleet {
+        engine: SandboxEngine::new()?,
+        client: client.clone(),
+        metrics: metrics.clone(),
+        workers: workers.clone(),
+        tasks: JoinSet::new(),
+        namespaces: HashMap::new(),
+        actors: BTreeMap::new(),
+        wasm: Arc::default(),
+    };
+    // The first load must succeed as a whole: a host that cannot start an actor does not start.
+    for (file, actor) in manifests {
+        fleet.start_actor(&config, file, actor).await?;
     }
+    let mut listing = manifest_listing(&config);
     {
-        let (metrics, stop) = (metrics.clone(), shutdown.clone());
+        let (metrics, stop, wasm) = (metrics.clone(), shutdown.clone(), fleet.wasm.clone());
         tokio::spawn(async move {
             loop {
-                for (name, executor) in &executors {
+                let executors: Vec<_> = wasm
+                    .lock()
+                    .expect("executors")
+                    .iter()
+                    .map(|((_, name), executor)| (name.clone(), executor.clone()))
+                    .collect();
+                for (name, executor) in executors {
                     let stats = executor.stats();
                     metrics.pool(
-                        name,
+                        &name,
                         stats.instantiated.load(Ordering::Relaxed),
                         stats.memory_peak_bytes.load(Ordering::Relaxed),
                     );
@@ -240,9 +187,33 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
         });
     }
     ready.store(true, Ordering::Relaxed);
-    tracing::info!("asya host ready");
+    tracing::info!(actors = fleet.actors.len(), "asya host ready");
 
-    shutdown.cancelled().await;
+    loop {
+        let tick = async {
+            match config.reload_interval {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick => {}
+        }
+        while let Some(joined) = fleet.tasks.try_join_next() {
+            if let Err(err) = joined.context("a host task panicked").and_then(|r| r) {
+                tracing::warn!(error = %format!("{err:#}"), "task ended with an error");
+            }
+        }
+        let now = manifest_listing(&config);
+        if now == listing {
+            continue;
+        }
+        listing = now;
+        fleet.reconcile(&config).await;
+    }
+
+    let mut tasks = std::mem::take(&mut fleet.tasks);
     ready.store(false, Ordering::Relaxed);
     tracing::info!(grace = ?config.grace, "shutting down: no new messages, finishing in-flight ones");
     workers.cancel();
@@ -260,4 +231,225 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
     client.flush().await.ok();
     tracing::info!("asya host stopped");
     Ok(())
+}
+
+/// The file names, sizes and modification times of every manifest and component the host uses:
+/// the cheap check that decides whether a reload is needed.
+fn manifest_listing(config: &RunConfig) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if let Ok(meta) = entry.metadata() {
+                out.push((path, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&config.manifests, &mut out);
+    for path in config.components.values() {
+        if let Ok(meta) = std::fs::metadata(path) {
+            out.push((path.clone(), meta.len(), meta.modified().ok()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One namespace's shared parts: its transport, end actors and fan-in aggregator.
+struct NamespaceRuntime {
+    transport: Arc<dyn Transport>,
+}
+
+/// A running actor.
+struct RunningActor {
+    /// What it was started from; a different fingerprint means "changed".
+    fingerprint: String,
+    /// Cancels this actor's sidecar only.
+    stop: CancellationToken,
+}
+
+/// Every running actor of the host, keyed by (namespace, name).
+struct Fleet {
+    engine: Arc<SandboxEngine>,
+    client: async_nats::Client,
+    metrics: Arc<Metrics>,
+    workers: CancellationToken,
+    tasks: JoinSet<Result<()>>,
+    namespaces: HashMap<String, NamespaceRuntime>,
+    actors: BTreeMap<(String, String), RunningActor>,
+    wasm: Arc<std::sync::Mutex<HashMap<(String, String), Arc<WasmExecutor>>>>,
+}
+
+fn fingerprint(config: &RunConfig, file: &Path, actor: &AsyncActor) -> String {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let component = component_path(actor, &config.components, base).ok();
+    let stamp = component
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.len(), m.modified().ok()));
+    format!("{actor:?}|{component:?}|{stamp:?}")
+}
+
+impl Fleet {
+    async fn namespace(
+        &mut self,
+        config: &RunConfig,
+        namespace: &str,
+    ) -> Result<Arc<dyn Transport>> {
+        if let Some(ns) = self.namespaces.get(namespace) {
+            return Ok(ns.transport.clone());
+        }
+        let transport =
+            NatsTransport::new(self.client.clone(), namespace, config.nats.clone()).await?;
+        let results = Arc::new(transport.results().await?);
+        let fanin =
+            Arc::new(crate::fanin::NatsFanIn::open(transport.jetstream(), namespace).await?);
+        let shared: Arc<dyn Transport> = Arc::new(transport);
+        self.tasks.spawn(run_end_actors(
+            shared.clone(),
+            results,
+            self.workers.clone(),
+        ));
+        self.tasks.spawn(crate::fanin::run_fanin(
+            shared.clone(),
+            fanin,
+            self.workers.clone(),
+        ));
+        self.namespaces.insert(
+            namespace.to_owned(),
+            NamespaceRuntime {
+                transport: shared.clone(),
+            },
+        );
+        Ok(shared)
+    }
+
+    /// Loads and starts one actor (replacing a running one of the same name once it is up).
+    async fn start_actor(
+        &mut self,
+        config: &RunConfig,
+        file: PathBuf,
+        actor: AsyncActor,
+    ) -> Result<()> {
+        let namespace = actor.namespace().to_owned();
+        let key = (namespace.clone(), actor.name().to_owned());
+        let print = fingerprint(config, &file, &actor);
+        let shared = self.namespace(config, &namespace).await?;
+        let mut settings = actor.sidecar_settings()?;
+        if let Some(max) = config.max_message_bytes {
+            settings.max_message_bytes = max;
+        }
+        let executor: Arc<dyn Executor> = if actor.spec.runtime == Runtime::Python {
+            let limits = actor.sandbox_limits()?;
+            let socket = config
+                .python_sockets
+                .get(actor.name())
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_SOCKET));
+            // The user's container runs the runtime; the host waits for it before pulling.
+            let python = PythonExecutor::load(
+                actor.name(),
+                PythonRuntimeConfig {
+                    socket,
+                    spawn: None,
+                    ready_timeout: Duration::from_secs(600),
+                    max_in_flight: limits.max_instances,
+                    max_output_bytes: limits.max_output_bytes,
+                },
+            )
+            .await?;
+            tracing::info!(actor = actor.name(), namespace = %namespace,
+                handler = %python.descriptor().handler, "python actor connected");
+            Arc::new(python)
+        } else {
+            let base = file.parent().unwrap_or(Path::new("."));
+            let path = component_path(&actor, &config.components, base)?;
+            let loaded =
+                crate::local::load_component_from(&self.engine, &config.cache, actor.name(), path)
+                    .await?;
+            let wasm = Arc::new(
+                WasmExecutor::load(
+                    actor.name(),
+                    self.engine.clone(),
+                    &loaded,
+                    actor.sandbox_limits()?,
+                )
+                .await?,
+            );
+            tracing::info!(actor = actor.name(), namespace = %namespace, handler = %wasm.descriptor().handler,
+                digest = %loaded.digest, cached = loaded.from_cache, "actor loaded");
+            wasm.start_reaper();
+            self.wasm
+                .lock()
+                .expect("executors")
+                .insert(key.clone(), wasm.clone());
+            wasm
+        };
+        let sidecar = Arc::new(
+            Sidecar::new(actor.name(), executor, shared, settings)
+                .with_resiliency(actor.resiliency()?)
+                .with_metrics(self.metrics.clone()),
+        );
+        let stop = self.workers.child_token();
+        self.tasks.spawn(sidecar.run(stop.clone()));
+        if let Some(old) = self.actors.insert(
+            key,
+            RunningActor {
+                fingerprint: print,
+                stop,
+            },
+        ) {
+            // The new sidecar already pulls; the old one finishes its in-flight messages.
+            old.stop.cancel();
+        }
+        Ok(())
+    }
+
+    /// Brings the running set in line with the manifest directory.
+    async fn reconcile(&mut self, config: &RunConfig) {
+        let manifests = match manifest::load_dir(&config.manifests) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"),
+                    "manifests do not load; keeping the running actors as they are");
+                return;
+            }
+        };
+        let mut wanted = std::collections::HashSet::new();
+        for (file, actor) in manifests {
+            let key = (actor.namespace().to_owned(), actor.name().to_owned());
+            wanted.insert(key.clone());
+            let print = fingerprint(config, &file, &actor);
+            let change = match self.actors.get(&key) {
+                Some(running) if running.fingerprint == print => continue,
+                Some(_) => "changed",
+                None => "added",
+            };
+            match self.start_actor(config, file, actor).await {
+                Ok(()) => {
+                    tracing::info!(actor = %key.1, namespace = %key.0, change, "actor (re)started")
+                }
+                Err(err) => tracing::error!(actor = %key.1, namespace = %key.0, change,
+                    error = %format!("{err:#}"), "actor not started; the running version (if any) stays"),
+            }
+        }
+        let gone: Vec<_> = self
+            .actors
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(running) = self.actors.remove(&key) {
+                running.stop.cancel();
+                self.wasm.lock().expect("executors").remove(&key);
+                tracing::info!(actor = %key.1, namespace = %key.0, "actor removed");
+            }
+        }
+    }
 }
