@@ -363,4 +363,20 @@ async fn metrics_health_and_trace_context() {
     ] {
         assert!(body.contains(line), "missing {line:?} in\n{body}");
     }
+    let cpu: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("asya_actor_cpu_seconds_total{actor=\"echo\"} "))
+        .expect("per-actor CPU time is exported")
+        .parse()
+        .unwrap();
+    assert!(cpu > 0.0 && cpu < 5.0, "echo used {cpu} CPU seconds");
+    // The pool figures are refreshed every second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (_, body) = http_get(host.http_port, "/metrics").unwrap();
+    for line in [
+        "asya_actor_instances_live{actor=\"echo\"} 1",
+        "asya_actor_instances_live{actor=\"poison\"} 0",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in\n{body}");
+    }
 }

@@ -7,6 +7,7 @@
 //! Pure logic (envelope model, routing rules) lives apart from I/O (transports, executors).
 
 pub mod component_cache;
+pub mod cpu_time;
 pub mod end_actors;
 pub mod envelope;
 pub mod executor;

@@ -28,6 +28,8 @@ pub struct Metrics {
     handler: Family<Labels, Histogram, fn() -> Histogram>,
     active: Family<Labels, Gauge>,
     instances: Family<Labels, Gauge>,
+    instances_live: Family<Labels, Gauge>,
+    cpu: Family<Labels, Counter<f64, AtomicU64>>,
     memory_peak: Family<Labels, Gauge<u64, AtomicU64>>,
     traps: Family<Labels, Counter>,
 }
@@ -54,6 +56,8 @@ pub struct ActorMetrics {
     pub processing: Histogram,
     /// Seconds inside the handler.
     pub handler: Histogram,
+    /// CPU seconds inside the handler (this host's threads).
+    pub cpu: Counter<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -69,6 +73,8 @@ impl Metrics {
             handler: Family::new_with_constructor(histogram as fn() -> Histogram),
             active: Family::default(),
             instances: Family::default(),
+            instances_live: Family::default(),
+            cpu: Family::default(),
             memory_peak: Family::default(),
             traps: Family::default(),
             registry: Registry::default(),
@@ -110,6 +116,16 @@ impl Metrics {
             m.instances.clone(),
         );
         registry.register(
+            "instances_live",
+            "Instances the actor's pool holds now (0 for an idle actor)",
+            m.instances_live.clone(),
+        );
+        registry.register(
+            "cpu_seconds",
+            "CPU time the host spent inside the actor's handler calls",
+            m.cpu.clone(),
+        );
+        registry.register(
             "memory_peak_bytes",
             "Largest linear memory of an instance",
             m.memory_peak.clone(),
@@ -139,6 +155,7 @@ impl Metrics {
             active: self.active.get_or_create_owned(&labels),
             processing: self.processing.get_or_create_owned(&labels),
             handler: self.handler.get_or_create_owned(&labels),
+            cpu: self.cpu.get_or_create_owned(&labels),
         }
     }
 
@@ -181,9 +198,10 @@ impl Metrics {
     }
 
     /// Records the pool figures of an actor.
-    pub fn pool(&self, actor: &str, instances: u64, memory_peak: u64) {
+    pub fn pool(&self, actor: &str, instances: u64, live: u64, memory_peak: u64) {
         let labels = vec![("actor", actor.to_owned())];
         self.instances.get_or_create(&labels).set(instances as i64);
+        self.instances_live.get_or_create(&labels).set(live as i64);
         self.memory_peak.get_or_create(&labels).set(memory_peak);
     }
 

@@ -173,9 +173,11 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     .collect();
                 for (name, executor) in executors {
                     let stats = executor.stats();
+                    let made = stats.instantiated.load(Ordering::Relaxed);
                     metrics.pool(
                         &name,
-                        stats.instantiated.load(Ordering::Relaxed),
+                        made,
+                        made.saturating_sub(stats.discarded.load(Ordering::Relaxed)),
                         stats.memory_peak_bytes.load(Ordering::Relaxed),
                     );
                 }

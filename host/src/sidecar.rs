@@ -144,10 +144,11 @@ impl Sidecar {
         let input = routing::handler_input(mode, &env);
         let span = tracing::debug_span!("handle", actor = %self.name, envelope = %env.id, trace_id = %trace_id, attempt);
         let started = Instant::now();
-        let outcome = {
+        let (outcome, cpu) = {
             let _entered = span.enter();
-            self.executor.call(input, timeout).await
+            crate::cpu_time::CpuTimed::new(self.executor.call(input, timeout)).await
         };
+        self.actor_metrics.cpu.inc_by(cpu.as_secs_f64());
         self.actor_metrics
             .handler
             .observe(started.elapsed().as_secs_f64());

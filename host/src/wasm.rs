@@ -50,7 +50,7 @@ pub struct Descriptor {
 pub struct PoolStats {
     /// Instances created (including the first).
     pub instantiated: AtomicU64,
-    /// Instances thrown away (trap, timeout, memory, recycling).
+    /// Instances thrown away (trap, timeout, memory, recycling, idle reclaim, the load probe).
     pub discarded: AtomicU64,
     /// Calls made.
     pub calls: AtomicU64,
@@ -142,6 +142,7 @@ impl WasmExecutor {
             // Idle actors hold no instance: the first message instantiates one from the
             // snapshot (about a millisecond).
             drop(guest);
+            executor.stats.discarded.fetch_add(1, Ordering::Relaxed);
         }
         Ok(executor)
     }
