@@ -4,8 +4,10 @@
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -23,10 +25,22 @@ pub struct LoadedComponent {
 }
 
 /// Compiles components, or loads their compiled form from a directory.
-#[derive(Debug, Clone)]
+///
+/// Components already loaded in this process are shared by digest: actors with the same component
+/// (a flow's routers, replicas of one handler in several namespaces) map its code once.
+#[derive(Clone)]
 pub struct ComponentCache {
     root: Option<PathBuf>,
     dir: Option<PathBuf>,
+    loaded: Arc<Mutex<HashMap<String, (Engine, Component)>>>,
+}
+
+impl std::fmt::Debug for ComponentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentCache")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The default cache directory: `$ASYA_CACHE_DIR`, else `$XDG_CACHE_HOME/asya`, else
@@ -52,7 +66,26 @@ impl ComponentCache {
         ComponentCache {
             dir: dir.as_ref().map(|d| d.join("compiled")),
             root: dir,
+            loaded: Arc::default(),
         }
+    }
+
+    fn shared(&self, engine: &Engine, digest: &str) -> Option<LoadedComponent> {
+        let loaded = self.loaded.lock().expect("component cache lock");
+        let (owner, component) = loaded.get(digest)?;
+        Engine::same(owner, engine).then(|| LoadedComponent {
+            component: component.clone(),
+            digest: digest.to_owned(),
+            from_cache: true,
+        })
+    }
+
+    fn remember(&self, engine: &Engine, loaded: LoadedComponent) -> LoadedComponent {
+        self.loaded.lock().expect("component cache lock").insert(
+            loaded.digest.clone(),
+            (engine.clone(), loaded.component.clone()),
+        );
+        loaded
     }
 
     /// The cache's root directory (OCI blobs live beside the compiled artifacts).
@@ -68,14 +101,18 @@ impl ComponentCache {
         path: &Path,
         digest: &str,
     ) -> Result<LoadedComponent> {
+        if let Some(shared) = self.shared(engine, digest) {
+            return Ok(shared);
+        }
         if let Some(artifact) = self.artifact_path(engine, digest).filter(|p| p.exists()) {
             // SAFETY: as in `load_bytes`: our own serialisation, engine-compatible by file name.
             if let Ok(component) = unsafe { Component::deserialize_file(engine, &artifact) } {
-                return Ok(LoadedComponent {
+                let loaded = LoadedComponent {
                     component,
                     digest: digest.to_owned(),
                     from_cache: true,
-                });
+                };
+                return Ok(self.remember(engine, loaded));
             }
         }
         self.load_file(engine, path)
@@ -104,6 +141,19 @@ impl ComponentCache {
     /// Loads component bytes, from the compiled cache when possible.
     pub fn load_bytes(&self, engine: &Engine, bytes: &[u8]) -> Result<LoadedComponent> {
         let digest = digest_of(bytes);
+        if let Some(shared) = self.shared(engine, &digest) {
+            return Ok(shared);
+        }
+        let loaded = self.load_unshared(engine, bytes, digest)?;
+        Ok(self.remember(engine, loaded))
+    }
+
+    fn load_unshared(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: String,
+    ) -> Result<LoadedComponent> {
         let artifact = self.artifact_path(engine, &digest);
         if let Some(path) = artifact.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file was written by `Component::serialize` of an engine with the same

@@ -1,0 +1,233 @@
+//! Benchmark: how many idle actors one host holds. N distinct components (the fixture handler with
+//! a distinct custom section each, so each has its own digest and compiled artifact) are registered
+//! in one host; it reports RSS per idle registered actor, the time to load them all with an empty
+//! and with a warm compiled-component cache, the first-message latency of a cold actor (no
+//! instance yet: instantiation from the snapshot + call) against a warm one, and the same figures
+//! when all N actors share one component (the lower bound a shared interpreter would approach).
+//!
+//! Run: `DENSITY_ACTORS=16 cargo bench -p asya-host --bench density` (each distinct component
+//! compiles in ~4 s on 2 cores and its artifact takes ~35 MB of cache; 1,000 distinct components
+//! would take over an hour and 35 GB, so N is a parameter and figures are per actor).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use asya_host::component_cache::ComponentCache;
+use asya_host::local::{ActorDef, LocalHost};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn leb128(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The component with a custom section appended: same code, different digest.
+fn distinct(base: &[u8], i: usize, dir: &Path) -> PathBuf {
+    let name = b"asya-density";
+    let data = format!("{i}");
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(data.as_bytes());
+    let mut bytes = base.to_vec();
+    bytes.push(0);
+    leb128(body.len(), &mut bytes);
+    bytes.extend_from_slice(&body);
+    let path = dir.join(format!("actor{i}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Figures {
+    load: Duration,
+    rss: u64,
+    cold: Duration,
+    warm: Duration,
+}
+
+async fn measure(paths: &[PathBuf], cache: &Path) -> anyhow::Result<Figures> {
+    let defs: Vec<ActorDef> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ActorDef::new(format!("a{i}"), p.clone()))
+        .collect();
+    let started = Instant::now();
+    let mut host = LocalHost::start(defs, ComponentCache::new(Some(cache.to_path_buf()))).await?;
+    let load = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss = rss_bytes();
+    if std::env::var_os("DENSITY_SMAPS").is_some() {
+        // Where the resident memory is: anonymous (heaps, linear memories) vs file/shmem.
+        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+        for line in rollup.lines().filter(|l| {
+            [
+                "Rss:",
+                "Anonymous:",
+                "Shared_Clean:",
+                "Private_Clean:",
+                "Private_Dirty:",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        }) {
+            eprintln!("  [{} actors] {line}", paths.len());
+        }
+    }
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for i in 0..paths.len() {
+        for round in 0..2 {
+            let t = Instant::now();
+            host.send(&[format!("a{i}")], json!({"do": "echo"})).await?;
+            host.next_result(Duration::from_secs(30)).await?;
+            if round == 0 {
+                cold.push(t.elapsed())
+            } else {
+                warm.push(t.elapsed())
+            }
+        }
+    }
+    host.shutdown().await?;
+    Ok(Figures {
+        load,
+        rss,
+        cold: median(cold),
+        warm: median(warm),
+    })
+}
+
+/// One scenario in a fresh process (RSS of a process that ran another scenario is meaningless):
+/// prints `load_ms rss_bytes cold_ms warm_ms`.
+fn child(scenario: &str, n: usize, dir: &Path, cache: &Path) -> anyhow::Result<()> {
+    let paths: Vec<PathBuf> = match scenario {
+        "shared" => (0..n).map(|_| dir.join("actor0.wasm")).collect(),
+        _ => (0..n).map(|i| dir.join(format!("actor{i}.wasm"))).collect(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let f = rt.block_on(measure(&paths, cache))?;
+    println!("{} {} {} {}", ms(f.load), f.rss, ms(f.cold), ms(f.warm));
+    Ok(())
+}
+
+fn run_child(scenario: &str, n: usize, dir: &Path, cache: &Path) -> anyhow::Result<Figures> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .env("DENSITY_ROLE", scenario)
+        .env("DENSITY_N", n.to_string())
+        .env("DENSITY_DIR", dir)
+        .env("DENSITY_CACHE", cache)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "scenario {scenario} failed");
+    let text = String::from_utf8(out.stdout)?;
+    let v: Vec<f64> = text
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let d = |x: f64| Duration::from_secs_f64(x / 1e3);
+    Ok(Figures {
+        load: d(v[0]),
+        rss: v[1] as u64,
+        cold: d(v[2]),
+        warm: d(v[3]),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    if let Ok(role) = std::env::var("DENSITY_ROLE") {
+        let n: usize = std::env::var("DENSITY_N")?.parse()?;
+        let dir = PathBuf::from(std::env::var("DENSITY_DIR")?);
+        let cache = PathBuf::from(std::env::var("DENSITY_CACHE")?);
+        return child(&role, n, &dir, &cache);
+    }
+    let n: usize = std::env::var("DENSITY_ACTORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16)
+        .max(2);
+    let base = std::fs::read(common::component("behaviours.behave", "payload"))?;
+    let dir = tempfile::tempdir()?;
+    for i in 0..n {
+        distinct(&base, i, dir.path());
+    }
+    let cache = tempfile::tempdir()?;
+    let fresh = run_child("distinct", n, dir.path(), cache.path())?;
+    let cached = run_child("distinct", n, dir.path(), cache.path())?;
+    let single = run_child("distinct", 1, dir.path(), cache.path())?;
+    let shared = run_child("shared", n, dir.path(), cache.path())?;
+    let per_actor = |f: &Figures| (f.rss as f64 - single.rss as f64) / (n - 1) as f64;
+    let mib = (1u64 << 20) as f64;
+    println!("density: {n} idle actors in one host (embedded transport), each scenario in a fresh process");
+    println!(
+        "  load all, empty compile cache:  {:>9.0} ms  ({:.0} ms per actor: Cranelift)",
+        ms(fresh.load),
+        ms(fresh.load) / n as f64
+    );
+    println!(
+        "  load all, warm compile cache:   {:>9.1} ms  ({:.2} ms per actor)  ratio {:.0}x faster",
+        ms(cached.load),
+        ms(cached.load) / n as f64,
+        fresh.load.as_secs_f64() / cached.load.as_secs_f64()
+    );
+    println!(
+        "  host RSS with 1 actor {:.1} MiB, with {n}: {:.1} MiB",
+        single.rss as f64 / mib,
+        cached.rss as f64 / mib
+    );
+    println!(
+        "  RSS per idle actor, distinct components:   {:>6.2} MiB   (target <= 1 MiB)",
+        per_actor(&cached) / mib
+    );
+    println!(
+        "  RSS per idle actor, one shared component:  {:>6.2} MiB   ratio distinct/shared {:.1}x",
+        per_actor(&shared) / mib,
+        per_actor(&cached) / per_actor(&shared).max(1.0)
+    );
+    println!(
+        "  first message to a cold actor p50: {:>6.2} ms   warm p50: {:.2} ms   ratio {:.1}x   (target cold <= 5 ms)",
+        ms(cached.cold),
+        ms(cached.warm),
+        cached.cold.as_secs_f64() / cached.warm.as_secs_f64()
+    );
+    println!(
+        "  fresh instance (cold - warm) p50:  {:>6.2} ms distinct, {:.2} ms shared   (target <= 1 ms)",
+        ms(cached.cold.saturating_sub(cached.warm)),
+        ms(shared.cold.saturating_sub(shared.warm))
+    );
+    Ok(())
+}
