@@ -27,5 +27,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e 'sdk-python[dev]'
+# The operator's validation tests (tests/operator): Kubernetes schemas offline, Helm as a library.
+.venv/bin/python -m pip install --quiet 'kubernetes-validate>=1.33' 'helm-python-sdk>=0.2.2' \
+  'jsonschema>=4.20' 'PyYAML>=6'
 
 cargo build --release --locked -p asya-host --bin asya-host
+cargo build --release --locked -p asya-operator --bin asya-operator

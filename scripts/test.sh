@@ -16,6 +16,7 @@ cargo test --release --locked --workspace
 
 echo "== python tests"
 .venv/bin/python -m pytest -q sdk-python/tests
+.venv/bin/python -m pytest -q tests/operator
 
 echo "== benchmarks (short runs; full runs: cargo bench -p asya-host)"
 BENCH_MESSAGES=5000 cargo bench --locked -p asya-host --bench pipeline

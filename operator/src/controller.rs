@@ -1,0 +1,522 @@
+//! The reconciler: for each `AsyncActor`, merge its flavors, validate, ensure the JetStream
+//! stream and consumer, server-side apply the ConfigMap, Deployment and ScaledObject, and write
+//! the status (phase, replica counts, `SpecValid`/`QueueReady`/`WorkloadReady`/`ScalingReady`).
+//! A finalizer deletes the actor's consumer when the actor is deleted (owner references take
+//! care of the Kubernetes objects).
+
+use crate::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor, FlavorSpec};
+use crate::flavor::{self, MergeError};
+use crate::jetstream::{JetStreamAdmin, QueueError};
+use crate::metrics::Metrics;
+use crate::render::{self, Desired, Settings, FIELD_MANAGER};
+use crate::validate;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The finalizer that removes an actor's JetStream consumer.
+pub const FINALIZER: &str = "asya.sh/jetstream-consumer";
+
+/// Condition types.
+pub mod conditions {
+    /// The merged spec (flavors and the actor's own) is valid.
+    pub const SPEC_VALID: &str = "SpecValid";
+    /// The stream and the consumer exist.
+    pub const QUEUE_READY: &str = "QueueReady";
+    /// The Deployment has the replicas it wants ready.
+    pub const WORKLOAD_READY: &str = "WorkloadReady";
+    /// The ScaledObject is applied (or scaling is off).
+    pub const SCALING_READY: &str = "ScalingReady";
+}
+
+/// A reconcile failure (the controller retries it).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A JetStream call failed.
+    #[error("jetstream: {0}")]
+    Queue(#[from] QueueError),
+    /// A JSON patch could not be built (a bug).
+    #[error("building a JSON patch: {0}")]
+    Patch(#[from] serde_json::Error),
+    /// The actor has no namespace.
+    #[error("AsyncActor {0} has no namespace")]
+    NoNamespace(String),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// JetStream administration.
+    pub jetstream: Arc<dyn JetStreamAdmin>,
+    /// Cluster-wide settings.
+    pub settings: Settings,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes Events on the actors (best effort).
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context whose events are reported as `asya-operator` (instance: `instance`).
+    pub fn new(
+        client: Client,
+        jetstream: Arc<dyn JetStreamAdmin>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance,
+            },
+        );
+        Context {
+            client,
+            jetstream,
+            settings,
+            metrics,
+            recorder,
+        }
+    }
+
+    /// Publishes a Warning event on the actor; a failure is only logged (events are advisory).
+    async fn warn(&self, actor: &AsyncActor, reason: &str, note: String) {
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &actor.object_ref(&())).await {
+            tracing::debug!(error = %err, "could not publish an event");
+        }
+    }
+}
+
+/// The KEDA ScaledObject resource (applied as a dynamic object: KEDA may not be installed).
+pub fn scaled_object_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+        "scaledobjects",
+    )
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 time")
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: Some(reason.to_owned()),
+        message: Some(message.into()),
+        last_transition_time: None,
+        observed_generation: None,
+    }
+}
+
+/// Keeps `lastTransitionTime` of conditions whose status did not change; stamps the others.
+pub fn carry_transitions(old: &[Condition], new: &mut [Condition], generation: Option<i64>) {
+    let stamp = now();
+    for condition in new.iter_mut() {
+        condition.observed_generation = generation;
+        let previous = old.iter().find(|c| c.type_ == condition.type_);
+        condition.last_transition_time = match previous {
+            Some(p) if p.status == condition.status && p.last_transition_time.is_some() => {
+                p.last_transition_time.clone()
+            }
+            _ => Some(stamp.clone()),
+        };
+    }
+}
+
+/// The actors that list `flavor` in `spec.flavors` (re-reconciled when it changes).
+pub fn actors_using(actors: &[Arc<AsyncActor>], flavor: &str) -> Vec<ObjectRef<AsyncActor>> {
+    actors
+        .iter()
+        .filter(|a| a.spec.flavors.iter().any(|f| f == flavor))
+        .map(|a| ObjectRef::from_obj(a.as_ref()))
+        .collect()
+}
+
+/// Reconciles one actor (the entry point the controller calls).
+///
+/// The finalizer is added before anything is created; on deletion the consumer is deleted
+/// first and the finalizer removed after, so a consumer never outlives its actor.
+pub async fn reconcile(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(actor, &ctx).await;
+    ctx.metrics
+        .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(actor: Arc<AsyncActor>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let namespace = actor
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(actor.name_any()))?;
+    let api: Api<AsyncActor> = Api::namespaced(ctx.client.clone(), &namespace);
+    let index = actor.finalizers().iter().position(|f| f == FINALIZER);
+    let deleting = actor.metadata.deletion_timestamp.is_some();
+    match (index, deleting) {
+        (None, true) => Ok(Action::await_change()),
+        (Some(index), true) => {
+            cleanup(&actor, ctx).await?;
+            api.patch(
+                &actor.name_any(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(remove_finalizer_patch(index)?),
+            )
+            .await?;
+            Ok(Action::await_change())
+        }
+        (None, false) => {
+            let added = api
+                .patch(
+                    &actor.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(add_finalizer_patch(&actor)?),
+                )
+                .await?;
+            apply(Arc::new(added), ctx.clone()).await
+        }
+        (Some(_), false) => apply(actor, ctx.clone()).await,
+    }
+}
+
+/// Adds [`FINALIZER`], guarded by the object's `resourceVersion` (a concurrent change makes
+/// the patch fail and the reconcile retry).
+pub fn add_finalizer_patch(actor: &AsyncActor) -> Result<json_patch::Patch, serde_json::Error> {
+    let mut ops = Vec::new();
+    if let Some(version) = &actor.metadata.resource_version {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": version}));
+    }
+    if actor.metadata.finalizers.is_none() {
+        ops.push(json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}));
+    }
+    serde_json::from_value(json!(ops))
+}
+
+/// Removes [`FINALIZER`] at `index`, failing if another finalizer is there by now.
+pub fn remove_finalizer_patch(index: usize) -> Result<json_patch::Patch, serde_json::Error> {
+    let path = format!("/metadata/finalizers/{index}");
+    serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+}
+
+/// What the controller does after a failed reconcile: log and retry in 30 s.
+pub fn error_policy(actor: Arc<AsyncActor>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(actor = %actor.name_any(), namespace = ?actor.namespace(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(30))
+}
+
+async fn load_flavors(
+    client: &Client,
+    names: &[String],
+) -> Result<BTreeMap<String, FlavorSpec>, Error> {
+    let api: Api<Flavor> = Api::all(client.clone());
+    let mut found = BTreeMap::new();
+    for name in names {
+        if let Some(flavor) = api.get_opt(name).await? {
+            found.insert(name.clone(), flavor.spec);
+        }
+    }
+    Ok(found)
+}
+
+async fn write_status(
+    actor: &AsyncActor,
+    mut status: AsyncActorStatus,
+    client: &Client,
+) -> Result<(), Error> {
+    let namespace = actor.namespace().unwrap_or_default();
+    let old = actor
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    carry_transitions(&old, &mut status.conditions, actor.metadata.generation);
+    status.observed_generation = actor.metadata.generation;
+    let api: Api<AsyncActor> = Api::namespaced(client.clone(), &namespace);
+    // A merge patch keeps fields it does not mention: clear the ones this status leaves unset
+    // (a Failed actor has no replica counts).
+    let mut body = serde_json::to_value(&status)?;
+    for key in ["phase", "replicas", "readyReplicas", "runtime", "transport"] {
+        body.as_object_mut()
+            .expect("status is an object")
+            .entry(key)
+            .or_insert(serde_json::Value::Null);
+    }
+    api.patch_status(
+        &actor.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": body })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Status of an actor whose spec cannot be rendered.
+fn failed_status(reason: &str, message: String) -> AsyncActorStatus {
+    AsyncActorStatus {
+        phase: Some("Failed".into()),
+        conditions: vec![condition(conditions::SPEC_VALID, false, reason, message)],
+        ..Default::default()
+    }
+}
+
+async fn ensure_queue(desired: &Desired, jetstream: &dyn JetStreamAdmin) -> Result<(), QueueError> {
+    jetstream.ensure_stream(&desired.stream).await?;
+    jetstream.ensure_consumer(&desired.consumer).await?;
+    for consumer in &desired.end_consumers {
+        jetstream.ensure_consumer(consumer).await?;
+    }
+    jetstream.ensure_results_bucket(&desired.stream).await
+}
+
+async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = actor.name_any();
+    let namespace = actor.namespace().unwrap_or_default();
+    let client = &ctx.client;
+
+    // 1. Flavors, merged; then the merged spec validated.
+    let available = load_flavors(client, &actor.spec.flavors).await?;
+    let merged = match flavor::merge(&actor.spec, &available) {
+        Ok(merged) => merged,
+        Err(err) => {
+            tracing::info!(actor = %name, %namespace, error = %err, "flavors do not merge");
+            ctx.warn(&actor, err.reason(), err.to_string()).await;
+            write_status(&actor, failed_status(err.reason(), err.to_string()), client).await?;
+            // A missing flavor may appear later; a conflict waits for an edit (watched).
+            return Ok(match err {
+                MergeError::Missing(_) => Action::requeue(Duration::from_secs(300)),
+                _ => Action::await_change(),
+            });
+        }
+    };
+    if let Err(invalid) = validate::actor(&name, &merged) {
+        ctx.warn(&actor, "InvalidSpec", invalid.to_string()).await;
+        write_status(
+            &actor,
+            failed_status("InvalidSpec", invalid.to_string()),
+            client,
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    let desired = render::desired_objects(&actor, &merged, &ctx.settings);
+    let mut conds = vec![condition(
+        conditions::SPEC_VALID,
+        true,
+        "Merged",
+        if merged.flavors.is_empty() {
+            "spec is valid".to_owned()
+        } else {
+            format!("spec is valid with flavors {}", merged.flavors.join(", "))
+        },
+    )];
+
+    // 2. JetStream.
+    let queue = ensure_queue(&desired, ctx.jetstream.as_ref()).await;
+    conds.push(match &queue {
+        Ok(()) => condition(
+            conditions::QUEUE_READY,
+            true,
+            "ConsumerReady",
+            format!(
+                "consumer {} on stream {} ({})",
+                desired.consumer.name, desired.consumer.stream, desired.consumer.filter_subject
+            ),
+        ),
+        Err(err) => condition(
+            conditions::QUEUE_READY,
+            false,
+            "JetStreamError",
+            err.to_string(),
+        ),
+    });
+    if let Err(err) = &queue {
+        ctx.warn(&actor, "JetStreamError", err.to_string()).await;
+    }
+
+    // 3. Kubernetes objects, server-side applied.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    config_maps
+        .patch(
+            &render::config_map_name(&name),
+            &params,
+            &Patch::Apply(&desired.config_map),
+        )
+        .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let deployment = deployments
+        .patch(&name, &params, &Patch::Apply(&desired.deployment))
+        .await?;
+
+    let resource = scaled_object_resource();
+    let scaled_objects: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &resource);
+    conds.push(match &desired.scaled_object {
+        Some(object) => match scaled_objects
+            .patch(&name, &params, &Patch::Apply(object))
+            .await
+        {
+            Ok(_) => condition(
+                conditions::SCALING_READY,
+                true,
+                "ScaledObjectApplied",
+                format!(
+                    "KEDA scales {} to {} replicas on the queue length",
+                    object["spec"]["minReplicaCount"], object["spec"]["maxReplicaCount"]
+                ),
+            ),
+            Err(kube::Error::Api(status)) if status.code == 404 => condition(
+                conditions::SCALING_READY,
+                false,
+                "KedaNotInstalled",
+                "the keda.sh/v1alpha1 ScaledObject resource does not exist: install KEDA",
+            ),
+            Err(err) => return Err(err.into()),
+        },
+        None => {
+            match scaled_objects.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => return Err(err.into()),
+            }
+            condition(
+                conditions::SCALING_READY,
+                true,
+                "ScalingDisabled",
+                format!(
+                    "autoscaling is off: {} fixed replica(s)",
+                    render::fixed_replicas(&merged)
+                ),
+            )
+        }
+    });
+
+    // 4. Replica counts and the workload's readiness.
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let dep_status = deployment.status.clone().unwrap_or_default();
+    let ready = dep_status.ready_replicas.unwrap_or(0);
+    let scaled_to_zero = wanted == 0;
+    conds.push(if scaled_to_zero {
+        condition(
+            conditions::WORKLOAD_READY,
+            true,
+            "ScaledToZero",
+            "no replicas: the queue is empty",
+        )
+    } else if ready >= wanted {
+        condition(
+            conditions::WORKLOAD_READY,
+            true,
+            "ReplicasReady",
+            format!("{ready}/{wanted} replicas ready"),
+        )
+    } else {
+        condition(
+            conditions::WORKLOAD_READY,
+            false,
+            "ReplicasNotReady",
+            format!("{ready}/{wanted} replicas ready"),
+        )
+    });
+    let all_true = conds.iter().all(|c| c.status == "True");
+    let phase = if all_true && scaled_to_zero {
+        "ScaledToZero"
+    } else if all_true {
+        "Ready"
+    } else {
+        "Pending"
+    };
+    let status = AsyncActorStatus {
+        phase: Some(phase.into()),
+        conditions: conds,
+        replicas: Some(wanted),
+        ready_replicas: Some(ready),
+        observed_generation: None,
+        runtime: Some(merged.runtime.unwrap_or_default().as_str().to_owned()),
+        transport: Some("nats".to_owned()),
+    };
+    write_status(&actor, status, client).await?;
+    Ok(if queue.is_err() || !all_true {
+        Action::requeue(Duration::from_secs(15))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+async fn cleanup(actor: &AsyncActor, ctx: &Context) -> Result<(), Error> {
+    let namespace = actor.namespace().unwrap_or_default();
+    let stream = render::stream_name(&namespace);
+    ctx.jetstream
+        .delete_consumer(&stream, &actor.name_any())
+        .await?;
+    tracing::info!(actor = %actor.name_any(), %namespace, %stream, "consumer deleted");
+    Ok(())
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(
+        Api::<AsyncActor>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+    controller
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=asya-operator"),
+        )
+        .watches(
+            Api::<Flavor>::all(client.clone()),
+            watcher::Config::default(),
+            move |flavor| actors_using(&store.state(), &flavor.name_any()),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(actor = %object.name, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "reconcile error"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,233 @@
+//! `asya-operator`: `run` the controller, print the `crd`s, or `render` actor files offline.
+
+use anyhow::{Context, Result};
+use asya_operator::controller::{self, Context as ReconcileContext};
+use asya_operator::jetstream::NatsAdmin;
+use asya_operator::leader::{self, LeaseSettings};
+use asya_operator::metrics::{self, Metrics};
+use asya_operator::render::Settings;
+use asya_operator::{crd, offline};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "asya-operator",
+    version,
+    about = "The asya Kubernetes operator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (with leader election) and serve /healthz, /readyz, /metrics.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions (AsyncActor, Flavor) as YAML.
+    Crd,
+    /// Print the objects the operator would apply for AsyncActor files, as YAML.
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct SettingsArgs {
+    /// Image of the asya host.
+    #[arg(long, env = "ASYA_HOST_IMAGE")]
+    host_image: Option<String>,
+    /// Pull policy of the host image.
+    #[arg(long, env = "ASYA_HOST_IMAGE_PULL_POLICY")]
+    host_image_pull_policy: Option<String>,
+    /// NATS URL for the operator and the hosts.
+    #[arg(
+        long,
+        env = "ASYA_NATS_URL",
+        default_value = "nats://nats.nats.svc:4222"
+    )]
+    nats_url: String,
+    /// NATS monitoring endpoint (host:port) KEDA reads consumer lag from.
+    #[arg(
+        long,
+        env = "ASYA_NATS_MONITORING",
+        default_value = "nats.nats.svc:8222"
+    )]
+    nats_monitoring: String,
+    /// NATS account of the streams.
+    #[arg(long, env = "ASYA_NATS_ACCOUNT", default_value = "$G")]
+    nats_account: String,
+}
+
+impl SettingsArgs {
+    fn settings(&self) -> Settings {
+        let defaults = Settings::default();
+        Settings {
+            host_image: self.host_image.clone().unwrap_or(defaults.host_image),
+            image_pull_policy: self.host_image_pull_policy.clone(),
+            nats_url: self.nats_url.clone(),
+            nats_monitoring_endpoint: self.nats_monitoring.clone(),
+            nats_account: self.nats_account.clone(),
+            host_http_port: defaults.host_http_port,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Serve /healthz, /readyz and /metrics here.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http: SocketAddr,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "asya-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "asya-system")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    holder: Option<String>,
+    /// Seconds a lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Run without leader election (a single replica).
+    #[arg(long)]
+    no_leader_election: bool,
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// AsyncActor files (several documents per file are fine; Flavors in them are used too).
+    #[arg(short = 'f', long = "file", required = true)]
+    files: Vec<PathBuf>,
+    /// Flavor files.
+    #[arg(long = "flavor")]
+    flavors: Vec<PathBuf>,
+    /// Namespace of actors that have none.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Render owner references to an actor with this uid.
+    #[arg(long)]
+    owner_uid: Option<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("ASYA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd::crds_yaml());
+            Ok(())
+        }
+        Command::Render(args) => {
+            let mut paths = args.files.clone();
+            paths.extend(args.flavors.iter().cloned());
+            let docs = offline::read_files(&paths)?;
+            let text = offline::render(
+                &docs,
+                &args.settings.settings(),
+                &args.namespace,
+                args.owner_uid.as_deref(),
+            )?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(run(args)),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    asya_operator::install_tls_provider();
+    let metrics = Arc::new(Metrics::new());
+    tokio::spawn(metrics::serve(args.http, metrics.clone()));
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    client
+        .apiserver_version()
+        .await
+        .context("asking the Kubernetes API for its version")?;
+    metrics.set_ready(true);
+    let settings = args.settings.settings();
+    let jetstream = Arc::new(NatsAdmin::connect(&settings.nats_url).await?);
+    let ctx = Arc::new(ReconcileContext::new(
+        client.clone(),
+        jetstream,
+        settings,
+        metrics.clone(),
+        args.holder.clone(),
+    ));
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        });
+    }
+    if args.no_leader_election {
+        metrics.set_leader(true);
+        controller::run(ctx, shutdown.cancelled_owned()).await;
+        return Ok(());
+    }
+    let holder = args.holder.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| format!("asya-operator-{}", std::process::id()))
+    });
+    let settings = LeaseSettings {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        holder,
+        ttl: Duration::from_secs(args.lease_seconds.max(3)),
+    };
+    let leases = kube::Api::namespaced(client, &settings.namespace);
+    let (tx, mut leading) = tokio::sync::watch::channel(false);
+    tokio::spawn(leader::hold(leases, settings.clone(), tx));
+    tracing::info!(holder = %settings.holder, lease = %settings.name, "waiting for leadership");
+    tokio::select! {
+        _ = leading.wait_for(|l| *l) => {}
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    metrics.set_leader(true);
+    tracing::info!("leading: starting the controller");
+    let mut lost = leading.clone();
+    let lost_leadership = async move {
+        let _ = lost.wait_for(|l| !*l).await;
+    };
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        lost_leadership.await;
+        stopping.cancel();
+    });
+    controller::run(ctx, shutdown.cancelled_owned()).await;
+    if !*leading.borrow() {
+        metrics.set_leader(false);
+        // Another replica leads now: exit so this one restarts as a candidate.
+        anyhow::bail!("lost the leader lease");
+    }
+    Ok(())
+}

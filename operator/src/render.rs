@@ -1,0 +1,682 @@
+//! The objects an actor needs, as pure data: [`desired_objects`] turns an actor and its merged
+//! spec into a ConfigMap (the manifest the host reads), a Deployment, a KEDA ScaledObject and the
+//! JetStream stream and consumer. Nothing here talks to a cluster or to NATS.
+//!
+//! - `runtime: wasm`: one container, the host image, running `asya-host run` on the manifest;
+//!   the host pulls the component from its `oci://` reference.
+//! - `runtime: python`: the user's image runs `python -m asya.runtime` and the host runs beside
+//!   it as the sidecar; they share the emptyDir `/var/run/asya` where the runtime's socket lives.
+
+use crate::crd::{AsyncActor, AsyncActorSpec, Runtime, API_VERSION};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "asya-operator";
+/// Label on every object the operator makes: the actor's name.
+pub const ACTOR_LABEL: &str = "asya.sh/actor";
+/// Pod annotation: hash of the manifest, so a spec change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "asya.sh/config-hash";
+/// Where the host reads its manifest in the pod.
+pub const MANIFEST_DIR: &str = "/etc/asya/actors";
+/// The shared emptyDir of a python actor's pod.
+pub const SOCKET_DIR: &str = "/var/run/asya";
+/// The python runtime's socket (the host's default).
+pub const RUNTIME_SOCKET: &str = "/var/run/asya/runtime.sock";
+/// Where the host caches pulled and compiled components.
+pub const CACHE_DIR: &str = "/var/cache/asya";
+/// Name of the KEDA trigger; a scaling formula refers to it.
+pub const TRIGGER_NAME: &str = "queue";
+/// The consumers of the host's built-in actors (end actors and the flow fan-in), which every
+/// host of a namespace reads from (with `--no-create` it expects them to exist).
+pub const BUILTIN_ACTORS: [&str; 3] = ["x-sink", "x-sump", "x-fanin"];
+
+/// Cluster-wide settings of the operator (flags of `asya-operator run`, values of the chart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Image of the asya host.
+    pub host_image: String,
+    /// Pull policy of the host image (none: Kubernetes' default).
+    pub image_pull_policy: Option<String>,
+    /// NATS URL the hosts connect to.
+    pub nats_url: String,
+    /// `host:port` of the NATS monitoring endpoint KEDA reads the consumer lag from.
+    pub nats_monitoring_endpoint: String,
+    /// NATS account of the streams (`$G` without accounts).
+    pub nats_account: String,
+    /// Port of the host's `/metrics`, `/healthz`, `/readyz`.
+    pub host_http_port: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host_image: format!("ghcr.io/asya-sh/asya-host:{}", env!("CARGO_PKG_VERSION")),
+            image_pull_policy: None,
+            nats_url: "nats://nats.nats.svc:4222".into(),
+            nats_monitoring_endpoint: "nats.nats.svc:8222".into(),
+            nats_account: "$G".into(),
+            host_http_port: 9090,
+        }
+    }
+}
+
+/// The JetStream stream of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// `ASYA_<NAMESPACE>`.
+    pub name: String,
+    /// `asya.<namespace>.>`.
+    pub subjects: Vec<String>,
+}
+
+/// A durable pull consumer of an actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// The stream it reads.
+    pub stream: String,
+    /// The durable name: the actor's name.
+    pub name: String,
+    /// `asya.<namespace>.<actor>`.
+    pub filter_subject: String,
+}
+
+/// Everything an actor needs.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The actor's manifest for the host (`actor.yaml`).
+    pub config_map: ConfigMap,
+    /// The workload.
+    pub deployment: Deployment,
+    /// The KEDA ScaledObject (`None` when scaling is off).
+    pub scaled_object: Option<Value>,
+    /// The namespace's stream.
+    pub stream: StreamSpec,
+    /// The actor's consumer.
+    pub consumer: ConsumerSpec,
+    /// The consumers of the namespace's built-in actors.
+    pub end_consumers: Vec<ConsumerSpec>,
+}
+
+impl Desired {
+    /// The Kubernetes objects, in apply order, as JSON.
+    pub fn objects(&self) -> Vec<Value> {
+        let mut out = vec![
+            serde_json::to_value(&self.config_map).expect("ConfigMap serialises"),
+            serde_json::to_value(&self.deployment).expect("Deployment serialises"),
+        ];
+        out.extend(self.scaled_object.clone());
+        out
+    }
+}
+
+/// The stream name of a namespace: `ASYA_<NAMESPACE>` (upper case, `-` and `.` as `_`).
+pub fn stream_name(namespace: &str) -> String {
+    format!("ASYA_{}", namespace.to_uppercase().replace(['-', '.'], "_"))
+}
+
+/// The subject of an actor's queue: `asya.<namespace>.<actor>`.
+pub fn subject(namespace: &str, actor: &str) -> String {
+    format!("asya.{namespace}.{actor}")
+}
+
+/// The name of the ConfigMap holding an actor's manifest.
+pub fn config_map_name(actor: &str) -> String {
+    format!("{actor}-asya")
+}
+
+/// Whether KEDA scales this actor: `scaling` is given and not `enabled: false`.
+pub fn scaling_enabled(spec: &AsyncActorSpec) -> bool {
+    spec.scaling
+        .as_ref()
+        .is_some_and(|s| s.enabled.unwrap_or(true))
+}
+
+/// Replicas when KEDA does not scale the actor: `minReplicaCount`, else 1.
+pub fn fixed_replicas(spec: &AsyncActorSpec) -> i32 {
+    spec.scaling.as_ref().and_then(|s| s.min()).unwrap_or(1)
+}
+
+fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), name.to_owned()),
+        ("app.kubernetes.io/component".to_owned(), "actor".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            FIELD_MANAGER.to_owned(),
+        ),
+        (ACTOR_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+/// The controller owner reference to the actor (absent when the actor has no uid yet, as when
+/// rendering a file offline: a reference to a made-up uid would get the objects collected).
+fn owner_references(actor: &AsyncActor) -> Value {
+    match &actor.metadata.uid {
+        Some(uid) => json!([{
+            "apiVersion": API_VERSION,
+            "kind": "AsyncActor",
+            "name": actor.name_any(),
+            "uid": uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }]),
+        None => Value::Null,
+    }
+}
+
+fn metadata(actor: &AsyncActor, name: &str) -> Value {
+    let mut meta = json!({
+        "name": name,
+        "namespace": actor.namespace().unwrap_or_else(|| "default".into()),
+        "labels": labels(&actor.name_any()),
+    });
+    let owners = owner_references(actor);
+    if !owners.is_null() {
+        meta["ownerReferences"] = owners;
+    }
+    meta
+}
+
+/// The manifest the host reads: the actor with its merged spec (flavors already applied).
+pub fn host_manifest(actor: &AsyncActor, spec: &AsyncActorSpec) -> String {
+    let mut spec = spec.clone();
+    spec.flavors.clear();
+    let doc = json!({
+        "apiVersion": API_VERSION,
+        "kind": "AsyncActor",
+        "metadata": {
+            "name": actor.name_any(),
+            "namespace": actor.namespace().unwrap_or_else(|| "default".into()),
+        },
+        "spec": spec,
+    });
+    serde_yaml_ng::to_string(&doc).expect("manifest as YAML")
+}
+
+fn env_list(pairs: &[(&str, String)], user: &BTreeMap<String, String>) -> Vec<Value> {
+    let mut env: Vec<Value> = pairs
+        .iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    for (name, value) in user {
+        if !pairs.iter().any(|(n, _)| n == name) {
+            env.push(json!({"name": name, "value": value}));
+        }
+    }
+    env
+}
+
+fn resources(spec: &AsyncActorSpec) -> Option<Value> {
+    let resources = spec.resources.as_ref()?;
+    let side = |map: &BTreeMap<String, crate::crd::Quantity>| -> Value {
+        map.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.to_k8s_string())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut out = json!({});
+    if !resources.limits.is_empty() {
+        out["limits"] = side(&resources.limits);
+    }
+    if !resources.requests.is_empty() {
+        out["requests"] = side(&resources.requests);
+    }
+    Some(out)
+}
+
+fn security_context() -> Value {
+    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
+}
+
+/// The host container (the only one of a wasm actor, the sidecar of a python actor).
+fn host_container(
+    actor: &AsyncActor,
+    spec: &AsyncActorSpec,
+    settings: &Settings,
+    python: bool,
+) -> Value {
+    let name = actor.name_any();
+    let mut args = vec![
+        "run".to_owned(),
+        "--manifests".to_owned(),
+        MANIFEST_DIR.to_owned(),
+        "--no-create".to_owned(),
+        "--http".to_owned(),
+        format!("0.0.0.0:{}", settings.host_http_port),
+    ];
+    if python {
+        args.push("--python-socket".to_owned());
+        args.push(format!("{name}={RUNTIME_SOCKET}"));
+    }
+    let handler = spec.handler.clone().unwrap_or_default();
+    let mode = spec.mode.unwrap_or_default().as_str().to_owned();
+    let empty = BTreeMap::new();
+    let mut container = json!({
+        "name": "asya-host",
+        "image": settings.host_image,
+        "args": args,
+        "env": env_list(
+            &[
+                ("ASYA_NATS_URL", settings.nats_url.clone()),
+                ("ASYA_CACHE_DIR", CACHE_DIR.to_owned()),
+                ("ASYA_HANDLER", handler),
+                ("ASYA_HANDLER_MODE", mode),
+            ],
+            if python { &empty } else { &spec.env },
+        ),
+        "ports": [{"name": "http", "containerPort": settings.host_http_port, "protocol": "TCP"}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "volumeMounts": [
+            {"name": "manifest", "mountPath": MANIFEST_DIR, "readOnly": true},
+            {"name": "cache", "mountPath": CACHE_DIR},
+        ],
+        "securityContext": security_context(),
+    });
+    if let Some(policy) = &settings.image_pull_policy {
+        container["imagePullPolicy"] = json!(policy);
+    }
+    if python {
+        container["volumeMounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({"name": "runtime-socket", "mountPath": SOCKET_DIR}));
+    } else {
+        if !spec.secret_refs.is_empty() {
+            container["envFrom"] = secret_env(spec);
+        }
+        if let Some(resources) = resources(spec) {
+            container["resources"] = resources;
+        }
+    }
+    container
+}
+
+fn secret_env(spec: &AsyncActorSpec) -> Value {
+    spec.secret_refs
+        .iter()
+        .map(|name| json!({"secretRef": {"name": name}}))
+        .collect()
+}
+
+/// The user's container of a python actor: the native runtime on the shared socket.
+fn handler_container(spec: &AsyncActorSpec) -> Value {
+    let mut container = json!({
+        "name": "handler",
+        "image": spec.image.clone().unwrap_or_default(),
+        "command": ["python", "-m", "asya.runtime"],
+        "env": env_list(
+            &[
+                ("ASYA_HANDLER", spec.handler.clone().unwrap_or_default()),
+                ("ASYA_HANDLER_MODE", spec.mode.unwrap_or_default().as_str().to_owned()),
+                ("ASYA_RUNTIME_SOCKET", RUNTIME_SOCKET.to_owned()),
+            ],
+            &spec.env,
+        ),
+        "volumeMounts": [{"name": "runtime-socket", "mountPath": SOCKET_DIR}],
+        "securityContext": security_context(),
+    });
+    if !spec.secret_refs.is_empty() {
+        container["envFrom"] = secret_env(spec);
+    }
+    if let Some(resources) = resources(spec) {
+        container["resources"] = resources;
+    }
+    container
+}
+
+fn deployment(
+    actor: &AsyncActor,
+    spec: &AsyncActorSpec,
+    settings: &Settings,
+    manifest_hash: &str,
+) -> Deployment {
+    let name = actor.name_any();
+    let python = spec.runtime == Some(Runtime::Python);
+    let mut containers = Vec::new();
+    if python {
+        containers.push(handler_container(spec));
+    }
+    containers.push(host_container(actor, spec, settings, python));
+    let mut volumes = vec![
+        json!({"name": "manifest", "configMap": {"name": config_map_name(&name)}}),
+        json!({"name": "cache", "emptyDir": {}}),
+    ];
+    if python {
+        volumes.push(json!({"name": "runtime-socket", "emptyDir": {}}));
+    }
+    let mut pod_spec = json!({
+        "containers": containers,
+        "volumes": volumes,
+        // The host's grace period for in-flight messages is 30s.
+        "terminationGracePeriodSeconds": 45,
+    });
+    if !spec.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(spec.node_selector);
+    }
+    if !spec.tolerations.is_empty() {
+        pod_spec["tolerations"] = json!(spec.tolerations);
+    }
+    let mut deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(actor, &name),
+        "spec": {
+            "selector": {"matchLabels": {ACTOR_LABEL: name}},
+            "template": {
+                "metadata": {
+                    "labels": labels(&name),
+                    "annotations": {
+                        CONFIG_HASH_ANNOTATION: manifest_hash,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": settings.host_http_port.to_string(),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    });
+    // With KEDA scaling, the replica count belongs to the autoscaler: not applying it keeps
+    // this field manager from fighting over it.
+    if !scaling_enabled(spec) {
+        deployment["spec"]["replicas"] = json!(fixed_replicas(spec));
+    }
+    serde_json::from_value(deployment).expect("a valid Deployment")
+}
+
+/// The KEDA ScaledObject of an actor with scaling on.
+fn scaled_object(actor: &AsyncActor, spec: &AsyncActorSpec, settings: &Settings) -> Option<Value> {
+    if !scaling_enabled(spec) {
+        return None;
+    }
+    let scaling = spec.scaling.clone().unwrap_or_default();
+    let name = actor.name_any();
+    let namespace = actor.namespace().unwrap_or_else(|| "default".into());
+    let mut object = json!({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": metadata(actor, &name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicaCount": scaling.min().unwrap_or(0),
+            "maxReplicaCount": scaling.max().unwrap_or(10),
+            "triggers": [{
+                "type": "nats-jetstream",
+                "name": TRIGGER_NAME,
+                "metadata": {
+                    "natsServerMonitoringEndpoint": settings.nats_monitoring_endpoint,
+                    "account": settings.nats_account,
+                    "stream": stream_name(&namespace),
+                    "consumer": name,
+                    "lagThreshold": scaling.queue_length.unwrap_or(5).to_string(),
+                    "activationLagThreshold": "0",
+                    "useHttps": "false",
+                },
+            }],
+        },
+    });
+    if let Some(interval) = scaling.polling_interval {
+        object["spec"]["pollingInterval"] = json!(interval);
+    }
+    if let Some(cooldown) = scaling.cooldown_period {
+        object["spec"]["cooldownPeriod"] = json!(cooldown);
+    }
+    if let Some(advanced) = &scaling.advanced {
+        let mut modifiers = json!({"formula": advanced.formula, "target": advanced.target});
+        if let Some(activation) = &advanced.activation_target {
+            modifiers["activationTarget"] = json!(activation);
+        }
+        if let Some(metric_type) = &advanced.metric_type {
+            modifiers["metricType"] = json!(metric_type);
+        }
+        object["spec"]["advanced"] = json!({"scalingModifiers": modifiers});
+    }
+    Some(object)
+}
+
+/// The objects an actor needs, from the actor (name, namespace, uid) and its merged spec.
+pub fn desired_objects(actor: &AsyncActor, spec: &AsyncActorSpec, settings: &Settings) -> Desired {
+    let name = actor.name_any();
+    let namespace = actor.namespace().unwrap_or_else(|| "default".into());
+    let manifest = host_manifest(actor, spec);
+    let hash = hex::encode(Sha256::digest(manifest.as_bytes()));
+    let config_map: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(actor, &config_map_name(&name)),
+        "data": {"actor.yaml": manifest},
+    }))
+    .expect("a valid ConfigMap");
+    let stream = StreamSpec {
+        name: stream_name(&namespace),
+        subjects: vec![format!("asya.{namespace}.>")],
+    };
+    let consumer_of = |actor: &str| ConsumerSpec {
+        stream: stream.name.clone(),
+        name: actor.to_owned(),
+        filter_subject: subject(&namespace, actor),
+    };
+    Desired {
+        config_map,
+        deployment: deployment(actor, spec, settings, &hash[..16]),
+        scaled_object: scaled_object(actor, spec, settings),
+        consumer: consumer_of(&name),
+        end_consumers: BUILTIN_ACTORS.iter().map(|a| consumer_of(a)).collect(),
+        stream,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(yaml: &str) -> AsyncActor {
+        let mut actor: AsyncActor = serde_yaml_ng::from_str(yaml).unwrap();
+        actor.metadata.uid = Some("0b9e2c1e-5a57-4d4e-8d7e-2f1a8c9b0001".into());
+        actor
+    }
+
+    fn render(yaml: &str) -> Desired {
+        let actor = actor(yaml);
+        desired_objects(&actor, &actor.spec.clone(), &Settings::default())
+    }
+
+    const WASM: &str = r#"
+apiVersion: asya.sh/v1alpha1
+kind: AsyncActor
+metadata: {name: preprocess, namespace: text-pipeline}
+spec:
+  handler: preprocessor.process
+  component: oci://localhost:5000/text-pipeline/preprocess:v1
+  scaling: {enabled: true, minReplicaCount: 0, maxReplicaCount: 5, queueLength: 10}
+  sandbox: {memory: 128Mi}
+  env: {LOG_LEVEL: debug}
+"#;
+
+    const PYTHON: &str = r#"
+apiVersion: asya.sh/v1alpha1
+kind: AsyncActor
+metadata: {name: embed, namespace: gpu-embedder}
+spec:
+  runtime: python
+  image: registry.local/gpu-embedder:v1
+  handler: embedder.Embedder.process
+  secretRefs: [hf-token]
+  resources: {limits: {nvidia.com/gpu: 1, memory: 8Gi}}
+  nodeSelector: {nvidia.com/gpu.present: "true"}
+  tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+"#;
+
+    #[test]
+    fn wasm_actor_runs_the_host_on_its_manifest() {
+        let desired = render(WASM);
+        let pod = desired
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        assert_eq!(pod.containers.len(), 1);
+        let host = &pod.containers[0];
+        assert_eq!(host.name, "asya-host");
+        assert_eq!(
+            host.args.as_ref().unwrap()[..4],
+            ["run", "--manifests", MANIFEST_DIR, "--no-create"]
+        );
+        let env: BTreeMap<_, _> = host
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap()))
+            .collect();
+        assert_eq!(env["ASYA_HANDLER"], "preprocessor.process");
+        assert_eq!(env["ASYA_HANDLER_MODE"], "payload");
+        assert_eq!(env["LOG_LEVEL"], "debug");
+        // KEDA owns the replica count.
+        assert_eq!(desired.deployment.spec.as_ref().unwrap().replicas, None);
+        let manifest = &desired.config_map.data.as_ref().unwrap()["actor.yaml"];
+        assert!(manifest.contains("oci://localhost:5000/text-pipeline/preprocess:v1"));
+        let owners = desired
+            .deployment
+            .metadata
+            .owner_references
+            .as_ref()
+            .unwrap();
+        assert_eq!(owners[0].kind, "AsyncActor");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(desired.stream.name, "ASYA_TEXT_PIPELINE");
+        assert_eq!(desired.stream.subjects, ["asya.text-pipeline.>"]);
+        assert_eq!(desired.consumer.name, "preprocess");
+        assert_eq!(
+            desired.consumer.filter_subject,
+            "asya.text-pipeline.preprocess"
+        );
+    }
+
+    #[test]
+    fn scale_to_zero_scaled_object() {
+        let so = render(WASM).scaled_object.unwrap();
+        assert_eq!(so["spec"]["minReplicaCount"], 0);
+        assert_eq!(so["spec"]["maxReplicaCount"], 5);
+        let trigger = &so["spec"]["triggers"][0];
+        assert_eq!(trigger["type"], "nats-jetstream");
+        assert_eq!(trigger["metadata"]["stream"], "ASYA_TEXT_PIPELINE");
+        assert_eq!(trigger["metadata"]["consumer"], "preprocess");
+        assert_eq!(trigger["metadata"]["lagThreshold"], "10");
+        assert_eq!(trigger["metadata"]["account"], "$G");
+    }
+
+    #[test]
+    fn python_actor_has_the_host_as_sidecar_on_a_shared_socket() {
+        let desired = render(PYTHON);
+        let pod = desired
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["handler", "asya-host"]);
+        let (handler, host) = (&pod.containers[0], &pod.containers[1]);
+        assert_eq!(
+            handler.image.as_deref(),
+            Some("registry.local/gpu-embedder:v1")
+        );
+        let mount = |c: &k8s_openapi::api::core::v1::Container| {
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.name == "runtime-socket" && m.mount_path == SOCKET_DIR)
+        };
+        assert!(mount(handler) && mount(host));
+        assert!(pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|v| v.name == "runtime-socket" && v.empty_dir.is_some()));
+        let limits = handler.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"].0, "1");
+        assert!(host.resources.is_none());
+        assert_eq!(
+            handler.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "hf-token"
+        );
+        assert!(host
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&format!("embed={RUNTIME_SOCKET}")));
+        assert_eq!(
+            pod.tolerations.unwrap()[0].key.as_deref(),
+            Some("nvidia.com/gpu")
+        );
+        // No scaling section: a fixed single replica and no ScaledObject.
+        assert!(desired.scaled_object.is_none());
+        assert_eq!(desired.deployment.spec.unwrap().replicas, Some(1));
+    }
+
+    #[test]
+    fn formula_and_disabled_scaling() {
+        let mut spec = actor(WASM).spec;
+        let scaling = spec.scaling.as_mut().unwrap();
+        scaling.advanced = Some(crate::crd::ScalingFormula {
+            formula: "queue / 2".into(),
+            target: "5".into(),
+            activation_target: None,
+            metric_type: None,
+        });
+        let a = actor(WASM);
+        let so = desired_objects(&a, &spec, &Settings::default())
+            .scaled_object
+            .unwrap();
+        assert_eq!(
+            so["spec"]["advanced"]["scalingModifiers"],
+            json!({"formula": "queue / 2", "target": "5"})
+        );
+        spec.scaling.as_mut().unwrap().enabled = Some(false);
+        spec.scaling.as_mut().unwrap().min_replica_count = Some(2);
+        let desired = desired_objects(&a, &spec, &Settings::default());
+        assert!(desired.scaled_object.is_none());
+        assert_eq!(desired.deployment.spec.unwrap().replicas, Some(2));
+    }
+
+    #[test]
+    fn a_spec_change_changes_the_pod_template() {
+        let a = actor(WASM);
+        let hash = |spec: &AsyncActorSpec| {
+            desired_objects(&a, spec, &Settings::default())
+                .deployment
+                .spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        let mut changed = a.spec.clone();
+        changed.sandbox.as_mut().unwrap().cpu_timeout = Some("9s".into());
+        assert_ne!(hash(&a.spec), hash(&changed));
+        assert_eq!(hash(&a.spec), hash(&a.spec.clone()));
+    }
+}

@@ -1,0 +1,615 @@
+//! `reconcile()` against an in-memory Kubernetes API (kube-fake-client) and an in-memory
+//! JetStream: create, update, delete, flavor conflict, scaling off/on, python vs wasm.
+
+use asya_operator::controller::{self, conditions, Context, FINALIZER};
+use asya_operator::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor};
+use asya_operator::jetstream::MemoryJetStream;
+use asya_operator::metrics::Metrics;
+use asya_operator::render::{Settings, CONFIG_HASH_ANNOTATION};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Client, CustomResource, ResourceExt};
+use kube_fake_client::{interceptor, ClientBuilder};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// KEDA's ScaledObject, only so the fake API server knows the resource (as a cluster with
+/// KEDA installed does). The operator itself applies it as a dynamic object.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "keda.sh",
+    version = "v1alpha1",
+    kind = "ScaledObject",
+    namespaced
+)]
+struct ScaledObjectSpec {
+    triggers: Vec<serde_json::Value>,
+}
+
+const NS: &str = "text-pipeline";
+
+fn actor(yaml: &str) -> AsyncActor {
+    let mut actor: AsyncActor = serde_yaml_ng::from_str(yaml).unwrap();
+    actor.metadata.uid = Some(format!("uid-{}", actor.name_any()));
+    actor.metadata.generation = Some(1);
+    actor
+}
+
+fn flavor(yaml: &str) -> Flavor {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+const WASM: &str = r#"
+apiVersion: asya.sh/v1alpha1
+kind: AsyncActor
+metadata: {name: preprocess, namespace: text-pipeline}
+spec:
+  runtime: wasm
+  handler: preprocessor.process
+  component: oci://localhost:5000/text-pipeline/preprocess:v1
+  scaling: {enabled: true, minReplicaCount: 0, maxReplicaCount: 5, queueLength: 10}
+  sandbox: {memory: 128Mi, cpuTimeout: 2s, maxInstances: 4}
+"#;
+
+const PYTHON: &str = r#"
+apiVersion: asya.sh/v1alpha1
+kind: AsyncActor
+metadata: {name: embed, namespace: text-pipeline}
+spec:
+  runtime: python
+  image: registry.local/gpu-embedder:v1
+  handler: embedder.Embedder.process
+  flavors: [gpu-inference]
+"#;
+
+const GPU_FLAVOR: &str = r#"
+apiVersion: asya.sh/v1alpha1
+kind: Flavor
+metadata: {name: gpu-inference}
+spec:
+  resources: {limits: {nvidia.com/gpu: 1}}
+  nodeSelector: {nvidia.com/gpu.present: "true"}
+  tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+  scaling: {minReplicaCount: 0, maxReplicaCount: 2, queueLength: 4}
+"#;
+
+type FlavorStore = Arc<Mutex<BTreeMap<String, serde_json::Value>>>;
+
+struct Harness {
+    client: Client,
+    flavors: FlavorStore,
+    jetstream: Arc<MemoryJetStream>,
+    ctx: Arc<Context>,
+}
+
+async fn harness(actors: Vec<AsyncActor>, flavors: Vec<Flavor>, keda: bool) -> Harness {
+    let mut builder = ClientBuilder::new()
+        .with_resource::<AsyncActor>()
+        .with_resource::<Flavor>();
+    if keda {
+        builder = builder.with_resource::<ScaledObject>();
+    }
+    for a in actors {
+        builder = builder.with_object(a);
+    }
+    // kube-fake-client 0.3 treats every custom resource as namespaced, so cluster-scoped
+    // Flavors are served by a GET interceptor: a GET without a namespace is only ever the
+    // reconciler reading a Flavor.
+    let store: FlavorStore = Arc::new(Mutex::new(
+        flavors
+            .into_iter()
+            .map(|f| (f.name_any(), serde_json::to_value(&f).unwrap()))
+            .collect(),
+    ));
+    let served = store.clone();
+    builder = builder.with_interceptor_funcs(interceptor::Funcs::new().get(move |ctx| {
+        if ctx.namespace.is_empty() {
+            if let Some(flavor) = served.lock().unwrap().get(ctx.name) {
+                return Ok(Some(flavor.clone()));
+            }
+        }
+        Ok(None)
+    }));
+    let client = builder.build().await.expect("fake client");
+    let jetstream = Arc::new(MemoryJetStream::new());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        jetstream.clone(),
+        Settings {
+            host_image: "ghcr.io/asya-sh/asya-host:test".into(),
+            ..Settings::default()
+        },
+        Arc::new(Metrics::new()),
+        None,
+    ));
+    Harness {
+        client,
+        flavors: store,
+        jetstream,
+        ctx,
+    }
+}
+
+impl Harness {
+    fn actors(&self) -> Api<AsyncActor> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn get(&self, name: &str) -> AsyncActor {
+        self.actors().get(name).await.unwrap()
+    }
+
+    /// Reconciles the stored actor like the controller does after each change.
+    async fn reconcile(&self, name: &str) -> Action {
+        let actor = self.get(name).await;
+        controller::reconcile(Arc::new(actor), self.ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("reconcile {name}: {e:?}"))
+    }
+
+    /// First reconcile adds the finalizer; the second applies.
+    async fn settle(&self, name: &str) {
+        self.reconcile(name).await;
+        assert!(self
+            .get(name)
+            .await
+            .finalizers()
+            .contains(&FINALIZER.to_owned()));
+        self.reconcile(name).await;
+    }
+
+    async fn status(&self, name: &str) -> AsyncActorStatus {
+        self.get(name).await.status.expect("status written")
+    }
+
+    async fn deployment(&self, name: &str) -> Option<Deployment> {
+        Api::<Deployment>::namespaced(self.client.clone(), NS)
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    async fn scaled_object(&self, name: &str) -> Option<DynamicObject> {
+        Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            NS,
+            &controller::scaled_object_resource(),
+        )
+        .get_opt(name)
+        .await
+        .unwrap()
+    }
+
+    async fn edit(&self, name: &str, spec_patch: serde_json::Value) {
+        let mut actor = self.get(name).await;
+        let mut spec = serde_json::to_value(&actor.spec).unwrap();
+        json_merge(&mut spec, &spec_patch);
+        actor.spec = serde_json::from_value(spec).unwrap();
+        actor.metadata.generation = Some(actor.metadata.generation.unwrap_or(1) + 1);
+        self.actors()
+            .replace(name, &PostParams::default(), &actor)
+            .await
+            .unwrap();
+    }
+
+    /// Plays the Deployment controller: `ready` replicas of the Deployment are ready.
+    async fn deployment_ready(&self, name: &str, replicas: i32, ready: i32) {
+        let api = Api::<Deployment>::namespaced(self.client.clone(), NS);
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": replicas, "readyReplicas": ready}})),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    json_merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn cond<'a>(status: &'a AsyncActorStatus, type_: &str) -> &'a Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
+}
+
+#[tokio::test]
+async fn create_wasm_actor_applies_everything_and_reports_status() {
+    let h = harness(vec![actor(WASM)], vec![], true).await;
+    h.settle("preprocess").await;
+
+    // JetStream: the namespace's stream, the actor's consumer, the end actors' consumers and
+    // the results bucket.
+    assert_eq!(
+        h.jetstream.stream("ASYA_TEXT_PIPELINE").unwrap(),
+        ["asya.text-pipeline.>"]
+    );
+    assert_eq!(
+        h.jetstream
+            .consumer("ASYA_TEXT_PIPELINE", "preprocess")
+            .as_deref(),
+        Some("asya.text-pipeline.preprocess")
+    );
+    for end in ["x-sink", "x-sump", "x-fanin"] {
+        assert!(h.jetstream.consumer("ASYA_TEXT_PIPELINE", end).is_some());
+    }
+    assert!(h.jetstream.has_bucket("ASYA_RESULTS_TEXT_PIPELINE"));
+
+    // Kubernetes objects, owned by the actor, applied by our field manager.
+    let deployment = h.deployment("preprocess").await.expect("deployment");
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("AsyncActor", "uid-preprocess")
+    );
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod.containers.len(), 1);
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("ghcr.io/asya-sh/asya-host:test")
+    );
+    let cm = Api::<ConfigMap>::namespaced(h.client.clone(), NS)
+        .get("preprocess-asya")
+        .await
+        .unwrap();
+    assert!(cm.data.unwrap()["actor.yaml"].contains("component: oci://localhost:5000/"));
+    let so = h.scaled_object("preprocess").await.expect("scaled object");
+    assert_eq!(so.data["spec"]["minReplicaCount"], 0);
+    assert_eq!(so.data["spec"]["triggers"][0]["type"], "nats-jetstream");
+    assert_eq!(
+        so.data["spec"]["triggers"][0]["metadata"]["consumer"],
+        "preprocess"
+    );
+
+    // Status: the workload is not ready yet.
+    let status = h.status("preprocess").await;
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert_eq!(cond(&status, conditions::SPEC_VALID).status, "True");
+    assert_eq!(cond(&status, conditions::QUEUE_READY).status, "True");
+    assert_eq!(cond(&status, conditions::SCALING_READY).status, "True");
+    assert_eq!(cond(&status, conditions::WORKLOAD_READY).status, "False");
+    let generation = status.observed_generation.expect("observed generation");
+    let queue_since = cond(&status, conditions::QUEUE_READY)
+        .last_transition_time
+        .clone();
+
+    // The Deployment becomes ready: phase Ready with the replica counts.
+    h.deployment_ready("preprocess", 2, 2).await;
+    let mut dep = h.deployment("preprocess").await.unwrap();
+    dep.spec.as_mut().unwrap().replicas = Some(2);
+    Api::<Deployment>::namespaced(h.client.clone(), NS)
+        .replace("preprocess", &PostParams::default(), &dep)
+        .await
+        .unwrap();
+    h.reconcile("preprocess").await;
+    let status = h.status("preprocess").await;
+    assert_eq!(status.phase.as_deref(), Some("Ready"), "{status:?}");
+    assert_eq!((status.replicas, status.ready_replicas), (Some(2), Some(2)));
+    assert_eq!(cond(&status, conditions::WORKLOAD_READY).status, "True");
+    assert!(status.observed_generation.unwrap() >= generation);
+    // An unchanged condition keeps its transition time.
+    assert_eq!(
+        cond(&status, conditions::QUEUE_READY).last_transition_time,
+        queue_since
+    );
+}
+
+#[tokio::test]
+async fn update_rolls_the_pods_and_rewrites_the_manifest() {
+    let h = harness(vec![actor(WASM)], vec![], true).await;
+    h.settle("preprocess").await;
+    let hash = |d: Deployment| {
+        d.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let before = hash(h.deployment("preprocess").await.unwrap());
+    let before_generation = h.status("preprocess").await.observed_generation.unwrap();
+    h.edit(
+        "preprocess",
+        json!({"sandbox": {"cpuTimeout": "9s"}, "scaling": {"maxReplicaCount": 7}}),
+    )
+    .await;
+    h.reconcile("preprocess").await;
+    assert_ne!(hash(h.deployment("preprocess").await.unwrap()), before);
+    let cm = Api::<ConfigMap>::namespaced(h.client.clone(), NS)
+        .get("preprocess-asya")
+        .await
+        .unwrap();
+    assert!(cm.data.unwrap()["actor.yaml"].contains("cpuTimeout: 9s"));
+    let so = h.scaled_object("preprocess").await.unwrap();
+    assert_eq!(so.data["spec"]["maxReplicaCount"], 7);
+    let observed = h.status("preprocess").await.observed_generation.unwrap();
+    assert!(
+        observed > before_generation,
+        "{observed} after {before_generation}"
+    );
+}
+
+#[tokio::test]
+async fn delete_removes_the_consumer_then_the_finalizer() {
+    let mut deleting = actor(WASM);
+    deleting.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let h = harness(vec![deleting], vec![], true).await;
+    h.reconcile("preprocess").await;
+    assert_eq!(
+        h.jetstream.deleted(),
+        [("ASYA_TEXT_PIPELINE".to_owned(), "preprocess".to_owned())]
+    );
+    let left = h.actors().get_opt("preprocess").await.unwrap();
+    assert!(left.is_none_or(|a| a.finalizers().is_empty()));
+}
+
+#[tokio::test]
+async fn a_failed_consumer_deletion_keeps_the_finalizer() {
+    let mut deleting = actor(WASM);
+    deleting.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let h = harness(vec![deleting], vec![], true).await;
+    h.jetstream.fail_with(Some("nats: connection refused"));
+    let actor = h.get("preprocess").await;
+    assert!(controller::reconcile(Arc::new(actor), h.ctx.clone())
+        .await
+        .is_err());
+    assert_eq!(h.get("preprocess").await.finalizers(), [FINALIZER]);
+}
+
+#[tokio::test]
+async fn flavor_conflict_is_a_condition_naming_both_flavors_and_the_field() {
+    let yaml = WASM
+        .replace(
+            "  runtime: wasm\n",
+            "  runtime: wasm\n  flavors: [cpu-fast, llm-resilient]\n",
+        )
+        .replace(
+            "  scaling: {enabled: true, minReplicaCount: 0, maxReplicaCount: 5, queueLength: 10}\n",
+            "",
+        );
+    let h = harness(
+        vec![actor(&yaml)],
+        vec![
+            flavor("apiVersion: asya.sh/v1alpha1\nkind: Flavor\nmetadata: {name: cpu-fast}\nspec: {resiliency: {actorTimeout: 10s}}"),
+            flavor("apiVersion: asya.sh/v1alpha1\nkind: Flavor\nmetadata: {name: llm-resilient}\nspec: {resiliency: {actorTimeout: 120s}}"),
+        ],
+        true,
+    )
+    .await;
+    h.settle("preprocess").await;
+    let status = h.status("preprocess").await;
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    let valid = cond(&status, conditions::SPEC_VALID);
+    assert_eq!(valid.status, "False");
+    assert_eq!(valid.reason.as_deref(), Some("FlavorConflict"));
+    let message = valid.message.as_deref().unwrap();
+    assert!(message.contains("'cpu-fast'"), "{message}");
+    assert!(message.contains("'llm-resilient'"), "{message}");
+    assert!(
+        message.contains("spec.resiliency.actorTimeout"),
+        "{message}"
+    );
+    assert!(h.deployment("preprocess").await.is_none());
+    // ... and a Warning event on the actor.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);
+    let events = events.list(&Default::default()).await.unwrap().items;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FlavorConflict")
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("preprocess")),
+        "{events:?}"
+    );
+
+    // Editing a flavor re-reconciles its actors (the controller maps the flavor to them) and
+    // the conflict is gone.
+    let all = vec![Arc::new(h.get("preprocess").await)];
+    let refs = controller::actors_using(&all, "llm-resilient");
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].name, "preprocess");
+    assert!(controller::actors_using(&all, "gpu-inference").is_empty());
+    let flavors: Api<Flavor> = Api::all(h.client.clone());
+    let mut f = flavors.get("llm-resilient").await.unwrap();
+    f.spec.resiliency = Some(serde_json::from_value(json!({"actorTimeout": "10s"})).unwrap());
+    h.flavors
+        .lock()
+        .unwrap()
+        .insert("llm-resilient".into(), serde_json::to_value(&f).unwrap());
+    h.reconcile("preprocess").await;
+    let status = h.status("preprocess").await;
+    assert_eq!(cond(&status, conditions::SPEC_VALID).status, "True");
+    assert_eq!(status.replicas, Some(1));
+    assert!(h.deployment("preprocess").await.is_some());
+
+    // Back to a conflict: the replica counts of the earlier status are cleared.
+    let mut f = flavors.get("llm-resilient").await.unwrap();
+    f.spec.resiliency = Some(serde_json::from_value(json!({"actorTimeout": "99s"})).unwrap());
+    h.flavors
+        .lock()
+        .unwrap()
+        .insert("llm-resilient".into(), serde_json::to_value(&f).unwrap());
+    h.reconcile("preprocess").await;
+    let status = h.status("preprocess").await;
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!((status.replicas, status.ready_replicas), (None, None));
+}
+
+#[tokio::test]
+async fn missing_flavor_and_invalid_merged_spec_are_reported() {
+    let h = harness(vec![actor(PYTHON)], vec![], true).await;
+    h.settle("embed").await;
+    let status = h.status("embed").await;
+    let valid = cond(&status, conditions::SPEC_VALID);
+    assert_eq!(valid.reason.as_deref(), Some("FlavorNotFound"));
+    assert!(valid.message.as_deref().unwrap().contains("gpu-inference"));
+
+    let no_component = WASM.replace(
+        "  component: oci://localhost:5000/text-pipeline/preprocess:v1\n",
+        "",
+    );
+    let h = harness(vec![actor(&no_component)], vec![], true).await;
+    h.settle("preprocess").await;
+    let status = h.status("preprocess").await;
+    let valid = cond(&status, conditions::SPEC_VALID);
+    assert_eq!(valid.reason.as_deref(), Some("InvalidSpec"));
+    assert!(valid.message.as_deref().unwrap().contains("spec.component"));
+    assert!(h.deployment("preprocess").await.is_none());
+}
+
+#[tokio::test]
+async fn scaling_off_and_on_again() {
+    let h = harness(vec![actor(WASM)], vec![], true).await;
+    h.settle("preprocess").await;
+    assert!(h.scaled_object("preprocess").await.is_some());
+    assert_eq!(
+        h.deployment("preprocess")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        None,
+        "KEDA owns the replicas"
+    );
+
+    h.edit(
+        "preprocess",
+        json!({"scaling": {"enabled": false, "minReplicaCount": 2}}),
+    )
+    .await;
+    h.reconcile("preprocess").await;
+    assert!(h.scaled_object("preprocess").await.is_none());
+    assert_eq!(
+        h.deployment("preprocess")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(2)
+    );
+    let status = h.status("preprocess").await;
+    let scaling = cond(&status, conditions::SCALING_READY);
+    assert_eq!(
+        (scaling.status.as_str(), scaling.reason.as_deref()),
+        ("True", Some("ScalingDisabled"))
+    );
+
+    h.edit(
+        "preprocess",
+        json!({"scaling": {"enabled": true, "minReplicaCount": 0}}),
+    )
+    .await;
+    h.reconcile("preprocess").await;
+    let so = h
+        .scaled_object("preprocess")
+        .await
+        .expect("scaled object back");
+    assert_eq!(so.data["spec"]["minReplicaCount"], 0);
+    // Scaled to zero by KEDA: the workload is "ready" with no replicas.
+    let mut dep = h.deployment("preprocess").await.unwrap();
+    dep.spec.as_mut().unwrap().replicas = Some(0);
+    Api::<Deployment>::namespaced(h.client.clone(), NS)
+        .replace("preprocess", &PostParams::default(), &dep)
+        .await
+        .unwrap();
+    h.reconcile("preprocess").await;
+    let status = h.status("preprocess").await;
+    assert_eq!(status.phase.as_deref(), Some("ScaledToZero"), "{status:?}");
+    assert_eq!(status.replicas, Some(0));
+}
+
+#[tokio::test]
+async fn python_actor_with_a_flavor_gets_the_sidecar_pod() {
+    let h = harness(vec![actor(PYTHON)], vec![flavor(GPU_FLAVOR)], true).await;
+    h.settle("embed").await;
+    let deployment = h.deployment("embed").await.expect("deployment");
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let names: Vec<_> = pod.containers.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(names, ["handler", "asya-host"]);
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.local/gpu-embedder:v1")
+    );
+    assert_eq!(
+        pod.containers[1].image.as_deref(),
+        Some("ghcr.io/asya-sh/asya-host:test")
+    );
+    // From the flavor: GPU limits on the handler, node selector, tolerations, scale to zero.
+    let limits = pod.containers[0].resources.clone().unwrap().limits.unwrap();
+    assert_eq!(limits["nvidia.com/gpu"].0, "1");
+    assert_eq!(pod.node_selector.unwrap()["nvidia.com/gpu.present"], "true");
+    assert_eq!(pod.tolerations.unwrap().len(), 1);
+    let so = h.scaled_object("embed").await.expect("scaled object");
+    assert_eq!(so.data["spec"]["maxReplicaCount"], 2);
+    assert_eq!(
+        so.data["spec"]["triggers"][0]["metadata"]["lagThreshold"],
+        "4"
+    );
+    let status = h.status("embed").await;
+    assert_eq!(status.runtime.as_deref(), Some("python"));
+    assert_eq!(status.transport.as_deref(), Some("nats"));
+    assert!(cond(&status, conditions::SPEC_VALID)
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("gpu-inference"));
+}
+
+#[tokio::test]
+async fn jetstream_down_and_keda_missing_are_conditions() {
+    let h = harness(vec![actor(WASM)], vec![], false).await;
+    h.jetstream.fail_with(Some("nats: no servers available"));
+    h.reconcile("preprocess").await;
+    let action = h.reconcile("preprocess").await;
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(15)));
+    let status = h.status("preprocess").await;
+    let queue = cond(&status, conditions::QUEUE_READY);
+    assert_eq!(queue.status, "False");
+    assert!(queue
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("no servers available"));
+    let scaling = cond(&status, conditions::SCALING_READY);
+    assert_eq!(scaling.reason.as_deref(), Some("KedaNotInstalled"));
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    // The workload is applied all the same.
+    assert!(h.deployment("preprocess").await.is_some());
+}

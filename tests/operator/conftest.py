@@ -1,0 +1,36 @@
+"""Fixtures of the operator validation tests (helpers are in k8s_checks.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from k8s_checks import crd_validator, documents, run_operator
+
+
+@pytest.fixture(scope="session")
+def crds() -> dict[str, dict[str, Any]]:
+    """The CRDs `asya-operator crd` prints, by kind."""
+    docs = documents(run_operator("crd").stdout)
+    return {doc["spec"]["names"]["kind"]: doc for doc in docs}
+
+
+@pytest.fixture(scope="session")
+def actor_schema(crds):
+    return crd_validator(crds["AsyncActor"])
+
+
+@pytest.fixture(scope="session")
+def flavor_schema(crds):
+    return crd_validator(crds["Flavor"])
+
+
+@pytest.fixture(scope="session")
+def scaled_object_schema():
+    schema = yaml.safe_load(
+        (Path(__file__).parent / "keda-scaledobject.schema.yaml").read_text()
+    )
+    return jsonschema.Draft202012Validator(schema)

@@ -1,0 +1,133 @@
+"""The Helm chart, linted and rendered with Helm's own Go code as a library (helm-python-sdk;
+there is no helm binary here); every rendered object validated."""
+
+from __future__ import annotations
+
+import helm_python as helm
+import pytest
+import yaml
+from k8s_checks import CHART, KUBE_VERSION, documents, run_operator, validate_kubernetes
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(
+        {"nats": {"url": "nats://nats.messaging:4222"}},
+        name="asya",
+        namespace="asya-system",
+        is_install=True,
+    )
+    docs = []
+    for path, text in out.items():
+        if path.endswith(".yaml"):
+            docs += documents(text)
+    return docs
+
+
+def test_lint_is_clean():
+    report = helm.lint(str(CHART), strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_rendered_objects_are_valid(rendered, flavor_schema):
+    kinds = sorted(doc["kind"] for doc in rendered)
+    assert kinds == sorted(
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Flavor",
+            "Flavor",
+            "Flavor",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+        ]
+    )
+    for doc in rendered:
+        if doc["kind"] == "Flavor":
+            flavor_schema.validate(doc)
+        else:
+            validate_kubernetes(doc)
+
+
+def test_default_flavors(rendered):
+    names = {d["metadata"]["name"] for d in rendered if d["kind"] == "Flavor"}
+    assert names == {"cpu-fast", "gpu-inference", "llm-resilient"}
+
+
+def test_operator_deployment_gets_the_values(rendered):
+    (deployment,) = [d for d in rendered if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "run"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ASYA_NATS_URL"] == "nats://nats.messaging:4222"
+    assert env["ASYA_HOST_IMAGE"] == "ghcr.io/asya-sh/asya-host:0.1.0"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert deployment["spec"]["replicas"] == 2
+
+
+def test_rbac_is_least_privilege(rendered):
+    (cluster_role,) = [d for d in rendered if d["kind"] == "ClusterRole"]
+    granted = {}
+    for rule in cluster_role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert "*" not in rule["apiGroups"]
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted[(group, resource)] = set(rule["verbs"])
+    assert granted == {
+        ("asya.sh", "asyncactors"): {"get", "list", "watch", "patch"},
+        ("asya.sh", "asyncactors/status"): {"get", "patch"},
+        ("asya.sh", "asyncactors/finalizers"): {"update"},
+        ("asya.sh", "flavors"): {"get", "list", "watch"},
+        ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+        ("", "configmaps"): {"get", "create", "patch"},
+        ("keda.sh", "scaledobjects"): {"get", "create", "patch", "delete"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+    }
+    # Secrets are never granted; leases only in the release's namespace.
+    (role,) = [d for d in rendered if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "asya-system"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+
+
+def test_chart_crds_are_the_generated_ones():
+    chart = helm.Chart.load(str(CHART))
+    shipped = [doc for crd in chart.crds for doc in documents(crd["data"])]
+    generated = documents(run_operator("crd").stdout)
+    assert shipped == generated
+    text = (CHART / "crds" / "asya.sh_crds.yaml").read_text()
+    assert text == run_operator("crd").stdout, (
+        "regenerate: asya-operator crd > charts/asya/crds/asya.sh_crds.yaml"
+    )
+
+
+def test_leader_election_off_means_one_replica():
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(
+        {"leaderElection": {"enabled": False}}, name="asya", namespace="ops"
+    )
+    docs = documents(out["asya/templates/deployment.yaml"])
+    assert docs[0]["spec"]["replicas"] == 1
+    assert (
+        "--no-leader-election"
+        in docs[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert "Role" not in {d["kind"] for d in documents(out["asya/templates/rbac.yaml"])}
+    assert (
+        yaml.safe_load(out["asya/templates/serviceaccount.yaml"])["metadata"][
+            "namespace"
+        ]
+        == "ops"
+    )
