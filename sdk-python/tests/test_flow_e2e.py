@@ -112,7 +112,8 @@ def test_a_failing_fan_out_item_is_caught_and_none_items_merge_as_null(pipeline:
         {"text": "y", "items": ["boom"]},
     ]
     caught, failed = run_flow(pipeline, "start-fan", payloads)
-    assert caught["payload"]["squares"] == [{"item": 1, "square": 1}, None, {"item": 2, "square": 4}]
+    squares = caught["payload"]["squares"]
+    assert squares == [{"item": 1, "square": 1}, None, {"item": 2, "square": 4}]
     assert "fan-out item 1 (square): cannot square boom" in caught["payload"]["fan_error"]
     assert "checked" not in caught["payload"]
     assert failed["status"]["phase"] == "failed"
