@@ -22,4 +22,5 @@ echo "== benchmarks (short runs; full runs: cargo bench -p asya-host)"
 BENCH_MESSAGES=5000 cargo bench --locked -p asya-host --bench pipeline
 BENCH_MESSAGES=2000 cargo bench --locked -p asya-host --bench nats_pipeline
 BENCH_MESSAGES=1000 cargo bench --locked -p asya-host --bench runtimes
+BENCH_MESSAGES=1000 cargo bench --locked -p asya-host --bench flow
 cargo bench --locked -p asya-host --bench oci_start

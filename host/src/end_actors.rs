@@ -92,16 +92,10 @@ async fn run_end_actor(
         .await
         .with_context(|| format!("subscribing to '{name}'"))?;
     loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = subscription.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(err)) => {
-                    tracing::warn!(actor = name, error = %format!("{err:#}"), "receive failed");
-                    continue;
-                }
-                None => return Ok(()),
-            },
+        let Some(delivery) =
+            crate::transport::next_delivery(subscription.as_mut(), &shutdown, name).await
+        else {
+            return Ok(());
         };
         let envelope = match serde_json::from_slice::<Envelope>(&delivery.bytes) {
             Ok(env) => env,

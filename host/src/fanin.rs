@@ -236,16 +236,10 @@ pub async fn run_fanin(
         .await
         .with_context(|| format!("subscribing to '{FANIN}'"))?;
     loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = subscription.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(err)) => {
-                    tracing::warn!(actor = FANIN, error = %format!("{err:#}"), "receive failed");
-                    continue;
-                }
-                None => return Ok(()),
-            },
+        let Some(delivery) =
+            crate::transport::next_delivery(subscription.as_mut(), &shutdown, FANIN).await
+        else {
+            return Ok(());
         };
         let now = now_rfc3339();
         let parsed = serde_json::from_slice::<Envelope>(&delivery.bytes)

@@ -12,7 +12,7 @@
 //!   with the last `keep` route steps (the flow's caller) kept after it.
 
 use crate::envelope::{Envelope, ErrorInfo, Phase, Reason, Route, Status, SINK, SUMP};
-use crate::routing::Dispatch;
+use crate::routing::{to_current_step, Dispatch};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -134,7 +134,7 @@ fn expand(env: &mut Envelope, spec: Value, now: &str) -> Result<Vec<Dispatch>, S
     if count == 0 {
         // Nothing to wait for: the merged result is the empty list, right away.
         set_path(&mut env.payload, &spec.target, Value::Array(Vec::new()))?;
-        return Ok(vec![pending_dispatch(env.clone(), now)]);
+        return Ok(vec![to_current_step(env.clone(), now)]);
     }
     let mut child_headers = env.headers.clone();
     for private in [FLOW_HEADER, CATCH_HEADER, PARENT_HEADER, CHILD_HEADER] {
@@ -184,22 +184,6 @@ fn expand(env: &mut Envelope, spec: Value, now: &str) -> Result<Vec<Dispatch>, S
         envelope: env.clone(),
     });
     Ok(out)
-}
-
-fn pending_dispatch(mut env: Envelope, now: &str) -> Dispatch {
-    let next = env.route.curr.clone();
-    let status = env.status_mut(now);
-    status.phase = Phase::Pending;
-    status.reason = None;
-    status.error = None;
-    status.actor = Some(next.clone());
-    status.attempt = 1;
-    status.max_attempts = 1;
-    status.updated_at = Some(now.to_owned());
-    Dispatch {
-        destination: next,
-        envelope: env,
-    }
 }
 
 fn set_path(payload: &mut Value, path: &[Value], value: Value) -> Result<(), String> {
@@ -296,7 +280,7 @@ pub fn complete(mut parent: Envelope, children: Vec<Envelope>, now: &str) -> Dis
         let error = ErrorInfo::host("FanInError", message);
         return fail(parent, FANIN, Reason::HandlerError, error, now);
     }
-    pending_dispatch(parent, now)
+    to_current_step(parent, now)
 }
 
 /// Sends `env` to the error end after `actor` failed for good: to the innermost try frame that

@@ -251,18 +251,7 @@ fn route_outcome_inner(
                             envelope: env,
                         }];
                     }
-                    let status = env.status_mut(now);
-                    status.phase = Phase::Pending;
-                    status.reason = None;
-                    status.error = None;
-                    status.actor = Some(next_actor.clone());
-                    status.attempt = 1;
-                    status.max_attempts = 1;
-                    status.updated_at = Some(now.to_owned());
-                    vec![Dispatch {
-                        destination: next_actor,
-                        envelope: env,
-                    }]
+                    vec![to_current_step(env, now)]
                 }
                 None => vec![finish(env, actor, now)],
             }
@@ -271,6 +260,23 @@ fn route_outcome_inner(
             let action = on_failure(&failure, &env);
             route_failure(actor, env, failure, action, now)
         }
+    }
+}
+
+/// Sends `env` to `route.curr` as a fresh, pending message for that actor (first attempt).
+pub fn to_current_step(mut env: Envelope, now: &str) -> Dispatch {
+    let next_actor = env.route.curr.clone();
+    let status = env.status_mut(now);
+    status.phase = Phase::Pending;
+    status.reason = None;
+    status.error = None;
+    status.actor = Some(next_actor.clone());
+    status.attempt = 1;
+    status.max_attempts = 1;
+    status.updated_at = Some(now.to_owned());
+    Dispatch {
+        destination: next_actor,
+        envelope: env,
     }
 }
 

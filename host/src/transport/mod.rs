@@ -12,6 +12,7 @@ pub mod nats;
 use anyhow::Result;
 use async_trait::async_trait;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// One message to put on an actor's queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,4 +59,25 @@ pub trait Transport: Send + Sync {
     async fn subscribe(&self, actor: &str) -> Result<Box<dyn Subscription>>;
     /// Puts a message on `actor`'s queue; `Ok` means it is durably accepted.
     async fn publish(&self, actor: &str, message: Outbound) -> Result<()>;
+}
+
+/// The next delivery of `subscription`, or `None` once `shutdown` is cancelled or the
+/// subscription ended; receive errors are logged (tagged with `actor`) and skipped.
+pub async fn next_delivery(
+    subscription: &mut dyn Subscription,
+    shutdown: &CancellationToken,
+    actor: &str,
+) -> Option<Delivery> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            next = subscription.next() => match next {
+                Some(Ok(delivery)) => return Some(delivery),
+                Some(Err(err)) => {
+                    tracing::warn!(actor, error = %format!("{err:#}"), "receive failed");
+                }
+                None => return None,
+            },
+        }
+    }
 }
