@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -103,7 +104,7 @@ def build_command(
                 handler, source_dir, output, mode, use_cache=not no_cache, on_start=started
             )
     except BuildError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(1)
     _report(handler, result)
     if push_to:
@@ -149,7 +150,7 @@ def _push(component: Path, reference: str, extra: dict[str, str] | None = None) 
                 progress=lambda sent, total: progress.update(task, completed=sent, total=total),
             )
     except (BuildError, RegistryError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(1)
     console.print(f"[green]✓[/] pushed {ref}")
     click.echo(digest)
@@ -260,7 +261,7 @@ def dev_command(
         )
         host = find_host_binary()
     except BuildError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(1)
     cmd = [str(host), "dev"]
     for directory in pipeline.manifest_dirs:
@@ -311,7 +312,7 @@ def send_command(
     try:
         host = find_host_binary()
     except BuildError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(1)
     cmd = [
         str(host),
@@ -342,7 +343,7 @@ def flow_group() -> None:
 
 
 def _flow_error(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
+    console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     sys.exit(1)
 
 
