@@ -31,5 +31,6 @@ fi
 .venv/bin/python -m pip install --quiet 'kubernetes-validate>=1.33' 'helm-python-sdk>=0.2.2' \
   'jsonschema>=4.20' 'PyYAML>=6'
 
-cargo build --release --locked -p asya-host --bin asya-host
-cargo build --release --locked -p asya-operator --bin asya-operator
+# One build of the whole workspace: the same feature set `cargo test --workspace` uses, so the
+# tests reuse every compiled dependency instead of building some twice.
+cargo build --release --locked --workspace --bins

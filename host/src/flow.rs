@@ -313,10 +313,21 @@ pub fn fail(
 pub fn catch(env: &mut Envelope, now: &str) -> Option<Dispatch> {
     let error = env.status.as_ref()?.error.clone()?;
     let frames = env.headers.get(CATCH_HEADER)?.as_array()?.clone();
+    let failed = env.route.curr.clone();
     let hit = frames.iter().rposition(|frame| {
+        // A flow's router handles errors inside its own try blocks itself; the frames it set
+        // for the previous call must not catch a failure of its own code.
+        if frame["resume"].as_str() == Some(failed.as_str()) {
+            return false;
+        }
         frame["errors"].as_array().is_some_and(|names| {
             names.iter().filter_map(Value::as_str).any(|name| {
-                name == "*" || name == error.kind || error.mro.iter().any(|m| m == name)
+                // Host failures (Timeout, MemoryLimit, ...) have no Python MRO: `except
+                // Exception` catches them like any handler error.
+                name == "*"
+                    || name == "Exception"
+                    || name == error.kind
+                    || error.mro.iter().any(|m| m == name)
             })
         })
     })?;
@@ -505,6 +516,30 @@ mod tests {
             "now",
         );
         assert_eq!(d.destination, SUMP);
+    }
+
+    #[test]
+    fn a_router_failing_is_not_caught_by_the_frames_it_resumes_from() {
+        let mut env = Envelope::new(
+            Route::through(&["router-f-line-6-seq", "caller"]).unwrap(),
+            json!({}),
+            "now",
+        );
+        env.headers.insert(
+            CATCH_HEADER.into(),
+            json!([
+                {"flow": "outer", "router": "outer-except", "keep": 0, "errors": ["*"],
+                 "resume": "router-outer-line-9-seq"},
+                {"flow": "f", "router": "f-except", "keep": 1, "errors": ["*"],
+                 "resume": "router-f-line-6-seq"},
+            ]),
+        );
+        let err = ErrorInfo::host("ZeroDivisionError", "division by zero");
+        let d = fail(env, "router-f-line-6-seq", Reason::HandlerError, err, "now");
+        assert_eq!(
+            d.destination, "outer-except",
+            "the caller's frame still applies"
+        );
     }
 
     #[test]

@@ -128,7 +128,12 @@ impl Sidecar {
         }
         let mut env = match routing::accept(&self.name, bytes, now) {
             Ok(env) => env,
-            Err(dispatch) => return Plan::Publish(vec![dispatch]),
+            Err(mut dispatch) => {
+                // A fan-out child stopped before its handler (deadline, wrong actor) still
+                // reports to the aggregator, or its parent would wait forever.
+                crate::flow::redirect_child_end(&mut dispatch);
+                return Plan::Publish(vec![dispatch]);
+            }
         };
         let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
         if let Some(status) = env.status.as_mut() {

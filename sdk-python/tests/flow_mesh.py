@@ -106,6 +106,8 @@ class Mesh:
                 self.calls.append(actor)
                 fn = self.handlers[actor]
                 result = fn(copy.deepcopy(env["payload"]))
+                if result is not None and not isinstance(result, dict):
+                    raise TypeError(f"handler returned {type(result).__name__}, expected a dict")
                 if result is None:
                     if "x-asya-fanin" in env["headers"]:
                         env["payload"] = None
@@ -139,7 +141,14 @@ class Mesh:
         frames = env["headers"].get("x-asya-catch") or []
         for i in range(len(frames) - 1, -1, -1):
             names = frames[i]["errors"]
-            if "*" in names or error["type"] in names or set(error["mro"]) & set(names):
+            if frames[i].get("resume") == actor:
+                continue  # the flow's own router failed: it handled its try blocks itself
+            if (
+                "*" in names
+                or "Exception" in names
+                or error["type"] in names
+                or set(error["mro"]) & set(names)
+            ):
                 keep = frames[i]["keep"]
                 route = env["route"]
                 nxt = route["next"][len(route["next"]) - keep :] if keep else []

@@ -535,3 +535,127 @@ def test_cli_compile_validate_and_plot(tmp_path: Path, repo: Path) -> None:
     result = runner.invoke(main, ["flow", "validate", str(bad)])
     assert result.exit_code == 1
     assert f"{bad}:2:" in result.output and "nested calls" in result.output
+
+
+# --- semantics found in review -------------------------------------------------------------------
+
+
+def test_an_error_after_a_try_is_not_caught_by_it(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def f(p):
+            try:
+                p = inc(p)
+            except Exception:
+                p["caught"] = True
+            p["x"] = 1 / p["zero"]
+            return p
+        """
+    )
+    end, env = Mesh(tmp_path, source, {"inc": inc}).run({"zero": 0})
+    assert end == "x-sump"
+    assert env["status"]["error"]["type"] == "ZeroDivisionError"
+    assert "caught" not in env["payload"]
+
+
+def test_the_payload_rebound_before_an_inline_error_is_kept(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def f(p):
+            try:
+                p = {**p, "a": 1}
+                p["b"] = p["missing"]
+            except KeyError:
+                p["caught"] = True
+            return p
+        """
+    )
+    _, env = Mesh(tmp_path, source, {}).run({})
+    assert env["payload"] == {"a": 1, "caught": True}
+
+
+def test_for_loops_have_the_iteration_guard(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def f(p):
+            p["s"] = 0
+            for x in range(p["n"]):
+                p["s"] += x
+            return p
+        """
+    )
+    end, env = Mesh(tmp_path, source, {}, max_iterations=10).run({"n": 50})
+    assert end == "x-sump"
+    assert env["status"]["error"]["type"] == "FlowLoopLimitExceeded"
+    _, env = Mesh(tmp_path, source, {}, max_iterations=10).run({"n": 10})
+    assert env["payload"]["s"] == 45
+
+
+def test_a_sub_flow_cut_short_by_an_exception_leaves_no_state(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def inner(p):
+            p = boom(p)
+            return p
+
+        def outer(p):
+            try:
+                p = inner(p)
+            except ValueError:
+                p["caught"] = True
+            return p
+        """
+    )
+
+    def boom(p: dict) -> dict:
+        raise ValueError("boom")
+
+    _, env = Mesh(tmp_path, source, {"boom": boom}).run({}, route=["start-outer"])
+    assert env["payload"] == {"caught": True}
+    assert "x-asya-flow" not in env["headers"]
+    assert "x-asya-catch" not in env["headers"]
+
+
+def test_host_failures_are_caught_by_except_exception(tmp_path: Path) -> None:
+    from asya.flow.runtime import error_matches
+
+    timeout = {"type": "Timeout", "message": "slow", "mro": ["Timeout"]}
+    assert error_matches(timeout, ["Exception"])
+    assert not error_matches(timeout, ["ValueError"])
+
+
+def test_loop_variables_builtins_and_chained_payload_methods(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def f(p):
+            if p["go"]:
+                for x in p["items"]:
+                    p["n"] = pow(2, x)
+            p["last"] = x
+            p.setdefault("log", []).append(hex(p["n"]))
+            while True:
+                p = inc(p)
+                if p["n"] > 100:
+                    return p
+        """
+    )
+    _, env = Mesh(tmp_path, source, {"inc": inc}).run({"go": True, "items": [3, 6]})
+    assert env["payload"]["last"] == 6
+    assert env["payload"]["log"] == ["0x40"]
+    assert env["payload"]["n"] == 101
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def a(p):\n    p = b(p)\n    return p\ndef b(p):\n    p = a(p)\n    return p\n", "cycle"),
+        ("def review_flow(p):\n    return p\ndef reviewFlow(p):\n    return p\n", "share"),
+        ("def f(_rt):\n    return _rt\n", "may not be named"),
+        ("def f(p):\n    p['x'] = 1\n    return\n", "returns its payload"),
+        ("def f(p):\n    p['x'] = 1\n", "without returning"),
+        ("def f(p):\n    p['x'] = open('/etc/passwd')\n    return p\n", r"open\(\) is not allowed"),
+    ],
+)
+def test_more_rejections(source: str, message: str) -> None:
+    with pytest.raises(FlowCompileError, match=message):
+        compile_source(source, "x.py")

@@ -55,6 +55,16 @@ def _block_source(flow: Flow, block: Block) -> list[str]:
         body.append(f"return {p}, ('fanout', {keys}, {items}, {term.after!r})")
     elif isinstance(term, End):
         body.append(f"return {p}, ('end',)")
+    if block.ops:
+        # If the flow's own code raises, the except clause that handles it (inline, in
+        # `Flow.run`) continues with the payload as it was at that point.
+        body = [
+            "try:",
+            *_indent(body),
+            "except Exception as _error:",
+            f"    _error._asya_payload = {p}",
+            "    raise",
+        ]
     lines += _indent(body)
     if isinstance(term, Call) and not block.ops and not block.scope:
         lines.append(f"{fn} = _rt.chain({fn}, {_target(term.target)}, {term.after!r})")

@@ -25,41 +25,35 @@ import builtins
 import re
 from dataclasses import dataclass, field
 
-#: Builtins a flow's expressions may call: pure functions of their arguments.
-PURE_BUILTINS = frozenset(
+#: Builtins a flow's expressions must not call: I/O, code execution and introspection of the
+#: router's own namespace. Every other builtin (len, sorted, pow, ...) may be used.
+FORBIDDEN_BUILTINS = frozenset(
     {
-        "abs",
-        "all",
-        "any",
-        "bool",
-        "dict",
-        "divmod",
-        "enumerate",
-        "filter",
-        "float",
-        "format",
-        "frozenset",
-        "int",
-        "isinstance",
-        "len",
-        "list",
-        "map",
-        "max",
-        "min",
-        "reversed",
-        "round",
-        "set",
-        "sorted",
-        "str",
-        "sum",
-        "tuple",
-        "zip",
-        "range",
-        "repr",
-        "hash",
-        "ord",
-        "chr",
+        "open",
+        "exec",
+        "eval",
+        "compile",
+        "input",
+        "print",
+        "__import__",
+        "breakpoint",
+        "globals",
+        "locals",
+        "vars",
+        "exit",
+        "quit",
+        "help",
+        "setattr",
+        "delattr",
+        "memoryview",
     }
+)
+
+#: Builtins a flow's expressions may call.
+PURE_BUILTINS = frozenset(
+    name
+    for name in dir(builtins)
+    if name[:1].islower() and callable(getattr(builtins, name)) and name not in FORBIDDEN_BUILTINS
 )
 
 #: Constants and exception names an expression may name.
@@ -220,6 +214,12 @@ class _FlowBuilder:
         if fn.decorator_list:
             self.fail(fn.decorator_list[0], "flows cannot be decorated")
         self.param = args.args[0].arg
+        if self.param.startswith("_"):
+            self.fail(
+                args.args[0],
+                f"the payload parameter may not be named {self.param!r}",
+                "names starting with '_' belong to the generated routers; use p",
+            )
         self.blocks: dict[str, Block] = {}
         self.instances: dict[str, str] = {}
         self.handlers: list[str] = []
@@ -246,7 +246,11 @@ class _FlowBuilder:
         start = self.new_block(self.fn.lineno, "start")
         last = self.body(self.fn.body, start)
         if last is not None:
-            last.term = Goto(self.end.id)
+            self.fail(
+                self.fn.body[-1],
+                f"flow {self.fn.name!r} can end without returning its payload",
+                f"end the flow (and every path through it) with `return {self.param}`",
+            )
         flow = Flow(
             name=self.fn.name,
             param=self.param,
@@ -261,12 +265,23 @@ class _FlowBuilder:
         return flow
 
     def body(self, statements: list[ast.stmt], cur: Block | None) -> Block | None:
+        last = cur
         for stmt in statements:
             if cur is None:
                 # Unreachable code after return/break/continue: still checked, never run.
-                cur = self.new_block(stmt.lineno, "dead")
+                cur = self.new_block(stmt.lineno, "dead", like=last)
+            last = cur
             cur = self.statement(stmt, cur)
         return cur
+
+    @staticmethod
+    def join_scopes(join: Block, *ends: Block | None) -> None:
+        """Loop variables bound on any path stay visible after it, as in Python."""
+        for end in ends:
+            if end is not None:
+                for var, kind in end.scope.items():
+                    if kind == "value":
+                        join.scope.setdefault(var, kind)
 
     def continue_block(self, cur: Block, stmt: ast.stmt, kind: str) -> Block:
         return self.new_block(stmt.end_lineno or stmt.lineno, kind, like=cur)
@@ -315,7 +330,7 @@ class _FlowBuilder:
         if isinstance(stmt, ast.Try):
             return self.try_statement(stmt, cur)
         if isinstance(stmt, ast.Return):
-            if stmt.value is not None and not (
+            if stmt.value is None or not (
                 isinstance(stmt.value, ast.Name) and stmt.value.id == self.param
             ):
                 self.fail(
@@ -433,8 +448,8 @@ class _FlowBuilder:
         return cur
 
     def _rooted_in_payload(self, node: ast.expr) -> bool:
-        while isinstance(node, ast.Subscript | ast.Attribute):
-            node = node.value
+        while isinstance(node, ast.Subscript | ast.Attribute | ast.Call):
+            node = node.func if isinstance(node, ast.Call) else node.value
         return isinstance(node, ast.Name) and node.id == self.param
 
     def check_payload_target(self, target: ast.expr, stmt: ast.stmt) -> None:
@@ -469,10 +484,12 @@ class _FlowBuilder:
         end = self.body(stmt.body, then)
         if end is not None:
             end.term = Goto(join.id)
+        self.join_scopes(join, end)
         if stmt.orelse:
             end = self.body(stmt.orelse, otherwise)
             if end is not None:
                 end.term = Goto(join.id)
+            self.join_scopes(join, end)
         return join
 
     def while_statement(self, stmt: ast.While, cur: Block) -> Block:
@@ -503,6 +520,7 @@ class _FlowBuilder:
         self.loops.pop()
         if end is not None:
             end.term = Goto(head.id)
+        self.join_scopes(after, end)
         if _always_true(stmt.test) and not loop.has_break and not returned:
             self.fail(
                 stmt,
@@ -510,6 +528,8 @@ class _FlowBuilder:
                 "break or return",
                 "add a `break` (or `return`) under a condition on the payload",
             )
+        if _always_true(stmt.test) and not loop.has_break:
+            return None  # only a `return` leaves this loop: nothing after it runs
         return after
 
     def for_statement(self, stmt: ast.For | ast.AsyncFor, cur: Block) -> Block:
@@ -527,11 +547,13 @@ class _FlowBuilder:
             self.fail(stmt.target, f"the loop variable may not be named {var!r}")
         self.check_expression(stmt.iter, cur)
         loop_id = f"F{stmt.lineno}"
+        cur.ops.append(f"_rt.loop_reset(_s, {loop_id!r})")
         cur.ops.append(f"_rt.for_init(_s, {loop_id!r}, {ast.unparse(stmt.iter)})")
         head = self.new_block(stmt.lineno, "for", like=cur)
         cur.term = Goto(head.id)
         body = self.new_block(stmt.body[0].lineno, "loop", like=cur)
         body.scope[var] = "value"
+        body.ops.append(f"_rt.loop_tick(_s, {loop_id!r}, _MAX_ITERATIONS)")
         after = self.new_block(stmt.end_lineno or stmt.lineno, "seq?", like=cur)
         after.line = 0
         after.scope[var] = "value"
@@ -542,6 +564,7 @@ class _FlowBuilder:
         self.loops.pop()
         if end is not None:
             end.term = Goto(head.id)
+        self.join_scopes(after, end)
         return after
 
     def try_statement(self, stmt: ast.Try, cur: Block) -> Block:
@@ -571,6 +594,7 @@ class _FlowBuilder:
                 end = self.body(stmt.orelse, orelse)
             if end is not None:
                 end.term = Goto(join.id)
+        self.join_scopes(join, end)
         test = dispatch
         for index, (names, var, handler) in enumerate(clauses):
             clause = self.new_block(handler.body[0].lineno, "handler", like=cur)
@@ -583,6 +607,7 @@ class _FlowBuilder:
             end = self.body(handler.body, clause)
             if end is not None:
                 end.term = Goto(join.id)
+            self.join_scopes(join, end)
             test = rest
             if index == len(clauses) - 1:
                 rest.ops.append("_rt.reraise(_s)")
@@ -640,7 +665,7 @@ class _FlowBuilder:
     def callee(self, func: ast.expr) -> tuple[str, str] | None:
         """The actor a call expression names, or None for builtins and methods of values."""
         if isinstance(func, ast.Name):
-            if func.id in PURE_BUILTINS or func.id in KNOWN_NAMES:
+            if func.id in PURE_BUILTINS or func.id in KNOWN_NAMES or func.id in FORBIDDEN_BUILTINS:
                 return None
             if func.id == self.fn.name:
                 self.fail(func, f"flow {func.id!r} calls itself", "use a while loop")
@@ -800,6 +825,16 @@ class _FlowBuilder:
                 )
             if isinstance(sub, ast.Await):
                 self.fail(sub, "await is only allowed in `p = await f(p)` and asyncio.gather")
+            if (
+                isinstance(sub, ast.Call)
+                and isinstance(sub.func, ast.Name)
+                and sub.func.id in FORBIDDEN_BUILTINS
+            ):
+                self.fail(
+                    sub,
+                    f"{sub.func.id}() is not allowed in a flow",
+                    "flows only route; do I/O inside a handler",
+                )
             if isinstance(sub, ast.Call) and self.callee(sub.func) is not None:
                 self.fail(
                     sub,
@@ -857,6 +892,28 @@ def _kind_of(stmt: ast.stmt) -> str:
     ):
         return "call"
     return "seq"
+
+
+def _reject_recursion(
+    path: str, flows: list[Flow], nodes: dict[str, ast.FunctionDef | ast.AsyncFunctionDef]
+) -> None:
+    """Flows calling each other in a cycle would share one flow's state in the envelope."""
+    calls = {f.name: f.subflows for f in flows}
+
+    def visit(name: str, stack: list[str]) -> None:
+        for callee in calls.get(name, []):
+            if callee in stack:
+                cycle = " -> ".join([*stack[stack.index(callee) :], callee])
+                raise FlowCompileError(
+                    path,
+                    nodes[name],
+                    f"flows call each other in a cycle: {cycle}",
+                    "use a while loop inside one flow",
+                )
+            visit(callee, [*stack, callee])
+
+    for flow in flows:
+        visit(flow.name, [flow.name])
 
 
 def _allowed_import(stmt: ast.stmt) -> bool:
@@ -987,7 +1044,19 @@ def compile_source(source: str, path: str = "<flow>", max_iterations: int = 0) -
             path, None, "no flow function found", "def my_flow(p: dict) -> dict: ..."
         )
     names = {f.name for f in functions}
+    seen: dict[str, str] = {}
+    for fn in functions:
+        other = seen.setdefault(kebab(fn.name), fn.name)
+        if other != fn.name:
+            raise FlowCompileError(
+                path,
+                fn,
+                f"flows {other!r} and {fn.name!r} would share the actor names "
+                f"start-{kebab(fn.name)} / end-{kebab(fn.name)}",
+                "rename one of them",
+            )
     flows = [_FlowBuilder(path, fn, names).build() for fn in functions]
+    _reject_recursion(path, flows, {fn.name: fn for fn in functions})
     return FlowProgram(
         path=path, flows=flows, max_iterations=max_iterations or DEFAULT_MAX_ITERATIONS
     )

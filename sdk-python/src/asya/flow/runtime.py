@@ -146,7 +146,9 @@ class CaughtError(Exception):
 
 def error_matches(error: dict[str, Any] | None, names: list[str]) -> bool:
     """Whether `error` (a `status.error` record) is one of `names` or has one in its MRO."""
-    if "*" in names:
+    if "*" in names or "Exception" in names:
+        # Host failures (Timeout, MemoryLimit, ...) have no Python MRO; `except Exception`
+        # catches them like any handler error.
         return True
     if not error:
         return False
@@ -232,6 +234,10 @@ class Flow:
                     f"(header {FLOW_HEADER}); was it sent to a router directly?"
                 )
         keep = int(state.get("keep", len(following)))
+        # A sub-flow runs with a longer tail than its caller; when the caller runs again, any
+        # such state is left over from a sub-flow that an exception cut short.
+        for name in [n for n, st in states.items() if n != self.name and _keep(st) > keep]:
+            del states[name]
         caller = following[len(following) - keep :] if keep else []
         status = envelope.get("status") or {}
         state["_error"] = status.get("error") if isinstance(status, dict) else None
@@ -249,11 +255,13 @@ class Flow:
             try:
                 payload, term = function(payload, state)
             except Exception as exc:
-                # An error raised by the flow's own code inside a `try` is handled right here.
+                # An error raised by the flow's own code inside a `try` is handled right here,
+                # with the payload as it was when the error happened.
                 record = error_record(exc)
                 handler = self._inline_handler(block, record)
                 if handler is None:
                     raise
+                payload = getattr(exc, "_asya_payload", payload)
                 state["_error"] = record
                 block = handler
                 continue
@@ -265,7 +273,7 @@ class Flow:
             envelope["payload"] = payload
             if kind == "end":
                 states.pop(self.name, None)
-                self._set_frames(headers, [], keep)
+                self._set_frames(headers, [], keep, None)
                 route["next"] = caller
             elif kind == "call":
                 _, target, after = term
@@ -279,7 +287,7 @@ class Flow:
                     actors.append(_actor(chained[0]))
                     after = chained[1]
                 route["next"] = [*actors, self.router(after), *caller]
-                self._set_frames(headers, self.try_frames.get(block, []), keep)
+                self._set_frames(headers, self.try_frames.get(block, []), keep, after)
             elif kind == "fanout":
                 _, target, items, after = term
                 headers[FANOUT_HEADER] = {
@@ -287,7 +295,7 @@ class Flow:
                     "items": [{"actor": _actor(t), "payload": item} for t, item in items],
                 }
                 route["next"] = [self.router(after), *caller]
-                self._set_frames(headers, self.try_frames.get(block, []), keep)
+                self._set_frames(headers, self.try_frames.get(block, []), keep, after)
             else:
                 raise FlowError(f"flow {self.name}: unknown step {kind!r}")
             if kind != "end":
@@ -305,20 +313,43 @@ class Flow:
         return None
 
     def _set_frames(
-        self, headers: dict[str, Any], frames: list[tuple[str, list[str]]], keep: int
+        self,
+        headers: dict[str, Any],
+        frames: list[tuple[str, list[str]]],
+        keep: int,
+        resume: str | None,
     ) -> None:
+        """Sets this flow's try frames for the next hop. `resume` is the block whose router runs
+        after the call: a failure of that router's own code is not caught by these frames (the
+        router handles errors inside its `try` blocks itself)."""
         current = headers.get(CATCH_HEADER)
         others = [
-            f for f in (current if isinstance(current, list) else []) if f.get("flow") != self.name
+            f
+            for f in (current if isinstance(current, list) else [])
+            if isinstance(f, dict) and f.get("flow") != self.name and _keep(f) <= keep
         ]
+        resume_router = self.router(resume) if resume is not None else None
         ours = [
-            {"flow": self.name, "router": self.router(handler_block), "keep": keep, "errors": errs}
+            {
+                "flow": self.name,
+                "router": self.router(handler_block),
+                "keep": keep,
+                "errors": errs,
+                "resume": resume_router,
+            }
             for handler_block, errs in frames
         ]
         if others or ours:
             headers[CATCH_HEADER] = others + ours
         else:
             headers.pop(CATCH_HEADER, None)
+
+
+def _keep(entry: Any) -> int:
+    try:
+        return int(entry.get("keep", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def _actor(target: tuple[str, str]) -> str:
