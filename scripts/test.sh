@@ -18,9 +18,10 @@ echo "== python tests"
 .venv/bin/python -m pytest -q sdk-python/tests
 .venv/bin/python -m pytest -q tests/operator
 
-echo "== benchmarks (short runs; full runs: cargo bench -p asya-host)"
-BENCH_MESSAGES=5000 cargo bench --locked -p asya-host --bench pipeline
-BENCH_MESSAGES=2000 cargo bench --locked -p asya-host --bench nats_pipeline
-BENCH_MESSAGES=1000 cargo bench --locked -p asya-host --bench runtimes
-BENCH_MESSAGES=1000 cargo bench --locked -p asya-host --bench flow
-cargo bench --locked -p asya-host --bench oci_start
+# --workspace keeps the dependency features of the workspace build above, so nothing is rebuilt.
+echo "== benchmarks (short runs; full runs: cargo bench -p asya-host --bench NAME)"
+BENCH_MESSAGES=5000 cargo bench --locked --workspace --bench pipeline
+BENCH_MESSAGES=2000 cargo bench --locked --workspace --bench nats_pipeline
+BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench runtimes
+BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench flow
+cargo bench --locked --workspace --bench oci_start
