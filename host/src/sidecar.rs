@@ -327,6 +327,22 @@ impl Sidecar {
                 drop(permit);
             });
         }
+        // Messages the transport already fetched for this consumer but nobody started go back
+        // at once, so a replacement sidecar (hot reload) gets them now, not after the ack wait.
+        // Collected first, then returned: a returned message may be delivered here again.
+        let mut fetched = Vec::new();
+        while fetched.len() < 10_000 {
+            match futures::FutureExt::now_or_never(subscription.next()) {
+                Some(Some(Ok(delivery))) => fetched.push(delivery),
+                _ => break,
+            }
+        }
+        drop(subscription);
+        for delivery in fetched {
+            if let Err(err) = delivery.acker.nak(None).await {
+                tracing::debug!(actor = %self.name, error = %format!("{err:#}"), "returning a fetched message failed");
+            }
+        }
         // Graceful: wait until every in-flight message is done (all permits back).
         let _all = slots
             .acquire_many(concurrency as u32)
