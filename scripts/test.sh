@@ -25,3 +25,4 @@ BENCH_MESSAGES=2000 cargo bench --locked --workspace --bench nats_pipeline
 BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench runtimes
 BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench flow
 cargo bench --locked --workspace --bench oci_start
+BENCH_ROUNDS=10 cargo bench --locked --workspace --bench cold_start

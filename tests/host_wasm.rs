@@ -427,6 +427,10 @@ async fn idle_actors_hold_no_instance_and_idle_instances_are_reclaimed() {
         0,
         "a registered, idle actor holds no instance"
     );
+    assert!(
+        !executor.is_resident(),
+        "nor its compiled component: it maps it from the cache on demand"
+    );
     let started = Instant::now();
     let (end, _) = run_one(&mut host, &["cold"], json!({"text": "first"})).await;
     assert_eq!(end, SINK);
@@ -441,8 +445,26 @@ async fn idle_actors_hold_no_instance_and_idle_instances_are_reclaimed() {
         0,
         "reclaimed after the idle timeout"
     );
+    assert!(
+        !executor.is_resident(),
+        "parked again after the idle timeout"
+    );
     let (end, _) = run_one(&mut host, &["cold"], json!({"text": "again"})).await;
     assert_eq!(end, SINK);
+    let stats = executor.stats();
+    assert_eq!(stats.reloads.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(stats.parks.load(std::sync::atomic::Ordering::Relaxed), 2);
+
+    // keepWarm keeps an instance and the compiled component.
+    let mut def = ActorDef::new("warm", behave());
+    def.limits.keep_warm = true;
+    def.limits.idle_timeout = Duration::from_millis(300);
+    let warm_host = start(vec![def]).await;
+    let warm = warm_host.executor("warm").unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(warm.is_resident());
+    assert_eq!(warm.idle_instances(), 1);
+    warm_host.shutdown().await.unwrap();
     host.shutdown().await.unwrap();
 }
 
@@ -457,6 +479,162 @@ async fn deep_recursion_is_reported_and_the_host_carries_on() {
         status.reason == Some(Reason::HandlerError) || status.reason == Some(Reason::Trap),
         "{status:?}"
     );
+    let (end, _) = run_one(&mut host, &["a"], json!({"text": "next"})).await;
+    assert_eq!(end, SINK);
+    host.shutdown().await.unwrap();
+}
+
+/// A loopback HTTP server for the outbound-HTTP tests: `GET /hello` and `POST /echo`, counting
+/// the requests it answers.
+async fn http_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::{get, post};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let (h1, h2) = (hits.clone(), hits.clone());
+    let app = axum::Router::new()
+        .route(
+            "/hello",
+            get(move || async move {
+                h1.fetch_add(1, Ordering::SeqCst);
+                (
+                    [("content-type", "application/json")],
+                    r#"{"hello": "world"}"#,
+                )
+            }),
+        )
+        .route(
+            "/echo",
+            post(
+                move |headers: axum::http::HeaderMap, body: String| async move {
+                    h2.fetch_add(1, Ordering::SeqCst);
+                    let marked = headers.get("x-asya-test").is_some();
+                    let echoed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    (
+                        [("content-type", "application/json")],
+                        json!({"echo": echoed, "marked": marked}).to_string(),
+                    )
+                },
+            ),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, hits)
+}
+
+fn granted(name: &str, hosts: &[String]) -> ActorDef {
+    let mut def = ActorDef::new(name, behave());
+    def.limits.allowed_hosts =
+        std::sync::Arc::new(asya_host::outbound::HostAllowlist::parse(hosts).unwrap());
+    def
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_hosts_let_http_out_to_granted_hosts_only() {
+    use std::sync::atomic::Ordering;
+    let (port, hits) = http_server().await;
+    let (other_port, other_hits) = http_server().await;
+    let mut host = start(vec![
+        granted("caller", &[format!("127.0.0.1:{port}")]),
+        ActorDef::new("ungranted", behave()),
+    ])
+    .await;
+
+    // GET and a POST with a JSON body to the granted host succeed, through plain urllib.
+    let url = format!("http://127.0.0.1:{port}/hello");
+    let (end, env) = run_one(&mut host, &["caller"], json!({"do": "fetch", "url": url})).await;
+    assert_eq!(end, SINK, "{:?}", env.status);
+    assert_eq!(env.payload["status"], 200);
+    assert_eq!(env.payload["body"], json!({"hello": "world"}));
+    assert_eq!(env.payload["type"], "application/json");
+    let url = format!("http://127.0.0.1:{port}/echo");
+    let body = json!({"prompt": "x".repeat(20_000)});
+    let (end, env) = run_one(
+        &mut host,
+        &["caller"],
+        json!({"do": "fetch", "url": url, "body": body}),
+    )
+    .await;
+    assert_eq!(end, SINK, "{:?}", env.status);
+    assert_eq!(env.payload["body"], json!({"echo": body, "marked": true}));
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // Another port of the same address, and any host for an actor granted nothing: refused
+    // inside the handler, never sent.
+    for (actor, target) in [
+        ("caller", format!("http://127.0.0.1:{other_port}/hello")),
+        ("caller", format!("http://localhost:{port}/hello")),
+        ("ungranted", format!("http://127.0.0.1:{port}/hello")),
+    ] {
+        let (end, env) = run_one(&mut host, &[actor], json!({"do": "fetch", "url": target})).await;
+        assert_eq!(end, SUMP, "{actor} -> {target}");
+        assert_eq!(
+            reason(&env),
+            Some(Reason::SandboxDenied),
+            "{:?}",
+            env.status
+        );
+        assert_eq!(error_type(&env), "SandboxDenied");
+        let status = env.status.unwrap();
+        assert!(status.attempt <= 1, "a refusal is not retried: {status:?}");
+        let error = status.error.unwrap();
+        assert!(
+            error.mro.contains(&"URLError".to_owned()),
+            "{:?}",
+            error.mro
+        );
+        assert!(error.message.contains("allowedHosts"), "{}", error.message);
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "refused requests never left"
+    );
+    assert_eq!(other_hits.load(Ordering::SeqCst), 0);
+
+    // The host and the granted actor carry on.
+    let url = format!("http://127.0.0.1:{port}/hello");
+    let (end, _) = run_one(&mut host, &["caller"], json!({"do": "fetch", "url": url})).await;
+    assert_eq!(end, SINK);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaping_to_files_or_sockets_ends_at_the_sump_as_sandbox_denied() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut host = start(vec![strict("a")]).await;
+    for payload in [
+        json!({"do": "read_file", "path": "/etc/passwd"}),
+        json!({"do": "read_file", "path": "secrets.txt"}),
+        json!({"do": "socket", "port": port}),
+        json!({"do": "resolve", "port": port}),
+    ] {
+        let (end, env) = run_one(&mut host, &["a"], payload.clone()).await;
+        assert_eq!(end, SUMP, "{payload}");
+        let status = env.status.unwrap();
+        assert_eq!(
+            status.reason,
+            Some(Reason::SandboxDenied),
+            "{payload}: {status:?}"
+        );
+        assert!(
+            status
+                .error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("sandbox refused"),
+            "{status:?}"
+        );
+    }
+    let stats = host.executor("a").unwrap().stats();
+    assert!(
+        stats.discarded.load(std::sync::atomic::Ordering::Relaxed) >= 3,
+        "each offending instance is discarded"
+    );
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "no connection reached the host");
     let (end, _) = run_one(&mut host, &["a"], json!({"text": "next"})).await;
     assert_eq!(end, SINK);
     host.shutdown().await.unwrap();

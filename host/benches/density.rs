@@ -1,13 +1,19 @@
 //! Benchmark: how many idle actors one host holds. N distinct components (the fixture handler with
 //! a distinct custom section each, so each has its own digest and compiled artifact) are registered
 //! in one host; it reports RSS per idle registered actor, the time to load them all with an empty
-//! and with a warm compiled-component cache, the first-message latency of a cold actor (no
-//! instance yet: instantiation from the snapshot + call) against a warm one, and the same figures
-//! when all N actors share one component (the lower bound a shared interpreter would approach).
+//! and with a warm compiled-component cache, the first-message latency of a cold actor (parked:
+//! no instance and no compiled code mapped; map + instantiate from the snapshot + call) against a
+//! warm one, and the same figures when every actor keeps its component mapped (`keepLoaded`, no
+//! instance while idle) and when all N
+//! actors share one component.
+//!
+//! A further scenario registers `DENSITY_REGISTERED` actors (default 1,000) over the N distinct
+//! components (each component under several actor names): a parked actor maps nothing, so its
+//! cost does not depend on which component it has.
 //!
 //! Run: `DENSITY_ACTORS=16 cargo bench -p asya-host --bench density` (each distinct component
-//! compiles in ~4 s on 2 cores and its artifact takes ~35 MB of cache; 1,000 distinct components
-//! would take over an hour and 35 GB, so N is a parameter and figures are per actor).
+//! compiles in ~7 s on 2 cores and its artifact takes ~36 MB of cache; 1,000 distinct components
+//! would take two hours and 36 GB, so N is a parameter and figures are per actor).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -76,11 +82,15 @@ struct Figures {
     warm: Duration,
 }
 
-async fn measure(paths: &[PathBuf], cache: &Path) -> anyhow::Result<Figures> {
+async fn measure(paths: &[PathBuf], cache: &Path, keep_loaded: bool) -> anyhow::Result<Figures> {
     let defs: Vec<ActorDef> = paths
         .iter()
         .enumerate()
-        .map(|(i, p)| ActorDef::new(format!("a{i}"), p.clone()))
+        .map(|(i, p)| {
+            let mut def = ActorDef::new(format!("a{i}"), p.clone());
+            def.limits.keep_loaded = keep_loaded;
+            def
+        })
         .collect();
     let started = Instant::now();
     let mut host = LocalHost::start(defs, ComponentCache::new(Some(cache.to_path_buf()))).await?;
@@ -105,7 +115,9 @@ async fn measure(paths: &[PathBuf], cache: &Path) -> anyhow::Result<Figures> {
         }
     }
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
-    for i in 0..paths.len() {
+    // At most 64 actors are messaged: enough for a median, and a 1,000-actor host stays quick.
+    let step = (paths.len() / 64).max(1);
+    for i in (0..paths.len()).step_by(step) {
         for round in 0..2 {
             let t = Instant::now();
             host.send(&[format!("a{i}")], json!({"do": "echo"})).await?;
@@ -129,23 +141,33 @@ async fn measure(paths: &[PathBuf], cache: &Path) -> anyhow::Result<Figures> {
 /// One scenario in a fresh process (RSS of a process that ran another scenario is meaningless):
 /// prints `load_ms rss_bytes cold_ms warm_ms`.
 fn child(scenario: &str, n: usize, dir: &Path, cache: &Path) -> anyhow::Result<()> {
+    let distinct: usize = std::env::var("DENSITY_DISTINCT")?.parse()?;
     let paths: Vec<PathBuf> = match scenario {
         "shared" => (0..n).map(|_| dir.join("actor0.wasm")).collect(),
-        _ => (0..n).map(|i| dir.join(format!("actor{i}.wasm"))).collect(),
+        _ => (0..n)
+            .map(|i| dir.join(format!("actor{}.wasm", i % distinct)))
+            .collect(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let f = rt.block_on(measure(&paths, cache))?;
+    let f = rt.block_on(measure(&paths, cache, scenario == "resident"))?;
     println!("{} {} {} {}", ms(f.load), f.rss, ms(f.cold), ms(f.warm));
     Ok(())
 }
 
-fn run_child(scenario: &str, n: usize, dir: &Path, cache: &Path) -> anyhow::Result<Figures> {
+fn run_child(
+    scenario: &str,
+    n: usize,
+    distinct: usize,
+    dir: &Path,
+    cache: &Path,
+) -> anyhow::Result<Figures> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .env("DENSITY_ROLE", scenario)
         .env("DENSITY_N", n.to_string())
+        .env("DENSITY_DISTINCT", distinct.to_string())
         .env("DENSITY_DIR", dir)
         .env("DENSITY_CACHE", cache)
         .stderr(std::process::Stdio::inherit())
@@ -185,14 +207,22 @@ fn main() -> anyhow::Result<()> {
     for i in 0..n {
         distinct(&base, i, dir.path());
     }
+    let registered: usize = std::env::var("DENSITY_REGISTERED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .max(n);
     let cache = tempfile::tempdir()?;
-    let fresh = run_child("distinct", n, dir.path(), cache.path())?;
-    let cached = run_child("distinct", n, dir.path(), cache.path())?;
-    let single = run_child("distinct", 1, dir.path(), cache.path())?;
-    let shared = run_child("shared", n, dir.path(), cache.path())?;
-    let per_actor = |f: &Figures| (f.rss as f64 - single.rss as f64) / (n - 1) as f64;
+    let fresh = run_child("distinct", n, n, dir.path(), cache.path())?;
+    let cached = run_child("distinct", n, n, dir.path(), cache.path())?;
+    let single = run_child("distinct", 1, n, dir.path(), cache.path())?;
+    let resident = run_child("resident", n, n, dir.path(), cache.path())?;
+    let shared = run_child("shared", n, n, dir.path(), cache.path())?;
+    let many = run_child("distinct", registered, n, dir.path(), cache.path())?;
+    let per_actor =
+        |f: &Figures, count: usize| (f.rss as f64 - single.rss as f64) / (count - 1) as f64;
     let mib = (1u64 << 20) as f64;
-    println!("density: {n} idle actors in one host (embedded transport), each scenario in a fresh process");
+    println!("density: {n} distinct components, idle actors in one host (embedded transport), each scenario in a fresh process");
     println!(
         "  load all, empty compile cache:  {:>9.0} ms  ({:.0} ms per actor: Cranelift)",
         ms(fresh.load),
@@ -205,29 +235,45 @@ fn main() -> anyhow::Result<()> {
         fresh.load.as_secs_f64() / cached.load.as_secs_f64()
     );
     println!(
-        "  host RSS with 1 actor {:.1} MiB, with {n}: {:.1} MiB",
+        "  host RSS with 1 actor {:.1} MiB, with {n} parked: {:.1} MiB, {n} resident: {:.1} MiB",
         single.rss as f64 / mib,
-        cached.rss as f64 / mib
+        cached.rss as f64 / mib,
+        resident.rss as f64 / mib
     );
     println!(
-        "  RSS per idle actor, distinct components:   {:>6.2} MiB   (target <= 1 MiB)",
-        per_actor(&cached) / mib
+        "  RSS per idle actor, parked (default):      {:>6.3} MiB   (target <= 1 MiB)",
+        per_actor(&cached, n) / mib
     );
     println!(
-        "  RSS per idle actor, one shared component:  {:>6.2} MiB   ratio distinct/shared {:.1}x",
-        per_actor(&shared) / mib,
-        per_actor(&cached) / per_actor(&shared).max(1.0)
+        "  RSS per idle actor, resident (keepLoaded): {:>6.2} MiB   ratio resident/parked {:.0}x",
+        per_actor(&resident, n) / mib,
+        per_actor(&resident, n) / per_actor(&cached, n).max(1.0)
     );
     println!(
-        "  first message to a cold actor p50: {:>6.2} ms   warm p50: {:.2} ms   ratio {:.1}x   (target cold <= 5 ms)",
+        "  RSS per idle actor, one shared component:  {:>6.3} MiB",
+        per_actor(&shared, n) / mib
+    );
+    println!(
+        "  {registered} registered actors over the {n} components: host RSS {:.1} MiB, {:.3} MiB per actor, registered in {:.1} s",
+        many.rss as f64 / mib,
+        per_actor(&many, registered) / mib,
+        many.load.as_secs_f64()
+    );
+    println!(
+        "  first message to a cold (parked) actor p50: {:>6.2} ms   ({registered} actors: {:.2} ms)   warm p50: {:.2} ms   ratio {:.1}x   (target cold <= 5 ms)",
         ms(cached.cold),
+        ms(many.cold),
         ms(cached.warm),
         cached.cold.as_secs_f64() / cached.warm.as_secs_f64()
     );
     println!(
-        "  fresh instance (cold - warm) p50:  {:>6.2} ms distinct, {:.2} ms shared   (target <= 1 ms)",
-        ms(cached.cold.saturating_sub(cached.warm)),
-        ms(shared.cold.saturating_sub(shared.warm))
+        "  first message to a resident actor with no instance p50: {:>6.2} ms, shared component {:.2} ms",
+        ms(resident.cold),
+        ms(shared.cold)
+    );
+    println!(
+        "  fresh instance (resident cold - warm) p50:  {:>6.2} ms   (target <= 1 ms)",
+        ms(resident.cold.saturating_sub(resident.warm)),
     );
     Ok(())
 }

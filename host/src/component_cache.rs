@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -16,12 +16,44 @@ use crate::sandbox::WasmtimeResultExt;
 /// A compiled component and where it came from.
 #[derive(Clone)]
 pub struct LoadedComponent {
-    /// The compiled component, ready to instantiate.
-    pub component: Component,
+    /// The compiled component, ready to instantiate. Shared by every actor of the host that runs
+    /// the same digest; its code is unmapped when the last of them lets go.
+    pub component: Arc<Component>,
     /// `sha256:<hex>` of the component's bytes.
     pub digest: String,
     /// True when the compiled artifact came from the cache (nothing was compiled).
     pub from_cache: bool,
+    /// How to map the component again without compiling, when its artifact is on disk.
+    pub reload: Option<Reloadable>,
+}
+
+/// A compiled artifact in the cache: an actor that let go of its component while idle maps it
+/// again from here on its next message (milliseconds, no compile).
+#[derive(Clone, Debug)]
+pub struct Reloadable {
+    cache: ComponentCache,
+    artifact: PathBuf,
+    digest: String,
+}
+
+impl Reloadable {
+    /// Maps the component again (or shares the copy another actor holds).
+    pub fn load(&self, engine: &Engine) -> Result<LoadedComponent> {
+        if let Some(shared) = self.cache.shared(engine, &self.digest) {
+            return Ok(shared);
+        }
+        // SAFETY: as in `load_unshared`: our own serialisation, engine-compatible by file name.
+        let component = unsafe { Component::deserialize_file(engine, &self.artifact) }
+            .anyhow()
+            .with_context(|| format!("mapping {}", self.artifact.display()))?;
+        let loaded = LoadedComponent {
+            component: Arc::new(component),
+            digest: self.digest.clone(),
+            from_cache: true,
+            reload: Some(self.clone()),
+        };
+        Ok(self.cache.remember(engine, loaded))
+    }
 }
 
 /// Compiles components, or loads their compiled form from a directory.
@@ -32,7 +64,7 @@ pub struct LoadedComponent {
 pub struct ComponentCache {
     root: Option<PathBuf>,
     dir: Option<PathBuf>,
-    loaded: Arc<Mutex<HashMap<String, (Engine, Component)>>>,
+    loaded: Arc<Mutex<HashMap<String, (Engine, Weak<Component>)>>>,
 }
 
 impl std::fmt::Debug for ComponentCache {
@@ -73,19 +105,34 @@ impl ComponentCache {
     fn shared(&self, engine: &Engine, digest: &str) -> Option<LoadedComponent> {
         let loaded = self.loaded.lock().expect("component cache lock");
         let (owner, component) = loaded.get(digest)?;
+        let component = component.upgrade()?;
         Engine::same(owner, engine).then(|| LoadedComponent {
-            component: component.clone(),
+            component,
             digest: digest.to_owned(),
             from_cache: true,
+            reload: self.reloadable(engine, digest),
         })
     }
 
     fn remember(&self, engine: &Engine, loaded: LoadedComponent) -> LoadedComponent {
-        self.loaded.lock().expect("component cache lock").insert(
+        let mut map = self.loaded.lock().expect("component cache lock");
+        // Entries of components nobody holds any more are dropped as new ones arrive.
+        map.retain(|_, (_, component)| component.strong_count() > 0);
+        map.insert(
             loaded.digest.clone(),
-            (engine.clone(), loaded.component.clone()),
+            (engine.clone(), Arc::downgrade(&loaded.component)),
         );
         loaded
+    }
+
+    /// The on-disk artifact of `digest`, when there is one.
+    fn reloadable(&self, engine: &Engine, digest: &str) -> Option<Reloadable> {
+        let artifact = self.artifact_path(engine, digest)?;
+        artifact.exists().then(|| Reloadable {
+            cache: self.clone(),
+            artifact,
+            digest: digest.to_owned(),
+        })
     }
 
     /// The cache's root directory (OCI blobs live beside the compiled artifacts).
@@ -108,9 +155,10 @@ impl ComponentCache {
             // SAFETY: as in `load_bytes`: our own serialisation, engine-compatible by file name.
             if let Ok(component) = unsafe { Component::deserialize_file(engine, &artifact) } {
                 let loaded = LoadedComponent {
-                    component,
+                    component: Arc::new(component),
                     digest: digest.to_owned(),
                     from_cache: true,
+                    reload: self.reloadable(engine, digest),
                 };
                 return Ok(self.remember(engine, loaded));
             }
@@ -162,7 +210,8 @@ impl ComponentCache {
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(component) => {
                     return Ok(LoadedComponent {
-                        component,
+                        component: Arc::new(component),
+                        reload: self.reloadable(engine, &digest),
                         digest,
                         from_cache: true,
                     })
@@ -181,7 +230,8 @@ impl ComponentCache {
             }
         }
         Ok(LoadedComponent {
-            component,
+            component: Arc::new(component),
+            reload: self.reloadable(engine, &digest),
             digest,
             from_cache: false,
         })

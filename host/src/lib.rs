@@ -17,6 +17,7 @@ pub mod local;
 pub mod manifest;
 pub mod metrics;
 pub mod oci;
+pub mod outbound;
 pub mod python;
 pub mod resiliency;
 pub mod routing;

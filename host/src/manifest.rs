@@ -2,6 +2,7 @@
 //! handler, mode, runtime, component, sandbox limits and the actor timeout. Fields for the
 //! cluster (scaling, resources, ...) are accepted and ignored here; the operator owns them.
 
+use crate::outbound::HostAllowlist;
 use crate::resiliency::{Resiliency, ResiliencySpec};
 use crate::routing::Mode;
 use crate::sandbox::SandboxLimits;
@@ -97,12 +98,19 @@ pub struct SandboxSpec {
     /// Keep one instance ready while idle.
     #[serde(default)]
     pub keep_warm: Option<bool>,
+    /// Keep the compiled component mapped while idle (default: parked after `idleTimeout`).
+    #[serde(default)]
+    pub keep_loaded: Option<bool>,
     /// Drop idle instances after this long (`60s`).
     #[serde(default)]
     pub idle_timeout: Option<String>,
     /// Discard an instance after this many calls.
     #[serde(default)]
     pub recycle_after_calls: Option<u64>,
+    /// Hosts the handler may reach over HTTP(S) (wasi:http): `api.example.com`,
+    /// `host:8443`, `*.example.com`, `https://api.example.com`. Empty: no outbound HTTP.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A Kubernetes quantity: a number or a string such as `256Mi`, `1G`, `512k`.
@@ -231,12 +239,17 @@ impl AsyncActor {
         if let Some(warm) = spec.keep_warm {
             limits.keep_warm = warm;
         }
+        if let Some(loaded) = spec.keep_loaded {
+            limits.keep_loaded = loaded;
+        }
         if let Some(idle) = &spec.idle_timeout {
             limits.idle_timeout = parse_duration(idle).with_context(ctx)?;
         }
         if let Some(n) = spec.recycle_after_calls {
             limits.recycle_after_calls = n;
         }
+        limits.allowed_hosts =
+            std::sync::Arc::new(HostAllowlist::parse(&spec.allowed_hosts).with_context(ctx)?);
         Ok(limits)
     }
 
@@ -373,7 +386,7 @@ spec:
   handler: classifier.TextClassifier.process
   mode: payload
   scaling: {minReplicaCount: 0, maxReplicaCount: 5}
-  sandbox: {memory: 128Mi, cpuTimeout: 2s, maxInstances: 2, env: {MODEL: tiny}}
+  sandbox: {memory: 128Mi, cpuTimeout: 2s, maxInstances: 2, env: {MODEL: tiny}, allowedHosts: [api.example.com]}
   resiliency: {actorTimeout: 10s}
 "#,
         )
@@ -384,6 +397,10 @@ spec:
         assert_eq!(limits.memory_bytes, 128 << 20);
         assert_eq!(limits.cpu_timeout, Duration::from_secs(2));
         assert_eq!(limits.env, vec![("MODEL".to_owned(), "tiny".to_owned())]);
+        assert!(limits
+            .allowed_hosts
+            .permits("https", "api.example.com", None));
+        assert!(!limits.allowed_hosts.permits("https", "example.com", None));
         let settings = actor.sidecar_settings().unwrap();
         assert_eq!(settings.timeout, Duration::from_secs(10));
         assert_eq!(settings.concurrency, 2);

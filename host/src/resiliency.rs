@@ -256,10 +256,11 @@ impl Resiliency {
     pub fn decide(&self, failure: &Failure, info: AttemptInfo) -> Decision {
         let names = error_names(failure);
         let sump = || vec![SUMP.to_owned()];
-        // Route problems are the sender's fault; retrying cannot fix them.
+        // Route problems are the sender's fault, and a sandbox refusal is the same every time;
+        // retrying cannot fix them.
         let never = matches!(
             failure.reason,
-            Reason::RouteViolation | Reason::OutputTooLarge
+            Reason::RouteViolation | Reason::OutputTooLarge | Reason::SandboxDenied
         );
         if never
             || self

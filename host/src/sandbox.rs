@@ -11,6 +11,9 @@ use wasmtime::{Config, Engine, ResourceLimiter};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outbound::{HostAllowlist, OutboundHttp};
 
 /// Converts wasmtime's error type (not a `std::error::Error`) into `anyhow::Error`, so the usual
 /// `.context(...)` applies at our boundaries.
@@ -52,8 +55,14 @@ pub struct SandboxLimits {
     pub env: Vec<(String, String)>,
     /// Keep one instance ready while idle (lower first-message latency, more memory).
     pub keep_warm: bool,
+    /// Keep the compiled component mapped while idle. Otherwise an idle actor (no instance, no
+    /// message for `idle_timeout`, and right after it is loaded) parks it and maps it again from
+    /// the compile cache on its next message. `keep_warm` implies this.
+    pub keep_loaded: bool,
     /// Idle instances are dropped after this long without a message.
     pub idle_timeout: std::time::Duration,
+    /// Hosts the handler may reach over HTTP(S) (`sandbox.allowedHosts`); empty denies all.
+    pub allowed_hosts: Arc<HostAllowlist>,
 }
 
 impl Default for SandboxLimits {
@@ -68,8 +77,55 @@ impl Default for SandboxLimits {
             recycle_after_calls: 0,
             env: Vec::new(),
             keep_warm: false,
+            keep_loaded: false,
             idle_timeout: Duration::from_secs(60),
+            allowed_hosts: Arc::default(),
         }
+    }
+}
+
+/// The pooling instance allocator's sizing (opt-in: `ASYA_POOLING=1`).
+///
+/// A fresh instance then reuses a memory slot that last held the same snapshot, and keeps up to
+/// `keep_resident_bytes` of it resident between uses, so its first call does not fault the
+/// snapshot's pages in again (measured by `cargo bench --bench cold_start`). The price: at most
+/// `warm_slots` unused slots stay resident, and at most `instances` instances exist at once in
+/// the whole host (further instantiations fail and their messages are retried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolingSettings {
+    /// Component instances alive at once, across every actor (`ASYA_POOL_INSTANCES`, 1000).
+    pub instances: u32,
+    /// Bytes of each memory kept resident for the next instance (`ASYA_POOL_KEEP_RESIDENT`,
+    /// 64 MiB).
+    pub keep_resident_bytes: usize,
+    /// Unused slots kept warm (`ASYA_POOL_WARM_SLOTS`, 32).
+    pub warm_slots: u32,
+}
+
+impl Default for PoolingSettings {
+    fn default() -> Self {
+        PoolingSettings {
+            instances: 1000,
+            keep_resident_bytes: 64 << 20,
+            warm_slots: 32,
+        }
+    }
+}
+
+impl PoolingSettings {
+    /// `Some` when `ASYA_POOLING=1`, sized by the `ASYA_POOL_*` variables (defaults otherwise).
+    pub fn from_env() -> Option<Self> {
+        if std::env::var("ASYA_POOLING").ok().as_deref() != Some("1") {
+            return None;
+        }
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        let d = PoolingSettings::default();
+        Some(PoolingSettings {
+            instances: var("ASYA_POOL_INSTANCES").map_or(d.instances, |v| v as u32),
+            keep_resident_bytes: var("ASYA_POOL_KEEP_RESIDENT")
+                .map_or(d.keep_resident_bytes, |v| v as usize),
+            warm_slots: var("ASYA_POOL_WARM_SLOTS").map_or(d.warm_slots, |v| v as u32),
+        })
     }
 }
 
@@ -81,8 +137,17 @@ pub struct SandboxEngine {
 }
 
 impl SandboxEngine {
-    /// Creates the engine (Cranelift, epoch interruption, component model) and the linker with WASI.
+    /// Creates the engine (Cranelift, epoch interruption, component model) and the linker with
+    /// WASI and wasi:http. `ASYA_POOLING=1` selects the pooling instance allocator (see
+    /// [`PoolingSettings::from_env`]).
     pub fn new() -> Result<Arc<Self>> {
+        Self::with_pooling(PoolingSettings::from_env())
+    }
+
+    /// As [`SandboxEngine::new`], with the instance allocator chosen by the caller: `None` maps
+    /// fresh memory for every instance; `Some` keeps linear memories and stacks in pre-reserved
+    /// slots that later instances reuse.
+    pub fn with_pooling(pooling: Option<PoolingSettings>) -> Result<Arc<Self>> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -91,6 +156,23 @@ impl SandboxEngine {
             // async fiber stack must exceed it.
             .max_wasm_stack(4 << 20)
             .async_stack_size(6 << 20);
+        if let Some(settings) = pooling {
+            let mut pool = wasmtime::PoolingAllocationConfig::new();
+            // A CPython component has about ten core instances, one memory and a few tables.
+            pool.total_component_instances(settings.instances)
+                .total_core_instances(settings.instances * 16)
+                .total_memories(settings.instances * 2)
+                .total_tables(settings.instances * 16)
+                .total_stacks(settings.instances)
+                .max_memory_size(4 << 30)
+                .table_elements(100_000)
+                .max_core_instances_per_component(64)
+                .max_memories_per_component(8)
+                .max_tables_per_component(32)
+                .linear_memory_keep_resident(settings.keep_resident_bytes)
+                .max_unused_warm_slots(settings.warm_slots);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&config)
             .anyhow()
             .context("creating the wasmtime engine")?;
@@ -98,6 +180,9 @@ impl SandboxEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .anyhow()
             .context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .anyhow()
+            .context("linking wasi:http")?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();
@@ -124,7 +209,7 @@ impl SandboxEngine {
         &self.engine
     }
 
-    /// The linker holding WASI (deny-by-default per store) and nothing else.
+    /// The linker holding WASI and wasi:http (both deny-by-default per store) and nothing else.
     pub fn linker(&self) -> &Linker<GuestState> {
         &self.linker
     }
@@ -183,6 +268,19 @@ pub struct GuestState {
     pub timed_out: bool,
     /// stdout and stderr of the current call.
     pub output: CapturedOutput,
+    http: WasiHttpCtx,
+    /// The allowlist check on outbound HTTP, and the last refused request.
+    pub outbound: OutboundHttp,
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
 }
 
 impl WasiView for GuestState {
@@ -195,8 +293,9 @@ impl WasiView for GuestState {
 }
 
 impl GuestState {
-    /// A fresh state: no preopened directories, no network, no inherited environment or
-    /// arguments; only `limits.env`. Clocks and randomness are allowed.
+    /// A fresh state: no preopened directories, no sockets, no inherited environment or
+    /// arguments; only `limits.env`; outbound HTTP only to `limits.allowed_hosts`. Clocks and
+    /// randomness are allowed.
     pub fn new(limits: &SandboxLimits) -> Self {
         let output = CapturedOutput::new(limits.max_log_bytes);
         let mut builder = WasiCtx::builder();
@@ -218,6 +317,8 @@ impl GuestState {
             deadline: Instant::now() + limits.cpu_timeout,
             timed_out: false,
             output,
+            http: WasiHttpCtx::new(),
+            outbound: OutboundHttp::new(limits.allowed_hosts.clone()),
         }
     }
 }

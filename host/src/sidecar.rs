@@ -160,7 +160,11 @@ impl Sidecar {
         if let CallOutcome::Failed(failure) = &outcome {
             let trap = matches!(
                 failure.reason,
-                Reason::Timeout | Reason::MemoryLimit | Reason::Trap | Reason::OutputTooLarge
+                Reason::Timeout
+                    | Reason::MemoryLimit
+                    | Reason::Trap
+                    | Reason::OutputTooLarge
+                    | Reason::SandboxDenied
             );
             self.metrics
                 .failed(&self.actor_metrics, failure.reason.as_str(), trap);

@@ -3,8 +3,13 @@
 //! Instances are reused across messages (a call on a warm instance costs microseconds). An
 //! instance is discarded after a trap, a timeout, a refused memory growth, when its memory grew
 //! past the recycle mark, or after a configured number of calls.
+//!
+//! An idle actor holds no instance, and (when its compiled artifact is in the cache) not its
+//! compiled component either: it is *parked*, costing the host a few kilobytes, and maps the
+//! artifact again on its next message. `sandbox.keepLoaded` keeps the compiled component mapped;
+//! `sandbox.keepWarm` keeps it and one instance.
 
-use crate::component_cache::LoadedComponent;
+use crate::component_cache::{LoadedComponent, Reloadable};
 use crate::envelope::{ErrorInfo, Reason};
 use crate::executor::Executor;
 use crate::routing::{CallOutcome, Failure, Mode};
@@ -25,6 +30,12 @@ mod bindings {
         path: "../wit",
         world: "asya:actor/actor",
         exports: { default: async },
+        // The host side of the imports is wasmtime-wasi(-http)'s; reuse their types.
+        with: {
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        },
     });
 }
 
@@ -58,6 +69,10 @@ pub struct PoolStats {
     pub traps: AtomicU64,
     /// Largest linear memory seen in any instance of this actor (bytes).
     pub memory_peak_bytes: AtomicU64,
+    /// Times the compiled component was mapped again after the actor was parked.
+    pub reloads: AtomicU64,
+    /// Times the idle actor let go of its compiled component.
+    pub parks: AtomicU64,
 }
 
 struct Guest {
@@ -67,16 +82,47 @@ struct Guest {
     last_used: Instant,
 }
 
+/// The compiled component of an actor while it is mapped, linked and ready to instantiate.
+struct Resident {
+    // Holding the component keeps it shared in the cache's map while this actor uses it.
+    _component: Arc<wasmtime::component::Component>,
+    pre: bindings::ActorPre<GuestState>,
+}
+
 /// The instance pool of one actor's component.
 pub struct WasmExecutor {
     actor: String,
     engine: Arc<SandboxEngine>,
-    pre: bindings::ActorPre<GuestState>,
+    resident: Mutex<Option<Resident>>,
+    /// Where to map the component from after parking; `None`: never parked.
+    reload: Option<Reloadable>,
+    reloading: tokio::sync::Mutex<()>,
+    last_active: Mutex<Instant>,
     limits: SandboxLimits,
     descriptor: Descriptor,
     idle: Mutex<Vec<Guest>>,
     permits: Semaphore,
     stats: PoolStats,
+}
+
+fn link(actor: &str, engine: &SandboxEngine, component: &LoadedComponent) -> Result<Resident> {
+    let instance_pre = engine
+        .linker()
+        .instantiate_pre(&component.component)
+        .anyhow()
+        .with_context(|| {
+            format!(
+                "actor '{actor}': the component does not fit the asya:actor world with WASI \
+                 (was it built by `asya build`?)"
+            )
+        })?;
+    let pre = bindings::ActorPre::new(instance_pre)
+        .anyhow()
+        .with_context(|| format!("actor '{actor}': the component lacks asya:actor exports"))?;
+    Ok(Resident {
+        _component: component.component.clone(),
+        pre,
+    })
 }
 
 impl WasmExecutor {
@@ -91,23 +137,14 @@ impl WasmExecutor {
         if limits.max_instances == 0 {
             bail!("actor '{actor}': sandbox.maxInstances must be at least 1");
         }
-        let instance_pre = engine
-            .linker()
-            .instantiate_pre(&component.component)
-            .anyhow()
-            .with_context(|| {
-                format!(
-                    "actor '{actor}': the component does not fit the asya:actor world with WASI \
-                     (was it built by `asya build`?)"
-                )
-            })?;
-        let pre = bindings::ActorPre::new(instance_pre)
-            .anyhow()
-            .with_context(|| format!("actor '{actor}': the component lacks asya:actor exports"))?;
+        let resident = link(actor, &engine, component)?;
         let mut executor = WasmExecutor {
             actor: actor.to_owned(),
             engine,
-            pre,
+            resident: Mutex::new(Some(resident)),
+            reload: component.reload.clone(),
+            reloading: tokio::sync::Mutex::new(()),
+            last_active: Mutex::new(Instant::now()),
             permits: Semaphore::new(limits.max_instances),
             limits,
             descriptor: Descriptor {
@@ -139,12 +176,70 @@ impl WasmExecutor {
         if executor.limits.keep_warm {
             executor.idle.lock().expect("pool lock").push(guest);
         } else {
-            // Idle actors hold no instance: the first message instantiates one from the
-            // snapshot (about a millisecond).
+            // Idle actors hold no instance, nor their compiled code when it can be mapped again
+            // from the cache: the first message maps and instantiates (milliseconds).
             drop(guest);
             executor.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            executor.park();
         }
         Ok(executor)
+    }
+
+    /// Lets go of the compiled component when it can be mapped again; returns whether it did.
+    fn park(&self) -> bool {
+        if self.reload.is_none() || self.limits.keep_warm || self.limits.keep_loaded {
+            return false;
+        }
+        let parked = self
+            .resident
+            .lock()
+            .expect("resident lock")
+            .take()
+            .is_some();
+        if parked {
+            self.stats.parks.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(actor = %self.actor, "idle actor parked its compiled component");
+        }
+        parked
+    }
+
+    /// Whether the compiled component is mapped (false while parked).
+    pub fn is_resident(&self) -> bool {
+        self.resident.lock().expect("resident lock").is_some()
+    }
+
+    /// The linked component, mapped again from the cache if the actor was parked.
+    async fn ready(&self) -> Result<bindings::ActorPre<GuestState>, Failure> {
+        if let Some(resident) = self.resident.lock().expect("resident lock").as_ref() {
+            return Ok(resident.pre.clone());
+        }
+        let _one_at_a_time = self.reloading.lock().await;
+        if let Some(resident) = self.resident.lock().expect("resident lock").as_ref() {
+            return Ok(resident.pre.clone());
+        }
+        let reload = self
+            .reload
+            .clone()
+            .ok_or_else(|| Failure::host(Reason::Trap, "the actor's compiled component is gone"))?;
+        let engine = self.engine.clone();
+        let actor = self.actor.clone();
+        let resident = tokio::task::spawn_blocking(move || {
+            let loaded = reload.load(engine.engine())?;
+            link(&actor, &engine, &loaded)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the component loader panicked: {e}"))
+        .and_then(|r| r)
+        .map_err(|e| {
+            Failure::host(
+                Reason::Trap,
+                format!("mapping the compiled component again failed: {e:#}"),
+            )
+        })?;
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        let pre = resident.pre.clone();
+        *self.resident.lock().expect("resident lock") = Some(resident);
+        Ok(pre)
     }
 
     /// Drops instances idle for longer than `sandbox.idle_timeout` (keeping one when
@@ -164,9 +259,16 @@ impl WasmExecutor {
             keep_this
         });
         let dropped = before - idle.len();
+        let empty = idle.is_empty();
+        drop(idle);
         self.stats
             .discarded
             .fetch_add(dropped as u64, Ordering::Relaxed);
+        let quiet = self.permits.available_permits() == self.limits.max_instances
+            && self.last_active.lock().expect("activity lock").elapsed() >= timeout;
+        if empty && quiet {
+            self.park();
+        }
         dropped
     }
 
@@ -190,6 +292,38 @@ impl WasmExecutor {
         &self.descriptor
     }
 
+    /// Where a cold start's time goes (for the benchmarks): mapping the compiled component again
+    /// (zero when it is resident), instantiating from the snapshot, the first call on the fresh
+    /// instance and a second call on it. The instance is dropped afterwards.
+    pub async fn time_cold_start(&self, input: &str) -> Result<[Duration; 4]> {
+        let t = Instant::now();
+        self.ready()
+            .await
+            .map_err(|f| anyhow::anyhow!(f.error.message))?;
+        let map = t.elapsed();
+        let t = Instant::now();
+        let mut guest = self
+            .instantiate()
+            .await
+            .map_err(|f| anyhow::anyhow!(f.error.message))?;
+        let instantiate = t.elapsed();
+        let mut calls = [Duration::ZERO; 2];
+        for call in &mut calls {
+            let t = Instant::now();
+            let (outcome, _) = self.run(&mut guest, input, self.limits.cpu_timeout).await;
+            *call = t.elapsed();
+            if let CallOutcome::Failed(f) = outcome {
+                bail!("{}", f.error.message);
+            }
+        }
+        Ok([map, instantiate, calls[0], calls[1]])
+    }
+
+    /// Parks the compiled component now if the actor may be parked (for the benchmarks).
+    pub fn park_now(&self) -> bool {
+        self.park()
+    }
+
     /// Pool counters.
     pub fn stats(&self) -> &PoolStats {
         &self.stats
@@ -201,11 +335,12 @@ impl WasmExecutor {
     }
 
     async fn instantiate(&self) -> Result<Guest, Failure> {
+        let pre = self.ready().await?;
         let mut store = Store::new(self.engine.engine(), GuestState::new(&self.limits));
         configure_store(&mut store);
         // The component runs code while instantiating, so the deadline is set first.
         store.data_mut().deadline = Instant::now() + self.limits.cpu_timeout;
-        let result = self.pre.instantiate_async(&mut store).await;
+        let result = pre.instantiate_async(&mut store).await;
         self.log_output(&store);
         match result {
             Ok(actor) => {
@@ -284,20 +419,37 @@ impl WasmExecutor {
             }
             Ok(Ok(Err(exc))) => {
                 let memory = exc.type_ == "MemoryError" && guest.store.data().limiter.denied;
+                let denied = exc.denied.is_some();
+                let reason = if memory {
+                    Reason::MemoryLimit
+                } else if denied {
+                    Reason::SandboxDenied
+                } else {
+                    Reason::HandlerError
+                };
+                let message = match &exc.denied {
+                    Some(what) if *what != exc.message => {
+                        format!("{} (sandbox refused {what})", exc.message)
+                    }
+                    _ => exc.message,
+                };
+                if let Some(what) = &exc.denied {
+                    tracing::warn!(actor = %self.actor, refused = %what, "sandbox denied the handler");
+                }
                 let failure = Failure {
-                    reason: if memory {
-                        Reason::MemoryLimit
-                    } else {
-                        Reason::HandlerError
-                    },
+                    reason,
                     error: ErrorInfo {
                         kind: exc.type_,
-                        message: exc.message,
+                        message,
                         mro: exc.mro_names,
                         traceback: Some(exc.traceback).filter(|t| !t.is_empty()),
                     },
                 };
-                (CallOutcome::Failed(failure), !memory && !worn_out)
+                // A handler that tried to escape is not trusted with its instance again.
+                (
+                    CallOutcome::Failed(failure),
+                    !memory && !denied && !worn_out,
+                )
             }
             Ok(Ok(Ok(None))) => (CallOutcome::ReturnedNone, !worn_out),
             Ok(Ok(Ok(Some(text)))) => {
@@ -392,6 +544,7 @@ impl Executor for WasmExecutor {
         };
         let (outcome, keep) = self.run(&mut guest, &input, timeout).await;
         guest.last_used = Instant::now();
+        *self.last_active.lock().expect("activity lock") = guest.last_used;
         if keep {
             self.idle.lock().expect("pool lock").push(guest);
         } else {

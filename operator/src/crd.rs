@@ -279,6 +279,10 @@ pub struct Sandbox {
     /// Keep one instance ready while idle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_warm: Option<bool>,
+    /// Keep the compiled component mapped while idle (by default an idle actor parks it and maps
+    /// it again from the compile cache on its next message, in milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_loaded: Option<bool>,
     /// Drop idle instances after this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"))]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asya.build import wit_text
+from asya.build import wit_files
 
 
 def test_sdk_wit_is_the_repository_wit(repo: Path) -> None:
-    assert wit_text() == (repo / "wit" / "actor.wit").read_text(), (
-        "sdk-python/src/asya/wit/actor.wit differs from wit/actor.wit: copy it over"
+    shipped = wit_files()
+    on_disk = {
+        str(p.relative_to(repo / "wit")): p.read_text() for p in (repo / "wit").rglob("*.wit")
+    }
+    assert shipped == on_disk, (
+        "sdk-python/src/asya/wit differs from wit/: copy wit/actor.wit and wit/deps/ over"
     )

@@ -20,7 +20,14 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .adapter import ADAPTER_MODULE, BUILD_ERROR_MARKER, ERROR_CLASS, HANDLING_MODULE, render
+from .adapter import (
+    ADAPTER_MODULE,
+    BUILD_ERROR_MARKER,
+    ERROR_CLASS,
+    HANDLING_MODULE,
+    SANDBOX_MODULE,
+    render,
+)
 from .handler_ref import BuildError, check_source, resolve
 
 MODES = ("payload", "envelope")
@@ -49,9 +56,25 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "asya"
 
 
+def wit_files() -> dict[str, str]:
+    """The `asya:actor` WIT contract shipped with the SDK, with the WASI packages it imports:
+    relative path -> text."""
+    root = resources.files("asya").joinpath("wit")
+    files = {"actor.wit": root.joinpath("actor.wit").read_text(encoding="utf-8")}
+    for dep in sorted(root.joinpath("deps").iterdir(), key=lambda p: p.name):
+        if dep.name.endswith(".wit"):
+            files[f"deps/{dep.name}"] = dep.read_text(encoding="utf-8")
+    return files
+
+
 def wit_text() -> str:
-    """The `asya:actor` WIT contract shipped with the SDK."""
-    return resources.files("asya").joinpath("wit/actor.wit").read_text(encoding="utf-8")
+    """All of the WIT the SDK ships, as one text (what the build cache keys on)."""
+    return "".join(f"// {name}\n{text}" for name, text in wit_files().items())
+
+
+def guest_sandbox_source() -> str:
+    """The in-component outbound-HTTP and sandbox-refusal module, copied into every component."""
+    return resources.files("asya").joinpath("guest_sandbox.py").read_text(encoding="utf-8")
 
 
 def handling_source() -> str:
@@ -123,8 +146,9 @@ def build(
     check_source(ref, path)
     adapter = render(ref, mode, __version__)
     handling = handling_source()
+    sandbox = guest_sandbox_source()
     wit = wit_text()
-    key = content_key(source_dir, adapter + handling, wit)
+    key = content_key(source_dir, adapter + handling + sandbox, wit)
     cached = cache_dir() / "components" / f"{key}.wasm"
     output.parent.mkdir(parents=True, exist_ok=True)
     if use_cache and cached.is_file():
@@ -136,9 +160,11 @@ def build(
         work = Path(tmp)
         (work / f"{ADAPTER_MODULE}.py").write_text(adapter, encoding="utf-8")
         (work / f"{HANDLING_MODULE}.py").write_text(handling, encoding="utf-8")
+        (work / f"{SANDBOX_MODULE}.py").write_text(sandbox, encoding="utf-8")
         wit_dir = work / "wit"
-        wit_dir.mkdir()
-        (wit_dir / "actor.wit").write_text(wit, encoding="utf-8")
+        for name, text in wit_files().items():
+            (wit_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (wit_dir / name).write_text(text, encoding="utf-8")
         built = work / "component.wasm"
         _componentize(wit_dir, work, source_dir, built)
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,18 @@ class LoadError(Exception):
 class HandlerFailure(Exception):
     """A call failed; `fields` is the error record (type, message, mro_names, traceback)."""
 
-    def __init__(self, kind: str, message: str, mro_names: list[str], trace: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        mro_names: list[str],
+        trace: str,
+        original: BaseException | None = None,
+    ) -> None:
         super().__init__(message)
         self.fields = {"type": kind, "message": message, "mro_names": mro_names, "traceback": trace}
+        #: The handler's own exception, when there was one.
+        self.original = original
 
 
 def _fail(message: str) -> None:
@@ -81,7 +90,7 @@ def failure(exc: BaseException, skip_frames: int = 1) -> HandlerFailure:
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return HandlerFailure(type(exc).__name__, str(exc), _mro(exc), text)
+    return HandlerFailure(type(exc).__name__, str(exc), _mro(exc), text, exc)
 
 
 def type_error(message: str) -> HandlerFailure:
