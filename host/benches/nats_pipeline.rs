@@ -3,6 +3,10 @@
 //!   (a) a raw async-nats consume → publish → ack loop with no handler (the transport's limit),
 //!   (b) a plain Python worker on nats-py running the same handler (what a user would write).
 //!
+//! Both sides keep `BENCH_CONCURRENCY` (32) messages in flight per hop; asya runs them on
+//! `BENCH_INSTANCES` (4) instances per actor (`sandbox.maxInFlight: 32, maxInstances: 4`): on two
+//! cores, more CPython instances only thrash the caches (32 instances per actor halves throughput).
+//!
 //! Run: `cargo bench -p asya-host --bench nats_pipeline` (`BENCH_MESSAGES`, default 5000).
 //! Targets: asya >= 50% of the raw loop's throughput, >= 3x the Python worker's, per-hop p50 <= 1 ms.
 
@@ -35,10 +39,17 @@ use tokio_util::sync::CancellationToken;
 
 const HOPS: [&str; 3] = ["a", "b", "c"];
 fn concurrency() -> usize {
-    std::env::var("BENCH_concurrency()")
+    std::env::var("BENCH_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32)
+}
+
+fn instances() -> usize {
+    std::env::var("BENCH_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
 }
 
 fn main() -> Result<()> {
@@ -64,7 +75,7 @@ fn main() -> Result<()> {
     println!(
         "  raw async-nats loop, no handler  {raw_rate:>10.0} hops/s   (client CPU {raw_cpu:.1} us/hop)"
     );
-    println!("  asya host (WASM handler)         {asya_rate:>10.0} hops/s   (host CPU {asya_cpu:.1} us/hop)");
+    println!("  asya host (WASM handler)         {asya_rate:>10.0} hops/s   (host CPU {asya_cpu:.1} us/hop; {} in flight on {} instances per actor)", concurrency(), instances());
     println!("  python nats-py worker            {py_rate:>10.0} hops/s  ({py_messages} messages)");
     println!("  asya per-hop latency p50 / p99   {p50:>10.2} / {p99:.2} ms  (one message in flight; target p50 <= 1 ms)");
     println!(
@@ -223,7 +234,7 @@ async fn asya_pipeline(url: &str, messages: usize) -> Result<(f64, f64, f64, f64
     let mut sidecars = Vec::new();
     for hop in HOPS {
         let limits = SandboxLimits {
-            max_instances: concurrency(),
+            max_instances: instances(),
             ..SandboxLimits::default()
         };
         let executor = Arc::new(WasmExecutor::load(hop, engine.clone(), &loaded, limits).await?);

@@ -86,9 +86,14 @@ pub struct SandboxSpec {
     /// CPU deadline per message (`5s`, `500ms`).
     #[serde(default)]
     pub cpu_timeout: Option<String>,
-    /// Instances (messages in flight) at most.
+    /// Instances (handler calls running at once) at most.
     #[serde(default)]
     pub max_instances: Option<usize>,
+    /// Messages in flight at most (received, not yet acknowledged); default `maxInstances`.
+    /// Higher lets a short handler's instances stay busy while outputs wait for JetStream's
+    /// acknowledgement; messages beyond `maxInstances` wait for a free instance.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
     /// Largest handler result in bytes (a quantity).
     #[serde(default)]
     pub max_output_bytes: Option<Quantity>,
@@ -270,6 +275,15 @@ impl AsyncActor {
         if let Some(n) = self.spec.sandbox.max_instances {
             settings.concurrency = n;
         }
+        if let Some(n) = self.spec.sandbox.max_in_flight {
+            if n == 0 {
+                bail!(
+                    "actor '{}': spec.sandbox.maxInFlight must be at least 1",
+                    self.name()
+                );
+            }
+            settings.concurrency = n;
+        }
         Ok(settings)
     }
 }
@@ -386,7 +400,7 @@ spec:
   handler: classifier.TextClassifier.process
   mode: payload
   scaling: {minReplicaCount: 0, maxReplicaCount: 5}
-  sandbox: {memory: 128Mi, cpuTimeout: 2s, maxInstances: 2, env: {MODEL: tiny}, allowedHosts: [api.example.com]}
+  sandbox: {memory: 128Mi, cpuTimeout: 2s, maxInstances: 2, maxInFlight: 16, env: {MODEL: tiny}, allowedHosts: [api.example.com]}
   resiliency: {actorTimeout: 10s}
 "#,
         )
@@ -403,7 +417,8 @@ spec:
         assert!(!limits.allowed_hosts.permits("https", "example.com", None));
         let settings = actor.sidecar_settings().unwrap();
         assert_eq!(settings.timeout, Duration::from_secs(10));
-        assert_eq!(settings.concurrency, 2);
+        assert_eq!(settings.concurrency, 16, "maxInFlight, not maxInstances");
+        assert_eq!(limits.max_instances, 2);
     }
 
     #[test]

@@ -531,9 +531,26 @@ impl Executor for WasmExecutor {
     }
 
     async fn call(&self, input: String, timeout: Duration) -> CallOutcome {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return CallOutcome::Failed(Failure::host(Reason::Trap, "actor is shutting down"));
+        // With more messages in flight than instances, a message waits here for a free one; the
+        // wait counts against its timeout so it never outlives the transport's ack wait.
+        let waited = Instant::now();
+        let _permit = match tokio::time::timeout(timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => {
+                return CallOutcome::Failed(Failure::host(Reason::Trap, "actor is shutting down"))
+            }
+            Err(_) => {
+                return CallOutcome::Failed(Failure::host(
+                    Reason::Timeout,
+                    format!(
+                        "no instance became free within {} ms (all {} busy)",
+                        timeout.as_millis(),
+                        self.limits.max_instances
+                    ),
+                ))
+            }
         };
+        let timeout = timeout.saturating_sub(waited.elapsed());
         let pooled = self.idle.lock().expect("pool lock").pop();
         let mut guest = match pooled {
             Some(guest) => guest,

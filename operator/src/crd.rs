@@ -263,10 +263,14 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"))]
     pub cpu_timeout: Option<String>,
-    /// Instances (messages in flight) at most.
+    /// Instances (handler calls running at once) at most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_instances: Option<i32>,
+    /// Messages in flight at most (received, not yet acknowledged); default `maxInstances`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_in_flight: Option<i32>,
     /// Largest handler result in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_bytes: Option<Quantity>,
