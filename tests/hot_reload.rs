@@ -79,6 +79,20 @@ async fn actors_are_added_changed_and_removed_while_the_host_runs() {
     );
     // Core NATS sees every publish to x-sink the moment the host makes it: exact latencies.
     let mut sink = client.subscribe(nats::subject(NS, "x-sink")).await.unwrap();
+    // Anything at x-sump is a failure the test reports with its reason.
+    let mut sump = client.subscribe(nats::subject(NS, "x-sump")).await.unwrap();
+    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let failed = failed.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sump.next().await {
+                failed
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&msg.payload).into_owned());
+            }
+        });
+    }
     let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     {
         let arrived = arrived.clone();
@@ -166,7 +180,12 @@ async fn actors_are_added_changed_and_removed_while_the_host_runs() {
     {
         assert!(
             Instant::now() < deadline,
-            "the neighbour lost messages during reloads"
+            "the neighbour lost messages during reloads: {} of {} missing; at x-sump: {:?}",
+            sent.keys()
+                .filter(|id| !arrived.lock().unwrap().contains_key(*id))
+                .count(),
+            sent.len(),
+            failed.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

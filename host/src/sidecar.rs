@@ -331,19 +331,23 @@ impl Sidecar {
                 drop(permit);
             });
         }
-        // Messages the transport already fetched for this consumer but nobody started go back
-        // at once, so a replacement sidecar (hot reload) gets them now, not after the ack wait.
-        // Collected first, then returned: a returned message may be delivered here again.
+        // Messages the transport already fetched (or is still delivering) for this consumer that
+        // nobody started go back, so a replacement sidecar (hot reload) gets them now, not after
+        // the ack wait. They are collected until the subscription has been quiet for a moment
+        // (a pull the server is still filling lands in that window), the subscription is dropped,
+        // and only then returned, with a short delay, so they are not delivered here again.
         let mut fetched = Vec::new();
+        let give_up = tokio::time::Instant::now() + STOP_DRAIN_MAX;
         while fetched.len() < 10_000 {
-            match futures::FutureExt::now_or_never(subscription.next()) {
-                Some(Some(Ok(delivery))) => fetched.push(delivery),
+            let quiet = STOP_DRAIN_QUIET.min(give_up - tokio::time::Instant::now());
+            match tokio::time::timeout(quiet, subscription.next()).await {
+                Ok(Some(Ok(delivery))) => fetched.push(delivery),
                 _ => break,
             }
         }
         drop(subscription);
         for delivery in fetched {
-            if let Err(err) = delivery.acker.nak(None).await {
+            if let Err(err) = delivery.acker.nak(Some(STOP_RETURN_DELAY)).await {
                 tracing::debug!(actor = %self.name, error = %format!("{err:#}"), "returning a fetched message failed");
             }
         }
@@ -355,6 +359,13 @@ impl Sidecar {
         Ok(())
     }
 }
+
+/// A stopping sidecar collects late deliveries until none has arrived for this long...
+const STOP_DRAIN_QUIET: Duration = Duration::from_millis(50);
+/// ...or this long has passed.
+const STOP_DRAIN_MAX: Duration = Duration::from_millis(500);
+/// Returned messages become deliverable again after this delay (to the replacement sidecar).
+const STOP_RETURN_DELAY: Duration = Duration::from_millis(100);
 
 /// A uniform random number in [0, 1) for retry jitter (quality does not matter here).
 fn unit_random() -> f64 {
