@@ -639,3 +639,29 @@ async fn escaping_to_files_or_sockets_ends_at_the_sump_as_sandbox_denied() {
     assert_eq!(end, SINK);
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_actor_whose_artifact_was_removed_compiles_again() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = asya_host::component_cache::ComponentCache::new(Some(cache_dir.path().into()));
+    let mut host = LocalHost::start(vec![ActorDef::new("a", behave())], cache)
+        .await
+        .unwrap();
+    assert!(!host.executor("a").unwrap().is_resident(), "parked");
+    let artifacts = || {
+        std::fs::read_dir(cache_dir.path().join("compiled"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    };
+    // Someone cleans the cache while the actor is parked.
+    for artifact in artifacts() {
+        std::fs::remove_file(artifact).unwrap();
+    }
+    let (end, env) = run_one(&mut host, &["a"], json!({"text": "still served"})).await;
+    assert_eq!(end, SINK, "{:?}", env.status);
+    assert_eq!(artifacts().len(), 1, "compiled and cached again");
+    host.shutdown().await.unwrap();
+}

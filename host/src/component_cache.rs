@@ -27,6 +27,16 @@ pub struct LoadedComponent {
     pub reload: Option<Reloadable>,
 }
 
+impl LoadedComponent {
+    /// Remembers the component file, so a lost artifact can be compiled again.
+    fn with_source(mut self, path: &Path) -> Self {
+        if let Some(reload) = self.reload.as_mut() {
+            reload.source = Some(path.to_owned());
+        }
+        self
+    }
+}
+
 /// A compiled artifact in the cache: an actor that let go of its component while idle maps it
 /// again from here on its next message (milliseconds, no compile).
 #[derive(Clone, Debug)]
@@ -34,18 +44,40 @@ pub struct Reloadable {
     cache: ComponentCache,
     artifact: PathBuf,
     digest: String,
+    /// The component file it was compiled from: compiled again if the artifact disappears.
+    source: Option<PathBuf>,
 }
 
 impl Reloadable {
-    /// Maps the component again (or shares the copy another actor holds).
+    /// Maps the component again (or shares the copy another actor holds). If the artifact was
+    /// removed from the cache meanwhile, compiles the component file again (seconds), provided
+    /// it still has the same digest.
     pub fn load(&self, engine: &Engine) -> Result<LoadedComponent> {
         if let Some(shared) = self.cache.shared(engine, &self.digest) {
             return Ok(shared);
         }
         // SAFETY: as in `load_unshared`: our own serialisation, engine-compatible by file name.
-        let component = unsafe { Component::deserialize_file(engine, &self.artifact) }
-            .anyhow()
-            .with_context(|| format!("mapping {}", self.artifact.display()))?;
+        let mapped = unsafe { Component::deserialize_file(engine, &self.artifact) };
+        let component = match (mapped, &self.source) {
+            (Ok(component), _) => component,
+            (Err(err), Some(source)) => {
+                tracing::warn!(artifact = %self.artifact.display(), error = %err,
+                    "compiled component gone from the cache; compiling it again");
+                let loaded = self.cache.load_file(engine, source)?;
+                anyhow::ensure!(
+                    loaded.digest == self.digest,
+                    "component {} changed since the actor was loaded ({} now, {} then)",
+                    source.display(),
+                    loaded.digest,
+                    self.digest
+                );
+                return Ok(loaded);
+            }
+            (Err(err), None) => {
+                return Err(anyhow::Error::from(err))
+                    .with_context(|| format!("mapping {}", self.artifact.display()))
+            }
+        };
         let loaded = LoadedComponent {
             component: Arc::new(component),
             digest: self.digest.clone(),
@@ -132,6 +164,7 @@ impl ComponentCache {
             cache: self.clone(),
             artifact,
             digest: digest.to_owned(),
+            source: None,
         })
     }
 
@@ -160,7 +193,7 @@ impl ComponentCache {
                     from_cache: true,
                     reload: self.reloadable(engine, digest),
                 };
-                return Ok(self.remember(engine, loaded));
+                return Ok(self.remember(engine, loaded).with_source(path));
             }
         }
         self.load_file(engine, path)
@@ -183,6 +216,7 @@ impl ComponentCache {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
         self.load_bytes(engine, &bytes)
+            .map(|loaded| loaded.with_source(path))
             .with_context(|| format!("loading component {}", path.display()))
     }
 
