@@ -53,7 +53,8 @@ impl Reloadable {
     /// removed from the cache meanwhile, compiles the component file again (seconds), provided
     /// it still has the same digest.
     pub fn load(&self, engine: &Engine) -> Result<LoadedComponent> {
-        if let Some(shared) = self.cache.shared(engine, &self.digest) {
+        if let Some(mut shared) = self.cache.shared(engine, &self.digest) {
+            shared.reload = Some(self.clone()); // keeps the component file to recompile from
             return Ok(shared);
         }
         // SAFETY: as in `load_unshared`: our own serialisation, engine-compatible by file name.
@@ -182,7 +183,7 @@ impl ComponentCache {
         digest: &str,
     ) -> Result<LoadedComponent> {
         if let Some(shared) = self.shared(engine, digest) {
-            return Ok(shared);
+            return Ok(shared.with_source(path));
         }
         if let Some(artifact) = self.artifact_path(engine, digest).filter(|p| p.exists()) {
             // SAFETY: as in `load_bytes`: our own serialisation, engine-compatible by file name.
