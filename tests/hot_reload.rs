@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 const NS: &str = "reload";
 
-fn manifest(name: &str, component: &Path, cpu_timeout: &str) -> String {
+fn manifest(name: &str, component: &Path, cpu_timeout: &str, version: &str) -> String {
     format!(
         "apiVersion: asya.sh/v1alpha1\nkind: AsyncActor\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-         spec:\n  handler: behaviours.behave\n  component: {}\n  sandbox: {{cpuTimeout: {cpu_timeout}}}\n",
+         spec:\n  handler: behaviours.behave\n  component: {}\n\
+         \x20 sandbox: {{cpuTimeout: {cpu_timeout}, env: {{VERSION: {version}}}}}\n",
         component.display()
     )
 }
@@ -61,7 +62,7 @@ async fn actors_are_added_changed_and_removed_while_the_host_runs() {
     let manifests = dir.path();
     std::fs::write(
         manifests.join("echo.yaml"),
-        manifest("echo", &component, "2s"),
+        manifest("echo", &component, "2s", "v1"),
     )
     .unwrap();
     let server = NatsServer::start();
@@ -94,15 +95,32 @@ async fn actors_are_added_changed_and_removed_while_the_host_runs() {
         });
     }
     let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let results: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
     {
-        let arrived = arrived.clone();
+        let (arrived, results) = (arrived.clone(), results.clone());
         tokio::spawn(async move {
             while let Some(msg) = sink.next().await {
                 let env: Envelope = serde_json::from_slice(&msg.payload).unwrap();
+                results.lock().unwrap().insert(env.id.clone(), env.payload);
                 arrived.lock().unwrap().insert(env.id, Instant::now());
             }
         });
     }
+    // Which version of `echo` serves its queue: it reports the VERSION its manifest grants.
+    let version_of_echo = || {
+        let (transport, results) = (transport.clone(), results.clone());
+        async move {
+            let id = publish(&transport, "echo", json!({"do": "env", "name": "VERSION"})).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(payload) = results.lock().unwrap().get(&id) {
+                    return payload["value"].as_str().unwrap_or_default().to_owned();
+                }
+                assert!(Instant::now() < deadline, "echo never answered {id}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     let load = Load {
         sent: Arc::default(),
     };
@@ -128,12 +146,13 @@ async fn actors_are_added_changed_and_removed_while_the_host_runs() {
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(version_of_echo().await, "v1");
     *phase.lock().unwrap() = "reload";
 
     // Added: a second actor starts serving its queue.
     std::fs::write(
         manifests.join("echo2.yaml"),
-        manifest("echo2", &component, "2s"),
+        manifest("echo2", &component, "2s", "v1"),
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -145,13 +164,28 @@ async fn actors_are_added_changed_and_removed_while_the_host_runs() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Changed: the neighbour is replaced in place; its queue keeps being served.
+    // Changed: the neighbour is replaced in place; its queue keeps being served, and soon by
+    // the new version only.
     std::fs::write(
         manifests.join("echo.yaml"),
-        manifest("echo", &component, "3s"),
+        manifest("echo", &component, "3s", "v2"),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while version_of_echo().await != "v2" {
+        assert!(
+            Instant::now() < deadline,
+            "the changed actor never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            version_of_echo().await,
+            "v2",
+            "the old version served after the change"
+        );
+    }
     // Broken: a manifest that does not parse changes nothing.
     std::fs::write(
         manifests.join("broken.yaml"),

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -111,8 +112,9 @@ fn component_path(
 /// Runs the host until `shutdown` is cancelled.
 ///
 /// The manifest directory is re-read every `config.reload_interval`: actors that appear are
-/// started, actors whose manifest (or component file) changed are replaced (the new sidecar starts
-/// before the old one stops, so the queue keeps being served), and actors that disappear finish
+/// started, actors whose manifest (or component file) changed are replaced in place (the queue's
+/// subscription stays open and switches to the new version once it has loaded; messages in
+/// flight finish on the old one), and actors that disappear finish
 /// their in-flight messages and stop. Other actors are not touched. A manifest that does not load
 /// is reported and the running set is kept.
 pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
@@ -271,8 +273,10 @@ struct NamespaceRuntime {
 struct RunningActor {
     /// What it was started from; a different fingerprint means "changed".
     fingerprint: String,
-    /// Cancels this actor's sidecar only.
+    /// Cancels this actor's queue loop only.
     stop: CancellationToken,
+    /// Hands the queue loop a replacement sidecar when the actor changes.
+    current: watch::Sender<Arc<Sidecar>>,
 }
 
 /// Every running actor of the host, keyed by (namespace, name).
@@ -331,7 +335,8 @@ impl Fleet {
         Ok(shared)
     }
 
-    /// Loads and starts one actor (replacing a running one of the same name once it is up).
+    /// Loads and starts one actor (or, for a running one of the same name, loads the new version
+    /// and switches its queue over to it).
     async fn start_actor(
         &mut self,
         config: &RunConfig,
@@ -397,18 +402,25 @@ impl Fleet {
                 .with_resiliency(actor.resiliency()?)
                 .with_metrics(self.metrics.clone()),
         );
+        if let Some(running) = self.actors.get_mut(&key) {
+            // Changed: the running queue loop switches to the new sidecar; in-flight messages
+            // finish on the old one, and the subscription is never interrupted.
+            running.current.send_replace(sidecar);
+            running.fingerprint = print;
+            return Ok(());
+        }
         let stop = self.workers.child_token();
-        self.tasks.spawn(sidecar.run(stop.clone()));
-        if let Some(old) = self.actors.insert(
+        let (current, receiver) = watch::channel(sidecar);
+        self.tasks
+            .spawn(crate::sidecar::serve_queue(receiver, stop.clone()));
+        self.actors.insert(
             key,
             RunningActor {
                 fingerprint: print,
                 stop,
+                current,
             },
-        ) {
-            // The new sidecar already pulls; the old one finishes its in-flight messages.
-            old.stop.cancel();
-        }
+        );
         Ok(())
     }
 

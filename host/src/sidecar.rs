@@ -15,7 +15,7 @@ use crate::transport::{Delivery, Outbound, Transport};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// How one actor's sidecar behaves.
@@ -299,65 +299,106 @@ impl Sidecar {
     /// Consumes the actor's queue until `shutdown` is cancelled, with at most
     /// `settings.concurrency` messages in flight; then finishes the in-flight ones and returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
-        let mut subscription = self
-            .transport
-            .subscribe(&self.name)
-            .await
-            .with_context(|| format!("subscribing to '{}'", self.name))?;
-        let concurrency = self.settings.concurrency.max(1);
-        let slots = Arc::new(Semaphore::new(concurrency));
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            };
-            let delivery = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = subscription.next() => match next {
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(err)) => {
-                        tracing::warn!(actor = %self.name, error = %format!("{err:#}"), "receive failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    None => break,
-                },
-            };
-            let this = self.clone();
+        let (_fixed, current) = watch::channel(self);
+        serve_queue(current, shutdown).await
+    }
+}
+
+/// Consumes one actor's queue until `shutdown` is cancelled, handing each delivery to the sidecar
+/// `current` holds when it arrives; then finishes the in-flight messages and returns.
+///
+/// A changed actor (hot reload) is a new [`Sidecar`] sent through the channel: the queue's
+/// subscription stays open, messages already in flight finish on the old one, and nothing is
+/// returned to the server or left with an abandoned pull request. Every sidecar sent must be for
+/// the same queue on the same transport as the first (its name and transport are used to
+/// subscribe); its concurrency may differ and takes effect at once.
+pub async fn serve_queue(
+    mut current: watch::Receiver<Arc<Sidecar>>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let first = current.borrow_and_update().clone();
+    let name = first.name.clone();
+    let mut subscription = first
+        .transport
+        .subscribe(&name)
+        .await
+        .with_context(|| format!("subscribing to '{name}'"))?;
+    drop(first);
+    let mut concurrency = current.borrow().settings.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut replaceable = true;
+    loop {
+        let wanted = current.borrow().settings.concurrency.max(1);
+        if wanted > concurrency {
+            slots.add_permits(wanted - concurrency);
+        } else if wanted < concurrency {
+            // Fewer slots: retire the surplus as in-flight messages finish.
+            let surplus = slots
+                .clone()
+                .acquire_many_owned((concurrency - wanted) as u32);
             tokio::spawn(async move {
-                if let Err(err) = this.handle(delivery).await {
-                    tracing::warn!(actor = %this.name, error = %format!("{err:#}"), "message will be redelivered");
+                if let Ok(permits) = surplus.await {
+                    permits.forget();
                 }
-                drop(permit);
             });
         }
-        // Messages the transport already fetched (or is still delivering) for this consumer that
-        // nobody started go back, so a replacement sidecar (hot reload) gets them now, not after
-        // the ack wait. They are collected until the subscription has been quiet for a moment
-        // (a pull the server is still filling lands in that window), the subscription is dropped,
-        // and only then returned, with a short delay, so they are not delivered here again.
-        let mut fetched = Vec::new();
-        let give_up = tokio::time::Instant::now() + STOP_DRAIN_MAX;
-        while fetched.len() < 10_000 {
-            let quiet = STOP_DRAIN_QUIET.min(give_up - tokio::time::Instant::now());
-            match tokio::time::timeout(quiet, subscription.next()).await {
-                Ok(Some(Ok(delivery))) => fetched.push(delivery),
-                _ => break,
+        concurrency = wanted;
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = current.changed(), if replaceable => {
+                // A closed channel means no more replacements: keep the last sidecar.
+                replaceable = changed.is_ok();
+                continue;
             }
-        }
-        drop(subscription);
-        for delivery in fetched {
-            if let Err(err) = delivery.acker.nak(Some(STOP_RETURN_DELAY)).await {
-                tracing::debug!(actor = %self.name, error = %format!("{err:#}"), "returning a fetched message failed");
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = subscription.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(err)) => {
+                    tracing::warn!(actor = %name, error = %format!("{err:#}"), "receive failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let sidecar = current.borrow().clone();
+        tokio::spawn(async move {
+            if let Err(err) = sidecar.handle(delivery).await {
+                tracing::warn!(actor = %sidecar.name, error = %format!("{err:#}"), "message will be redelivered");
             }
-        }
-        // Graceful: wait until every in-flight message is done (all permits back).
-        let _all = slots
-            .acquire_many(concurrency as u32)
-            .await
-            .expect("semaphore is never closed");
-        Ok(())
+            drop(permit);
+        });
     }
+    // Messages the transport already fetched (or is still delivering) for this consumer that
+    // nobody started go back, so whoever consumes the queue next gets them now, not after
+    // the ack wait. They are collected until the subscription has been quiet for a moment
+    // (a pull the server is still filling lands in that window), the subscription is dropped,
+    // and only then returned, with a short delay, so they are not delivered here again.
+    let mut fetched = Vec::new();
+    let give_up = tokio::time::Instant::now() + STOP_DRAIN_MAX;
+    while fetched.len() < 10_000 {
+        let quiet = STOP_DRAIN_QUIET.min(give_up - tokio::time::Instant::now());
+        match tokio::time::timeout(quiet, subscription.next()).await {
+            Ok(Some(Ok(delivery))) => fetched.push(delivery),
+            _ => break,
+        }
+    }
+    drop(subscription);
+    for delivery in fetched {
+        if let Err(err) = delivery.acker.nak(Some(STOP_RETURN_DELAY)).await {
+            tracing::debug!(actor = %name, error = %format!("{err:#}"), "returning a fetched message failed");
+        }
+    }
+    // Graceful: wait until every in-flight message is done (all permits back; surplus ones
+    // being retired are taken first, so this waits for exactly the slots that remain).
+    let _all = slots
+        .acquire_many(concurrency as u32)
+        .await
+        .expect("semaphore is never closed");
+    Ok(())
 }
 
 /// A stopping sidecar collects late deliveries until none has arrived for this long...
