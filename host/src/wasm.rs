@@ -534,7 +534,13 @@ impl Executor for WasmExecutor {
         // With more messages in flight than instances, a message waits here for a free one; the
         // wait counts against its timeout so it never outlives the transport's ack wait.
         let waited = Instant::now();
-        let _permit = match tokio::time::timeout(timeout, self.permits.acquire()).await {
+        // A free instance (the common case) is taken without arming a timer.
+        let free = self.permits.try_acquire().ok();
+        let _permit = match free {
+            Some(permit) => Ok(Ok(permit)),
+            None => tokio::time::timeout(timeout, self.permits.acquire()).await,
+        };
+        let _permit = match _permit {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => {
                 return CallOutcome::Failed(Failure::host(Reason::Trap, "actor is shutting down"))

@@ -273,6 +273,14 @@ impl NatsResults {
         }
     }
 
+    /// How many results the bucket holds.
+    pub async fn stored(&self) -> Result<u64> {
+        // `Store::status` answers from the stream info cached at open; ask the server.
+        let mut stream = self.store.stream.clone();
+        let info = stream.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(info.state.messages)
+    }
+
     /// Every key in the bucket (message ids that have ended).
     pub async fn ids(&self) -> Result<Vec<String>> {
         let mut keys = self
@@ -296,6 +304,11 @@ impl ResultStore for NatsResults {
             .await
             .map_err(|e| anyhow::anyhow!("storing result {}: {e}", envelope.id))?;
         Ok(())
+    }
+
+    /// Each put is a JetStream publish awaiting its ack: keep many in flight.
+    fn concurrency(&self) -> usize {
+        64
     }
 
     async fn get(&self, id: &str) -> Result<Option<Envelope>> {

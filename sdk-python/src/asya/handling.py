@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import json.encoder
+import json.scanner
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -97,7 +99,46 @@ def type_error(message: str) -> HandlerFailure:
     return HandlerFailure("TypeError", message, ["TypeError", "Exception"], "")
 
 
+def _fast_json() -> tuple[Callable[[str, int], tuple[Any, int]], Callable[[Any], str] | None]:
+    """The json module's C scanner and encoder, set up once: `json.loads`/`json.dumps` rebuild
+    them (and an encoder object, for non-default options) on every call, which costs more than
+    the parsing itself for the small payloads of a pipeline hop. The encoder is used only if it
+    writes exactly what `json.dumps` would; otherwise (another Python) `json.dumps` is."""
+    scan_once = json.scanner.make_scanner(json.JSONDecoder())
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:
+        return scan_once, None
+    default = json.JSONEncoder().default
+    escape = json.encoder.encode_basestring
+
+    def encode(value: Any) -> str:
+        # A fresh markers dict per call keeps circular-reference detection.
+        chunks = make_encoder({}, default, escape, None, ":", ",", False, False, False)(value, 0)
+        return "".join(chunks)
+
+    sample = {"s": 'ü\n"', "i": [1, -2, 3.5, 1e300, True, None], "d": {"k": {}}, 7: []}
+    try:
+        same = encode(sample) == _dumps(sample)
+    except Exception:  # any incompatibility means: use json.dumps
+        same = False
+    return scan_once, encode if same else None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+_scan_once, _encode = _fast_json()
+
+
 def parse_input(text: str) -> Any:
+    try:
+        value, end = _scan_once(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError):
+        pass
+    # Whitespace around the document, or not JSON: the full parser decides (and explains).
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -147,6 +188,6 @@ def encode_result(result: Any) -> str | None:
     if not isinstance(result, dict):
         raise type_error(f"handler returned {type(result).__name__}, expected a dict or None")
     try:
-        return json.dumps(result, ensure_ascii=False, allow_nan=False)
+        return _encode(result) if _encode is not None else _dumps(result)
     except (TypeError, ValueError) as exc:
         raise type_error(f"handler result is not JSON-serialisable: {exc}") from None
