@@ -404,10 +404,13 @@ impl Fleet {
         );
         if let Some(running) = self.actors.get_mut(&key) {
             // Changed: the running queue loop switches to the new sidecar; in-flight messages
-            // finish on the old one, and the subscription is never interrupted.
-            running.current.send_replace(sidecar);
-            running.fingerprint = print;
-            return Ok(());
+            // finish on the old one, and the subscription is never interrupted. (A loop that has
+            // ended, say its subscription failed, has dropped its receiver: start a new one.)
+            if !running.current.is_closed() {
+                running.current.send_replace(sidecar);
+                running.fingerprint = print;
+                return Ok(());
+            }
         }
         let stop = self.workers.child_token();
         let (current, receiver) = watch::channel(sidecar);
