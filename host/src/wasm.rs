@@ -535,12 +535,11 @@ impl Executor for WasmExecutor {
         // wait counts against its timeout so it never outlives the transport's ack wait.
         let waited = Instant::now();
         // A free instance (the common case) is taken without arming a timer.
-        let free = self.permits.try_acquire().ok();
-        let _permit = match free {
-            Some(permit) => Ok(Ok(permit)),
-            None => tokio::time::timeout(timeout, self.permits.acquire()).await,
+        let acquired = match self.permits.try_acquire() {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(_) => tokio::time::timeout(timeout, self.permits.acquire()).await,
         };
-        let _permit = match _permit {
+        let _permit = match acquired {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => {
                 return CallOutcome::Failed(Failure::host(Reason::Trap, "actor is shutting down"))
