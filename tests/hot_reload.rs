@@ -4,7 +4,7 @@
 
 mod common;
 
-use asya_host::envelope::{Envelope, Route};
+use asya_host::envelope::{Envelope, Route, SUMP};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
 use asya_host::transport::{Outbound, Transport};
 use common::nats::{HostProcess, NatsServer};
@@ -78,29 +78,24 @@ async fn actors_are_added_changed_and_removed_while_the_host_runs() {
             .await
             .unwrap(),
     );
-    // Core NATS sees every publish to x-sink the moment the host makes it: exact latencies.
-    let mut sink = client.subscribe(nats::subject(NS, "x-sink")).await.unwrap();
-    // Anything at x-sump is a failure the test reports with its reason.
-    let mut sump = client.subscribe(nats::subject(NS, "x-sump")).await.unwrap();
+    // Core NATS sees every result the moment the host stores it: exact latencies. Anything
+    // that ended at x-sump is a failure the test reports with its reason.
+    let mut ended = client.subscribe(nats::results_subject(NS)).await.unwrap();
     let failed: Arc<Mutex<Vec<String>>> = Arc::default();
-    {
-        let failed = failed.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = sump.next().await {
-                failed
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&msg.payload).into_owned());
-            }
-        });
-    }
     let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let results: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
     {
-        let (arrived, results) = (arrived.clone(), results.clone());
+        let (arrived, results, failed) = (arrived.clone(), results.clone(), failed.clone());
         tokio::spawn(async move {
-            while let Some(msg) = sink.next().await {
+            while let Some(msg) = ended.next().await {
                 let env: Envelope = serde_json::from_slice(&msg.payload).unwrap();
+                if env.route.curr == SUMP {
+                    failed
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&msg.payload).into_owned());
+                    continue;
+                }
                 results.lock().unwrap().insert(env.id.clone(), env.payload);
                 arrived.lock().unwrap().insert(env.id, Instant::now());
             }

@@ -5,11 +5,10 @@
 mod common;
 
 use asya_host::end_actors::ResultStore;
-use asya_host::envelope::{Envelope, Reason, Route};
+use asya_host::envelope::{Envelope, Reason, Route, SINK};
 use asya_host::transport::nats::{self, NatsResults, NatsSettings, NatsTransport};
 use asya_host::transport::{Outbound, Transport};
 use common::nats::{http_get, signal, HostProcess, NatsServer};
-use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -75,30 +74,15 @@ async fn publish_many(
     ids
 }
 
-/// Messages stored on an end actor's subject (every publish that JetStream kept).
-async fn count_on(transport: &NatsTransport, actor: &str) -> usize {
-    let stream = transport.stream().await.unwrap();
-    let subject = nats::subject(NS, actor);
-    let mut info = stream.info_with_subjects(&subject).await.unwrap();
-    let mut total = 0;
-    while let Some(entry) = info.next().await {
-        let (s, count) = entry.unwrap();
-        if s == subject {
-            total += count;
-        }
-    }
-    total
+/// Messages that have ended: results the host stored in the bucket (at x-sink or x-sump).
+async fn ended(results: &NatsResults) -> usize {
+    results.stored().await.unwrap() as usize
 }
 
-async fn wait_for_count(
-    transport: &NatsTransport,
-    actor: &str,
-    at_least: usize,
-    timeout: Duration,
-) -> usize {
+async fn wait_for_ended(results: &NatsResults, at_least: usize, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
-        let n = count_on(transport, actor).await;
+        let n = ended(results).await;
         if n >= at_least || Instant::now() > deadline {
             return n;
         }
@@ -114,7 +98,7 @@ async fn kill_9_mid_stream_then_restart_delivers_every_message_exactly_once() {
     let (transport, results) = client(&server).await;
     let ids = publish_many(&transport, &["echo"], 10_000, json!({"text": "hi"})).await;
 
-    let before = wait_for_count(&transport, "x-sink", 1_500, Duration::from_secs(120)).await;
+    let before = wait_for_ended(&results, 1_500, Duration::from_secs(120)).await;
     assert!(
         before >= 1_500 && before < 10_000,
         "killed mid-stream (after {before})"
@@ -122,16 +106,21 @@ async fn kill_9_mid_stream_then_restart_delivers_every_message_exactly_once() {
     host.kill9();
     let _host = start_host(&server, &flags);
 
-    let total = wait_for_count(&transport, "x-sink", 10_000, Duration::from_secs(180)).await;
-    assert_eq!(total, 10_000, "every message reached x-sink");
+    let total = wait_for_ended(&results, 10_000, Duration::from_secs(180)).await;
+    assert_eq!(total, 10_000, "every message ended");
     tokio::time::sleep(Duration::from_secs(3)).await; // redeliveries past ack-wait would show now
+    assert_eq!(ended(&results).await, 10_000);
     assert_eq!(
-        count_on(&transport, "x-sink").await,
+        results.accepted().await.unwrap(),
         10_000,
-        "exactly once: no duplicate at x-sink"
+        "exactly once: each result was stored once (a redelivered message's repeat was dropped)"
     );
-    assert_eq!(count_on(&transport, "x-sump").await, 0);
-    let stored: HashSet<String> = results.ids().await.unwrap().into_iter().collect();
+    let all = results.all().await.unwrap();
+    assert!(
+        all.iter().all(|env| env.route.curr == SINK),
+        "every message ended at x-sink"
+    );
+    let stored: HashSet<String> = all.into_iter().map(|env| env.id).collect();
     let sent: HashSet<String> = ids.into_iter().collect();
     assert_eq!(
         stored, sent,
@@ -143,7 +132,7 @@ async fn kill_9_mid_stream_then_restart_delivers_every_message_exactly_once() {
 async fn nats_server_restart_mid_stream_loses_nothing() {
     let mut server = NatsServer::start();
     let _host = start_host(&server, &["--ack-wait", "3s"]);
-    let (transport, _) = client(&server).await;
+    let (transport, results) = client(&server).await;
     // A short sleep in the handler keeps the stream busy long enough to restart mid-way.
     publish_many(
         &transport,
@@ -152,11 +141,11 @@ async fn nats_server_restart_mid_stream_loses_nothing() {
         json!({"do": "sleep", "seconds": 0.005}),
     )
     .await;
-    let before = wait_for_count(&transport, "x-sink", 300, Duration::from_secs(60)).await;
+    let before = wait_for_ended(&results, 300, Duration::from_secs(60)).await;
     assert!(before < 3_000, "restarted mid-stream (after {before})");
     server.restart();
-    let (transport, _) = client(&server).await;
-    let total = wait_for_count(&transport, "x-sink", 3_000, Duration::from_secs(180)).await;
+    let (_, results) = client(&server).await;
+    let total = wait_for_ended(&results, 3_000, Duration::from_secs(180)).await;
     assert_eq!(
         total, 3_000,
         "the host reconnected and every message arrived"
@@ -258,6 +247,33 @@ async fn malformed_and_oversize_messages_end_at_the_sump_with_the_reason() {
     let parse = find_result(&results, |e| e.payload.get("raw_base64").is_some()).await;
     assert_eq!(parse.status.unwrap().reason, Some(Reason::ParseError));
 
+    // The end actors still consume their queues: a finished envelope published to x-sink by
+    // someone else is stored, and garbage there is kept as a ParseError.
+    let finished = Envelope::new(
+        Route::through(&[SINK]).unwrap(),
+        json!({"from": "elsewhere"}),
+        "2026-11-25T00:00:00Z",
+    );
+    for (bytes, dedup_id) in [
+        (finished.to_bytes(), finished.id.clone()),
+        (b"not an envelope either".to_vec(), "raw-2".to_owned()),
+    ] {
+        transport
+            .publish(SINK, Outbound { bytes, dedup_id })
+            .await
+            .unwrap();
+    }
+    let stored = results
+        .wait(&finished.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(stored.payload, json!({"from": "elsewhere"}));
+    let garbage = find_result(&results, |e| {
+        e.payload.get("raw") == Some(&json!("not an envelope either"))
+    })
+    .await;
+    assert_eq!(garbage.route.prev, vec![SINK.to_owned()]);
+
     let env = Envelope::new(
         Route::through(&["echo"]).unwrap(),
         json!({"blob": "x".repeat(100_000)}),
@@ -289,7 +305,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     let server = NatsServer::start();
     let flags = ["--ack-wait", "2s", "--grace", "20s"];
     let mut host = start_host(&server, &flags);
-    let (transport, _) = client(&server).await;
+    let (transport, results) = client(&server).await;
     publish_many(
         &transport,
         &["echo"],
@@ -297,7 +313,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
         json!({"do": "sleep", "seconds": 0.3}),
     )
     .await;
-    wait_for_count(&transport, "x-sink", 4, Duration::from_secs(30)).await;
+    wait_for_ended(&results, 4, Duration::from_secs(30)).await;
     let stopping = Instant::now();
     signal(&host.child, 15);
     let status = host.child.wait().unwrap();
@@ -308,7 +324,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     );
     // Whatever was not finished is delivered to the next host; nothing is lost.
     let _next = start_host(&server, &flags);
-    let total = wait_for_count(&transport, "x-sink", 40, Duration::from_secs(60)).await;
+    let total = wait_for_ended(&results, 40, Duration::from_secs(60)).await;
     assert_eq!(total, 40);
 }
 

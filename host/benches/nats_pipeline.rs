@@ -1,8 +1,10 @@
 //! Benchmark: a 3-hop pipeline over a local nats-server (JetStream), trivial handler, measured in
 //! the same run against
-//!   (a) a raw async-nats consume → publish → ack loop with no handler (the transport's limit):
-//!       the same pipeline shape, three hops and a sink stage that stores each result in a
-//!       key-value bucket, as asya's built-in x-sink does,
+//!   (a) a raw async-nats consume → publish → ack loop with no handler (the transport's limit),
+//!       three hops, run twice: bare, and with a sink stage that stores each result in a
+//!       key-value bucket (asya stores every result: its last hop puts it in the bucket),
+//!   (a') asya ending messages through the x-sink queue (`--end-queues`), the end actor storing
+//!       them: the cost of the extra queue hop that storing in the last hop saves,
 //!   (b) a plain Python worker on nats-py running the same handler (what a user would write).
 //!
 //! Both sides keep `BENCH_CONCURRENCY` (32) messages in flight per hop; asya runs them on
@@ -63,41 +65,50 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (raw_rate, raw_cpu, (asya_rate, p50, p99, asya_cpu), raw_hops) =
-        runtime.block_on(async {
-            let cpu = cpu_seconds();
-            let raw = raw_loop(&server.url(), messages, true).await?;
-            let raw_cpu = (cpu_seconds() - cpu) * 1e6 / (messages * HOPS.len()) as f64;
-            let asya = asya_pipeline(&server.url(), messages).await?;
-            let raw_hops = raw_loop(&server.url(), messages, false).await?;
-            anyhow::Ok((raw, raw_cpu, asya, raw_hops))
-        })?;
+    let (raw_rate, raw_cpu, asya, queued, raw_hops) = runtime.block_on(async {
+        let cpu = cpu_seconds();
+        let raw = raw_loop(&server.url(), messages, true).await?;
+        let raw_cpu = (cpu_seconds() - cpu) * 1e6 / (messages * HOPS.len()) as f64;
+        let asya = asya_pipeline(&server.url(), messages, EndOfRoute::Stored).await?;
+        let queued = asya_pipeline(&server.url(), messages, EndOfRoute::Queued).await?;
+        let raw_hops = raw_loop(&server.url(), messages, false).await?;
+        anyhow::Ok((raw, raw_cpu, asya, queued, raw_hops))
+    })?;
     let py_messages = (messages / 2).max(500);
     let py_seconds = python_worker(&server.url(), py_messages)?;
     let py_rate = (py_messages * HOPS.len()) as f64 / py_seconds;
+    let ratio = |a: f64, b: f64| a / b * 100.0;
     println!("asya NATS benchmark: 3 hops over a local nats-server (JetStream, file storage), {messages} messages");
     println!("  hops/s: to the last arrival at the sink subject | to the last result stored in the key-value bucket");
     println!(
-        "  raw async-nats loop, no handler  {:>10.0} | {:>8.0} hops/s   (client CPU {raw_cpu:.1} us/hop)",
+        "  raw async-nats loop, no handler  {:>10.0} | {:>8.0} hops/s   (client CPU {raw_cpu:.1} us/hop; its sink stage stores the results)",
         raw_rate.hops, raw_rate.stored
     );
-    println!("  asya host (WASM handler)         {:>10.0} | {:>8.0} hops/s   (host CPU {asya_cpu:.1} us/hop; {} in flight on {} instances per actor)",
-        asya_rate.hops, asya_rate.stored, concurrency(), instances());
     println!(
-        "  raw loop without the sink stage  {:>10.0} |        - hops/s   (the bare hop rate; asya is {:.0}% of it)",
-        raw_hops.hops,
-        asya_rate.hops / raw_hops.hops * 100.0
+        "  raw loop without the sink stage  {:>10.0} |        - hops/s   (the bare hop rate: nothing stored)",
+        raw_hops.hops
     );
+    println!("  asya host (WASM handler)                  - | {:>8.0} hops/s   (host CPU {:.1} us/hop; the last hop stores the result; {} in flight on {} instances per actor)",
+        asya.rate, asya.cpu_per_hop, concurrency(), instances());
+    println!("  asya host, ends via x-sink queue  {:>9.0} | {:>8.0} hops/s   (host CPU {:.1} us/hop; `asya-host run --end-queues`)",
+        queued.to_sink, queued.rate, queued.cpu_per_hop);
     println!("  python nats-py worker            {py_rate:>10.0} |        - hops/s   ({py_messages} messages; stores no results)");
-    println!("  asya per-hop latency p50 / p99   {p50:>10.2} / {p99:.2} ms  (one message in flight; target p50 <= 1 ms)");
     println!(
-        "  ratio asya / raw loop            {:>10.0} % | {:>6.0} %   (target >= 50%)",
-        asya_rate.hops / raw_rate.hops * 100.0,
-        asya_rate.stored / raw_rate.stored * 100.0
+        "  asya per-hop latency p50 / p99   {:>10.2} / {:.2} ms  (one message in flight, publish to stored result; target p50 <= 1 ms)",
+        asya.p50, asya.p99
     );
     println!(
-        "  ratio asya / python worker       {:>10.1} x   (asya to the sink subject, while also storing results; target >= 3x)",
-        asya_rate.hops / py_rate
+        "  ratio asya / raw loop            {:>10.0} % of the bare hop rate | {:.0} % of the raw loop storing results   (target >= 50%)",
+        ratio(asya.rate, raw_hops.hops),
+        ratio(asya.rate, raw_rate.stored)
+    );
+    println!(
+        "  ratio asya / asya via x-sink queue {:>8.2} x   (storing in the last hop against one more queue hop, same run)",
+        asya.rate / queued.rate
+    );
+    println!(
+        "  ratio asya / python worker       {:>10.1} x   (asya to stored results; target >= 3x)",
+        asya.rate / py_rate
     );
     Ok(())
 }
@@ -139,7 +150,7 @@ async fn wait_for(stream: &stream::Stream, subject: &str, n: usize) -> Result<()
             Instant::now() < deadline,
             "timed out waiting for {n} on {subject}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
 }
@@ -185,7 +196,7 @@ async fn wait_stored(store: &async_nats::jetstream::kv::Store, n: u64) -> Result
             Instant::now() < deadline,
             "timed out waiting for {n} results"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
 }
@@ -283,15 +294,41 @@ async fn raw_loop(url: &str, messages: usize, store_results: bool) -> Result<Rat
     Ok(Rates { hops, stored })
 }
 
+/// How asya's pipeline ends a message.
+#[derive(Clone, Copy, PartialEq)]
+enum EndOfRoute {
+    /// The last hop stores the result in the bucket (the default).
+    Stored,
+    /// The last hop publishes to the x-sink queue; the end actor stores it (`--end-queues`).
+    Queued,
+}
+
+/// What one asya run measured.
+struct AsyaRun {
+    /// Hops per second until every result was stored.
+    rate: f64,
+    /// Hops per second until the last message reached the x-sink subject (queued ends only).
+    to_sink: f64,
+    /// Host CPU (this process, which also runs the end actors) per hop, in microseconds.
+    cpu_per_hop: f64,
+    /// Per-hop latency with one message in flight, p50 and p99, in ms (stored ends only).
+    p50: f64,
+    p99: f64,
+}
+
 /// (main) The asya host's sidecars with real WASM executors on the NATS transport.
-async fn asya_pipeline(url: &str, messages: usize) -> Result<(Rates, f64, f64, f64)> {
+async fn asya_pipeline(url: &str, messages: usize, end: EndOfRoute) -> Result<AsyaRun> {
+    let namespace = match end {
+        EndOfRoute::Stored => "bench",
+        EndOfRoute::Queued => "benchq",
+    };
     let component = common::component("behaviours.behave", "payload");
     let engine = SandboxEngine::new()?;
     let loaded = common::cache().load_file(engine.engine(), &component)?;
     let client = nats::connect(url).await?;
     let transport = NatsTransport::new(
         client.clone(),
-        "bench",
+        namespace,
         NatsSettings {
             batch: concurrency(),
             ..NatsSettings::default()
@@ -312,16 +349,16 @@ async fn asya_pipeline(url: &str, messages: usize) -> Result<(Rates, f64, f64, f
             concurrency: concurrency(),
             ..SidecarSettings::default()
         };
-        sidecars.push(Arc::new(Sidecar::new(
-            hop,
-            executor as Arc<dyn Executor>,
-            shared.clone(),
-            settings,
-        )));
+        let mut sidecar =
+            Sidecar::new(hop, executor as Arc<dyn Executor>, shared.clone(), settings);
+        if end == EndOfRoute::Stored {
+            sidecar = sidecar.with_results(results.clone());
+        }
+        sidecars.push(Arc::new(sidecar));
     }
     prepublish(
         transport.jetstream(),
-        &nats::subject("bench", "a"),
+        &nats::subject(namespace, "a"),
         messages,
     )
     .await?;
@@ -336,24 +373,35 @@ async fn asya_pipeline(url: &str, messages: usize) -> Result<(Rates, f64, f64, f
     for sidecar in &sidecars {
         tokio::spawn(sidecar.clone().run(stop.clone()));
     }
-    wait_for(&stream, &nats::subject("bench", "x-sink"), messages).await?;
-    let hops = (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64();
+    let mut to_sink = f64::NAN;
+    if end == EndOfRoute::Queued {
+        wait_for(&stream, &nats::subject(namespace, "x-sink"), messages).await?;
+        to_sink = (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64();
+    }
     let deadline = Instant::now() + Duration::from_secs(300);
     while results.stored().await? < messages as u64 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "timed out waiting for {messages} results"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = Rates {
-        hops,
-        stored: (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64(),
-    };
+    let rate = (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64();
     let cpu_per_hop = (cpu_seconds() - cpu_started) * 1e6 / (messages * HOPS.len()) as f64;
+    let mut run = AsyaRun {
+        rate,
+        to_sink,
+        cpu_per_hop,
+        p50: f64::NAN,
+        p99: f64::NAN,
+    };
+    if end == EndOfRoute::Queued {
+        stop.cancel();
+        return Ok(run);
+    }
 
-    // Latency: one message at a time, publish → seen on x-sink, divided by the three hops.
-    let mut sink = client.subscribe(nats::subject("bench", "x-sink")).await?;
+    // Latency: one message at a time, publish → its result stored, divided by the three hops.
+    let mut stored = client.subscribe(nats::results_subject(namespace)).await?;
     let mut latency = Histogram::<u64>::new(3)?;
     for i in 0..500 {
         let env = Envelope::new(
@@ -372,7 +420,7 @@ async fn asya_pipeline(url: &str, messages: usize) -> Result<(Rates, f64, f64, f
             )
             .await?;
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), sink.next())
+            let msg = tokio::time::timeout(Duration::from_secs(10), stored.next())
                 .await?
                 .unwrap();
             if serde_json::from_slice::<Envelope>(&msg.payload)?.id == env.id {
@@ -382,12 +430,9 @@ async fn asya_pipeline(url: &str, messages: usize) -> Result<(Rates, f64, f64, f
         latency.record(t.elapsed().as_micros() as u64 / HOPS.len() as u64)?;
     }
     stop.cancel();
-    Ok((
-        rate,
-        latency.value_at_quantile(0.5) as f64 / 1000.0,
-        latency.value_at_quantile(0.99) as f64 / 1000.0,
-        cpu_per_hop,
-    ))
+    run.p50 = latency.value_at_quantile(0.5) as f64 / 1000.0;
+    run.p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
+    Ok(run)
 }
 
 /// (b) The nats-py worker script; returns its seconds for `messages` messages.

@@ -18,6 +18,13 @@ use tokio_util::sync::CancellationToken;
 pub trait ResultStore: Send + Sync {
     /// Stores the final envelope of a message that ended at `end_actor`.
     async fn put(&self, end_actor: &str, envelope: &Envelope) -> Result<()>;
+    /// Stores like [`ResultStore::put`], for a message that may be stored again after a
+    /// redelivery: a store that can drop a repeat of `dedup_id` does (the default stores again;
+    /// a result is keyed by envelope id, so a repeat overwrites, it never adds).
+    async fn put_once(&self, end_actor: &str, envelope: &Envelope, dedup_id: &str) -> Result<()> {
+        let _ = dedup_id;
+        self.put(end_actor, envelope).await
+    }
     /// The final envelope of message `id`, if it has ended.
     async fn get(&self, id: &str) -> Result<Option<Envelope>>;
     /// How many `put`s an end actor keeps in flight. A store whose writes are round trips (a

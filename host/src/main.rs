@@ -98,6 +98,11 @@ struct RunArgs {
     /// (default /var/run/asya/runtime.sock).
     #[arg(long = "python-socket", value_name = "NAME=PATH")]
     python_sockets: Vec<String>,
+    /// Publish messages that end here to the x-sink / x-sump queues, for the end actors to
+    /// store, instead of storing them in the results bucket directly (one more queue hop per
+    /// message; for deployments where something else consumes those queues).
+    #[arg(long)]
+    end_queues: bool,
 }
 
 #[derive(clap::Args)]
@@ -238,6 +243,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             "0" | "0s" | "off" => None,
             every => Some(manifest::parse_duration(every).context("--reload-interval")?),
         },
+        end_queues: args.end_queues,
     };
     serve::run(config, shutdown).await?;
     Ok(0)

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::python::{PythonExecutor, PythonRuntimeConfig};
 use crate::sandbox::SandboxEngine;
 use crate::sidecar::Sidecar;
-use crate::transport::nats::{connect, NatsSettings, NatsTransport};
+use crate::transport::nats::{connect, NatsResults, NatsSettings, NatsTransport};
 use crate::transport::Transport;
 use crate::wasm::WasmExecutor;
 use anyhow::{bail, Context, Result};
@@ -51,6 +51,9 @@ pub struct RunConfig {
     pub python_sockets: HashMap<String, PathBuf>,
     /// How often the manifest directory is checked for changes (`None`: never).
     pub reload_interval: Option<Duration>,
+    /// Publish messages that end to the `x-sink` / `x-sump` queues for the end actors to store,
+    /// instead of storing them in the hop that ends them (the default, one queue hop less).
+    pub end_queues: bool,
 }
 
 /// Where a python actor's runtime listens unless told otherwise.
@@ -267,6 +270,7 @@ fn manifest_listing(config: &RunConfig) -> Vec<(PathBuf, u64, Option<std::time::
 /// One namespace's shared parts: its transport, end actors and fan-in aggregator.
 struct NamespaceRuntime {
     transport: Arc<dyn Transport>,
+    results: Arc<NatsResults>,
 }
 
 /// A running actor.
@@ -306,9 +310,9 @@ impl Fleet {
         &mut self,
         config: &RunConfig,
         namespace: &str,
-    ) -> Result<Arc<dyn Transport>> {
+    ) -> Result<(Arc<dyn Transport>, Arc<NatsResults>)> {
         if let Some(ns) = self.namespaces.get(namespace) {
-            return Ok(ns.transport.clone());
+            return Ok((ns.transport.clone(), ns.results.clone()));
         }
         let transport =
             NatsTransport::new(self.client.clone(), namespace, config.nats.clone()).await?;
@@ -318,7 +322,7 @@ impl Fleet {
         let shared: Arc<dyn Transport> = Arc::new(transport);
         self.tasks.spawn(run_end_actors(
             shared.clone(),
-            results,
+            results.clone(),
             self.workers.clone(),
         ));
         self.tasks.spawn(crate::fanin::run_fanin(
@@ -330,9 +334,10 @@ impl Fleet {
             namespace.to_owned(),
             NamespaceRuntime {
                 transport: shared.clone(),
+                results: results.clone(),
             },
         );
-        Ok(shared)
+        Ok((shared, results))
     }
 
     /// Loads and starts one actor (or, for a running one of the same name, loads the new version
@@ -346,7 +351,7 @@ impl Fleet {
         let namespace = actor.namespace().to_owned();
         let key = (namespace.clone(), actor.name().to_owned());
         let print = fingerprint(config, &file, &actor);
-        let shared = self.namespace(config, &namespace).await?;
+        let (shared, results) = self.namespace(config, &namespace).await?;
         let mut settings = actor.sidecar_settings()?;
         if let Some(max) = config.max_message_bytes {
             settings.max_message_bytes = max;
@@ -397,11 +402,13 @@ impl Fleet {
                 .insert(key.clone(), wasm.clone());
             wasm
         };
-        let sidecar = Arc::new(
-            Sidecar::new(actor.name(), executor, shared, settings)
-                .with_resiliency(actor.resiliency()?)
-                .with_metrics(self.metrics.clone()),
-        );
+        let mut sidecar = Sidecar::new(actor.name(), executor, shared, settings)
+            .with_resiliency(actor.resiliency()?)
+            .with_metrics(self.metrics.clone());
+        if !config.end_queues {
+            sidecar = sidecar.with_results(results);
+        }
+        let sidecar = Arc::new(sidecar);
         if let Some(running) = self.actors.get_mut(&key) {
             // Changed: the running queue loop switches to the new sidecar; in-flight messages
             // finish on the old one, and the subscription is never interrupted. (A loop that has

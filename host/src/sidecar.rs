@@ -5,6 +5,7 @@
 //! [`crate::transport::Transport`]). A retry is a delayed redelivery of the input (a NAK with a
 //! delay), so nothing is published for it and the attempt number is the delivery count.
 
+use crate::end_actors::ResultStore;
 use crate::envelope::{is_end_actor, now_rfc3339, Envelope, Reason, SINK, SUMP};
 use crate::executor::Executor;
 use crate::metrics::{ActorMetrics, Metrics};
@@ -62,6 +63,7 @@ pub struct Sidecar {
     resiliency: Resiliency,
     metrics: Arc<Metrics>,
     actor_metrics: ActorMetrics,
+    results: Option<Arc<dyn ResultStore>>,
 }
 
 impl Sidecar {
@@ -82,7 +84,17 @@ impl Sidecar {
             settings,
             resiliency: Resiliency::default(),
             metrics,
+            results: None,
         }
+    }
+
+    /// Stores messages that end here (at `x-sink` or `x-sump`) in `results` directly, doing the
+    /// end actor's work in this hop, instead of publishing them to the end actor's queue for it
+    /// to store. The result is the same, keyed by envelope id and deduplicated per hop; the
+    /// pipeline saves a queue round trip (publish, deliver, ack) per message.
+    pub fn with_results(mut self, results: Arc<dyn ResultStore>) -> Self {
+        self.results = Some(results);
+        self
     }
 
     /// Replaces the retry policies.
@@ -284,6 +296,16 @@ impl Sidecar {
             env.route.prev.len(),
             dispatch.destination
         );
+        if let Some(results) = self
+            .results
+            .as_ref()
+            .filter(|_| is_end_actor(&dispatch.destination))
+        {
+            return results
+                .put_once(&dispatch.destination, env, &dedup_id)
+                .await
+                .with_context(|| format!("storing the result at '{}'", dispatch.destination));
+        }
         self.transport
             .publish(
                 &dispatch.destination,
@@ -411,4 +433,75 @@ const STOP_RETURN_DELAY: Duration = Duration::from_millis(100);
 /// A uniform random number in [0, 1) for retry jitter (quality does not matter here).
 fn unit_random() -> f64 {
     (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::end_actors::MemoryResults;
+    use crate::envelope::Route;
+    use crate::routing::Mode;
+    use crate::transport::embedded::EmbeddedTransport;
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    /// A handler that returns its payload unchanged.
+    struct Echo;
+
+    #[async_trait]
+    impl Executor for Echo {
+        fn mode(&self) -> Mode {
+            Mode::Payload
+        }
+        async fn call(&self, input: String, _timeout: Duration) -> CallOutcome {
+            CallOutcome::Returned(input)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sidecar_with_results_stores_the_messages_that_end_there_itself() {
+        let transport = Arc::new(EmbeddedTransport::new());
+        let mut hops = transport.tap();
+        let (store, mut stored) = MemoryResults::new();
+        let sidecar = Sidecar::new(
+            "only",
+            Arc::new(Echo),
+            transport.clone(),
+            SidecarSettings::default(),
+        )
+        .with_results(store);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::new(sidecar).run(shutdown.clone()));
+        let env = Envelope::new(
+            Route::through(&["only"]).unwrap(),
+            json!({"n": 1}),
+            "2026-11-25T00:00:00Z",
+        );
+        transport
+            .publish(
+                "only",
+                Outbound {
+                    bytes: env.to_bytes(),
+                    dedup_id: env.id.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        let finished = tokio::time::timeout(Duration::from_secs(5), stored.recv())
+            .await
+            .expect("the result is stored")
+            .unwrap();
+        assert_eq!(finished.end_actor, SINK);
+        assert_eq!(finished.envelope.id, env.id);
+        assert_eq!(finished.envelope.route.curr, SINK);
+        assert_eq!(finished.envelope.payload, json!({"n": 1}));
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+        // Nothing went through the x-sink queue: the only publish on the bus was the input.
+        let mut published = Vec::new();
+        while let Ok(hop) = hops.try_recv() {
+            published.push(hop.destination);
+        }
+        assert_eq!(published, vec!["only".to_owned()]);
+    }
 }

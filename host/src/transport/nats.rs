@@ -114,10 +114,7 @@ impl NatsTransport {
 
     /// The key-value bucket where end actors keep final envelopes: `ASYA_RESULTS_<NAMESPACE>`.
     pub async fn results(&self) -> Result<NatsResults> {
-        let bucket = format!(
-            "ASYA_RESULTS_{}",
-            stream_name(&self.namespace).trim_start_matches("ASYA_")
-        );
+        let bucket = results_bucket(&self.namespace);
         let store = match self.js.get_key_value(&bucket).await {
             Ok(store) => store,
             Err(_) if self.settings.create => self
@@ -134,7 +131,10 @@ impl NatsTransport {
                 return Err(err).with_context(|| format!("opening key-value bucket {bucket}"))
             }
         };
-        Ok(NatsResults { store })
+        Ok(NatsResults {
+            store,
+            js: self.js.clone(),
+        })
     }
 }
 
@@ -237,6 +237,20 @@ impl Transport for NatsTransport {
     }
 }
 
+/// The key-value bucket of a namespace's final envelopes: `ASYA_RESULTS_<NAMESPACE>`.
+pub fn results_bucket(namespace: &str) -> String {
+    format!(
+        "ASYA_RESULTS_{}",
+        stream_name(namespace).trim_start_matches("ASYA_")
+    )
+}
+
+/// The subjects every stored result is published on (`$KV.<bucket>.>`): a core NATS
+/// subscription on it sees each message end the moment it is stored.
+pub fn results_subject(namespace: &str) -> String {
+    format!("$KV.{}.>", results_bucket(namespace))
+}
+
 /// The key-value key of a message id: the id itself when it is a valid key, else `hex.<hex>`.
 pub fn result_key(id: &str) -> String {
     let valid = !id.is_empty()
@@ -256,6 +270,7 @@ pub fn result_key(id: &str) -> String {
 #[derive(Clone)]
 pub struct NatsResults {
     store: kv::Store,
+    js: jetstream::Context,
 }
 
 impl NatsResults {
@@ -281,6 +296,51 @@ impl NatsResults {
         Ok(info.state.messages)
     }
 
+    /// How many writes the bucket has accepted, overwrites included. A put repeated with the
+    /// same deduplication id (a redelivered message stored again) is not counted, so this
+    /// equals [`NatsResults::stored`] when every message was stored exactly once.
+    pub async fn accepted(&self) -> Result<u64> {
+        let mut stream = self.store.stream.clone();
+        let info = stream.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Every stored result: the final envelope of each message that has ended, in the order
+    /// they were stored.
+    pub async fn all(&self) -> Result<Vec<Envelope>> {
+        let consumer = self
+            .store
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}>", self.store.prefix),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the results bucket: {e}"))?;
+        let pending = consumer.cached_info().num_pending;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the results bucket: {e}"))?;
+        let mut out = Vec::with_capacity(pending as usize);
+        for _ in 0..pending {
+            let message = messages
+                .next()
+                .await
+                .context("the results bucket's stream ended early")?
+                .map_err(|e| anyhow::anyhow!("reading the results bucket: {e}"))?;
+            if message.payload.is_empty() {
+                continue; // a delete or purge marker
+            }
+            out.push(
+                serde_json::from_slice(&message.payload)
+                    .context("stored result is not an envelope")?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Every key in the bucket (message ids that have ended).
     pub async fn ids(&self) -> Result<Vec<String>> {
         let mut keys = self
@@ -303,6 +363,33 @@ impl ResultStore for NatsResults {
             .put(result_key(&envelope.id), envelope.to_bytes().into())
             .await
             .map_err(|e| anyhow::anyhow!("storing result {}: {e}", envelope.id))?;
+        Ok(())
+    }
+
+    /// A put carrying `Nats-Msg-Id`: the bucket's stream drops a repeat within its
+    /// deduplication window, as the actor streams do for a republished hop.
+    async fn put_once(&self, end_actor: &str, envelope: &Envelope, dedup_id: &str) -> Result<()> {
+        if self.store.use_jetstream_prefix {
+            // A bucket reached through a JetStream domain prefix: the plain put knows the subject.
+            return self.put(end_actor, envelope).await;
+        }
+        let subject = format!(
+            "{}{}",
+            self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix),
+            result_key(&envelope.id)
+        );
+        let ack = self
+            .js
+            .send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(envelope.to_bytes().into())
+                    .message_id(dedup_id),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("storing result {}: {e}", envelope.id))?;
+        ack.await
+            .map_err(|e| anyhow::anyhow!("storing result {}: not confirmed: {e}", envelope.id))?;
         Ok(())
     }
 
