@@ -27,7 +27,7 @@ use asya_host::envelope::{Envelope, Route};
 use asya_host::executor::Executor;
 use asya_host::sandbox::{SandboxEngine, SandboxLimits};
 use asya_host::sidecar::{Sidecar, SidecarSettings};
-use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
+use asya_host::transport::nats::{self, NatsResults, NatsSettings, NatsTransport};
 use asya_host::transport::Transport;
 use asya_host::wasm::WasmExecutor;
 use async_nats::jetstream::{self, consumer, stream};
@@ -56,59 +56,228 @@ fn instances() -> usize {
         .unwrap_or(4)
 }
 
+/// The sides of the comparison, run in turn within each round.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    RawStoring,
+    Asya,
+    AsyaViaQueue,
+    RawBare,
+}
+
+const SIDES: [Side; 4] = [
+    Side::RawStoring,
+    Side::Asya,
+    Side::AsyaViaQueue,
+    Side::RawBare,
+];
+
+/// One side's figures in one round.
+#[derive(Clone, Copy, Default)]
+struct Measured {
+    /// Hops/s to the last arrival at the sink subject (NaN where nothing arrives there).
+    to_sink: f64,
+    /// Hops/s to the last stored result (NaN where nothing is stored).
+    stored: f64,
+    /// This process's CPU per hop, in microseconds.
+    cpu_per_hop: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn span(values: &[f64]) -> (f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
 fn main() -> Result<()> {
     let messages: usize = std::env::var("BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
     let server = NatsServer::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (raw_rate, raw_cpu, asya, queued, raw_hops) = runtime.block_on(async {
-        let cpu = cpu_seconds();
-        let raw = raw_loop(&server.url(), messages, true).await?;
-        let raw_cpu = (cpu_seconds() - cpu) * 1e6 / (messages * HOPS.len()) as f64;
-        let asya = asya_pipeline(&server.url(), messages, EndOfRoute::Stored).await?;
-        let queued = asya_pipeline(&server.url(), messages, EndOfRoute::Queued).await?;
-        let raw_hops = raw_loop(&server.url(), messages, false).await?;
-        anyhow::Ok((raw, raw_cpu, asya, queued, raw_hops))
+    // `BENCH_SIDES=asya` (say) runs only those sides, for profiling one of them.
+    let wanted: Vec<Side> = match std::env::var("BENCH_SIDES") {
+        Ok(names) => names
+            .split(',')
+            .filter_map(|name| match name.trim() {
+                "raw" => Some(Side::RawStoring),
+                "bare" => Some(Side::RawBare),
+                "asya" => Some(Side::Asya),
+                "queue" => Some(Side::AsyaViaQueue),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => SIDES.to_vec(),
+    };
+    if wanted.len() < SIDES.len() {
+        runtime.block_on(async {
+            for round in 0..rounds {
+                for side in &wanted {
+                    let rate = match side {
+                        Side::RawStoring => {
+                            raw_loop(&server.url(), messages, true, round).await?.stored
+                        }
+                        Side::RawBare => {
+                            raw_loop(&server.url(), messages, false, round).await?.hops
+                        }
+                        Side::Asya => {
+                            asya_pipeline(&server.url(), messages, EndOfRoute::Stored, round)
+                                .await?
+                                .rate
+                        }
+                        Side::AsyaViaQueue => {
+                            asya_pipeline(&server.url(), messages, EndOfRoute::Queued, round)
+                                .await?
+                                .rate
+                        }
+                    };
+                    println!("round {round}: {rate:.0} hops/s");
+                }
+            }
+            anyhow::Ok(())
+        })?;
+        return Ok(());
+    }
+    // Every side runs once per round, the order rotating from round to round, so that drift on
+    // a noisy machine (and the server's growing store) falls on every side alike; ratios are
+    // taken within a round, then the median over rounds is reported.
+    let (table, latency) = runtime.block_on(async {
+        let mut table: Vec<[Measured; 4]> = Vec::new();
+        for round in 0..rounds {
+            let mut row = [Measured::default(); 4];
+            for turn in 0..SIDES.len() {
+                let index = (turn + round) % SIDES.len();
+                let side = SIDES[index];
+                row[index] = match side {
+                    Side::RawStoring => {
+                        let r = raw_loop(&server.url(), messages, true, round).await?;
+                        Measured {
+                            to_sink: r.hops,
+                            stored: r.stored,
+                            cpu_per_hop: r.cpu_per_hop,
+                        }
+                    }
+                    Side::RawBare => {
+                        let r = raw_loop(&server.url(), messages, false, round).await?;
+                        Measured {
+                            to_sink: r.hops,
+                            stored: f64::NAN,
+                            cpu_per_hop: r.cpu_per_hop,
+                        }
+                    }
+                    Side::Asya => {
+                        let r = asya_pipeline(&server.url(), messages, EndOfRoute::Stored, round)
+                            .await?;
+                        Measured {
+                            to_sink: f64::NAN,
+                            stored: r.rate,
+                            cpu_per_hop: r.cpu_per_hop,
+                        }
+                    }
+                    Side::AsyaViaQueue => {
+                        let r = asya_pipeline(&server.url(), messages, EndOfRoute::Queued, round)
+                            .await?;
+                        Measured {
+                            to_sink: r.to_sink,
+                            stored: r.rate,
+                            cpu_per_hop: r.cpu_per_hop,
+                        }
+                    }
+                };
+            }
+            table.push(row);
+        }
+        let latency = asya_latency(&server.url()).await?;
+        anyhow::Ok((table, latency))
     })?;
     let py_messages = (messages / 2).max(500);
     let py_seconds = python_worker(&server.url(), py_messages)?;
     let py_rate = (py_messages * HOPS.len()) as f64 / py_seconds;
-    let ratio = |a: f64, b: f64| a / b * 100.0;
-    println!("asya NATS benchmark: 3 hops over a local nats-server (JetStream, file storage), {messages} messages");
-    println!("  hops/s: to the last arrival at the sink subject | to the last result stored in the key-value bucket");
+
+    let column = |side: Side, f: fn(&Measured) -> f64| -> Vec<f64> {
+        let index = SIDES.iter().position(|s| *s == side).unwrap();
+        table.iter().map(|row| f(&row[index])).collect()
+    };
+    let asya = column(Side::Asya, |m| m.stored);
+    let ratios = |other: Vec<f64>| -> Vec<f64> {
+        asya.iter().zip(other).map(|(a, b)| a / b * 100.0).collect()
+    };
+    let of_bare = ratios(column(Side::RawBare, |m| m.to_sink));
+    let of_storing = ratios(column(Side::RawStoring, |m| m.stored));
+    let of_queue = ratios(column(Side::AsyaViaQueue, |m| m.stored));
+    let cpu = |side: Side| median(column(side, |m| m.cpu_per_hop));
+    let med = |side: Side, f: fn(&Measured) -> f64| median(column(side, f));
+
+    println!("asya NATS benchmark: 3 hops over a local nats-server (JetStream, file storage), {messages} messages, {rounds} rounds");
+    println!("  medians over the rounds; hops/s to the last arrival at the sink subject | to the last result stored in the key-value bucket");
     println!(
-        "  raw async-nats loop, no handler  {:>10.0} | {:>8.0} hops/s   (client CPU {raw_cpu:.1} us/hop; its sink stage stores the results)",
-        raw_rate.hops, raw_rate.stored
+        "  raw async-nats loop, no handler  {:>10.0} | {:>8.0} hops/s   (client CPU {:.1} us/hop; its sink stage stores the results)",
+        med(Side::RawStoring, |m| m.to_sink),
+        med(Side::RawStoring, |m| m.stored),
+        cpu(Side::RawStoring)
     );
     println!(
-        "  raw loop without the sink stage  {:>10.0} |        - hops/s   (the bare hop rate: nothing stored)",
-        raw_hops.hops
+        "  raw loop without the sink stage  {:>10.0} |        - hops/s   (client CPU {:.1} us/hop; the bare hop rate: nothing stored)",
+        med(Side::RawBare, |m| m.to_sink),
+        cpu(Side::RawBare)
     );
-    println!("  asya host (WASM handler)                  - | {:>8.0} hops/s   (host CPU {:.1} us/hop; the last hop stores the result; {} in flight on {} instances per actor)",
-        asya.rate, asya.cpu_per_hop, concurrency(), instances());
-    println!("  asya host, ends via x-sink queue  {:>9.0} | {:>8.0} hops/s   (host CPU {:.1} us/hop; `asya-host run --end-queues`)",
-        queued.to_sink, queued.rate, queued.cpu_per_hop);
+    println!(
+        "  asya host (WASM handler)                  - | {:>8.0} hops/s   (host CPU {:.1} us/hop; the last hop stores the result; {} in flight on {} instances per actor)",
+        med(Side::Asya, |m| m.stored),
+        cpu(Side::Asya),
+        concurrency(),
+        instances()
+    );
+    println!(
+        "  asya host, ends via x-sink queue {:>10.0} | {:>8.0} hops/s   (host CPU {:.1} us/hop; `asya-host run --end-queues`)",
+        med(Side::AsyaViaQueue, |m| m.to_sink),
+        med(Side::AsyaViaQueue, |m| m.stored),
+        cpu(Side::AsyaViaQueue)
+    );
     println!("  python nats-py worker            {py_rate:>10.0} |        - hops/s   ({py_messages} messages; stores no results)");
     println!(
         "  asya per-hop latency p50 / p99   {:>10.2} / {:.2} ms  (one message in flight, publish to stored result; target p50 <= 1 ms)",
-        asya.p50, asya.p99
+        latency.0, latency.1
     );
-    println!(
-        "  ratio asya / raw loop            {:>10.0} % of the bare hop rate | {:.0} % of the raw loop storing results   (target >= 50%)",
-        ratio(asya.rate, raw_hops.hops),
-        ratio(asya.rate, raw_rate.stored)
+    let line = |name: &str, values: &[f64], note: &str| {
+        let (lo, hi) = span(values);
+        println!(
+            "  {name:<32} {:>10.0} %   (rounds {lo:.0}-{hi:.0} %; {note})",
+            median(values.to_vec())
+        );
+    };
+    line("ratio asya / raw loop, bare", &of_bare, "target >= 50%");
+    line(
+        "ratio asya / raw loop storing",
+        &of_storing,
+        "the raw loop doing asya's work: every result stored",
     );
-    println!(
-        "  ratio asya / asya via x-sink queue {:>8.2} x   (storing in the last hop against one more queue hop, same run)",
-        asya.rate / queued.rate
+    line(
+        "ratio asya / asya via x-sink",
+        &of_queue,
+        "the last hop storing, against one more queue hop",
     );
     println!(
         "  ratio asya / python worker       {:>10.1} x   (asya to stored results; target >= 3x)",
-        asya.rate / py_rate
+        med(Side::Asya, |m| m.stored) / py_rate
     );
     Ok(())
 }
@@ -185,6 +354,8 @@ struct Rates {
     hops: f64,
     /// Hops per second until the last result was stored (the whole pipeline's work done).
     stored: f64,
+    /// This process's CPU per hop while the pipeline ran, in microseconds.
+    cpu_per_hop: f64,
 }
 
 /// Waits until `bucket` holds `n` values.
@@ -205,10 +376,14 @@ async fn wait_stored(store: &async_nats::jetstream::kv::Store, n: u64) -> Result
 /// Three consume → publish → ack stages, then a sink stage that stores each result in a
 /// key-value bucket and acks (what asya's x-sink does), each with the same concurrency as asya.
 /// With `store_results` off, the sink stage is left out (the transport's bare hop rate).
-async fn raw_loop(url: &str, messages: usize, store_results: bool) -> Result<Rates> {
+async fn raw_loop(url: &str, messages: usize, store_results: bool, round: usize) -> Result<Rates> {
     let client = nats::connect(url).await?;
     let js = jetstream::new(client);
-    let prefix = if store_results { "raw" } else { "rawhops" };
+    let prefix = if store_results {
+        format!("raw{round}")
+    } else {
+        format!("rawhops{round}")
+    };
     let stream = js
         .get_or_create_stream(stream::Config {
             name: prefix.to_uppercase(),
@@ -226,6 +401,7 @@ async fn raw_loop(url: &str, messages: usize, store_results: bool) -> Result<Rat
         .await?;
     prepublish(&js, &format!("{prefix}.a"), messages).await?;
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
     let stop = CancellationToken::new();
     let stages = [
         ("a", Some("b")),
@@ -290,8 +466,13 @@ async fn raw_loop(url: &str, messages: usize, store_results: bool) -> Result<Rat
         wait_stored(&results, messages as u64).await?;
     }
     let stored = (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64();
+    let cpu_per_hop = (cpu_seconds() - cpu_started) * 1e6 / (messages * HOPS.len()) as f64;
     stop.cancel();
-    Ok(Rates { hops, stored })
+    Ok(Rates {
+        hops,
+        stored,
+        cpu_per_hop,
+    })
 }
 
 /// How asya's pipeline ends a message.
@@ -309,77 +490,118 @@ struct AsyaRun {
     rate: f64,
     /// Hops per second until the last message reached the x-sink subject (queued ends only).
     to_sink: f64,
-    /// Host CPU (this process, which also runs the end actors) per hop, in microseconds.
+    /// Host CPU per hop while the pipeline ran (this process also runs the end actors), in
+    /// microseconds.
     cpu_per_hop: f64,
-    /// Per-hop latency with one message in flight, p50 and p99, in ms (stored ends only).
-    p50: f64,
-    p99: f64,
 }
 
-/// (main) The asya host's sidecars with real WASM executors on the NATS transport.
-async fn asya_pipeline(url: &str, messages: usize, end: EndOfRoute) -> Result<AsyaRun> {
-    let namespace = match end {
-        EndOfRoute::Stored => "bench",
-        EndOfRoute::Queued => "benchq",
-    };
-    let component = common::component("behaviours.behave", "payload");
-    let engine = SandboxEngine::new()?;
-    let loaded = common::cache().load_file(engine.engine(), &component)?;
-    let client = nats::connect(url).await?;
-    let transport = NatsTransport::new(
-        client.clone(),
-        namespace,
-        NatsSettings {
-            batch: concurrency(),
-            ..NatsSettings::default()
-        },
-    )
-    .await?;
-    let stream = transport.stream().await?;
-    let results = Arc::new(transport.results().await?);
-    let shared: Arc<dyn Transport> = Arc::new(transport.clone());
-    let mut sidecars = Vec::new();
-    for hop in HOPS {
-        let limits = SandboxLimits {
-            max_instances: instances(),
-            ..SandboxLimits::default()
-        };
-        let executor = Arc::new(WasmExecutor::load(hop, engine.clone(), &loaded, limits).await?);
-        let settings = SidecarSettings {
-            concurrency: concurrency(),
-            ..SidecarSettings::default()
-        };
-        let mut sidecar =
-            Sidecar::new(hop, executor as Arc<dyn Executor>, shared.clone(), settings);
-        if end == EndOfRoute::Stored {
-            sidecar = sidecar.with_results(results.clone());
+/// asya's three actors (sidecars with real WASM executors) on one namespace of the NATS
+/// transport, with the host's end actors, not yet consuming.
+struct AsyaPipeline {
+    client: async_nats::Client,
+    namespace: String,
+    transport: NatsTransport,
+    stream: stream::Stream,
+    results: Arc<NatsResults>,
+    shared: Arc<dyn Transport>,
+    sidecars: Vec<Arc<Sidecar>>,
+}
+
+impl AsyaPipeline {
+    async fn new(url: &str, namespace: String, end: EndOfRoute) -> Result<Self> {
+        let component = common::component("behaviours.behave", "payload");
+        let engine = SandboxEngine::new()?;
+        let loaded = common::cache().load_file(engine.engine(), &component)?;
+        let client = nats::connect(url).await?;
+        let transport = NatsTransport::new(
+            client.clone(),
+            &namespace,
+            NatsSettings {
+                batch: concurrency(),
+                ..NatsSettings::default()
+            },
+        )
+        .await?;
+        let stream = transport.stream().await?;
+        let results = Arc::new(transport.results().await?);
+        let shared: Arc<dyn Transport> = Arc::new(transport.clone());
+        let mut sidecars = Vec::new();
+        for hop in HOPS {
+            let limits = SandboxLimits {
+                max_instances: instances(),
+                ..SandboxLimits::default()
+            };
+            let executor =
+                Arc::new(WasmExecutor::load(hop, engine.clone(), &loaded, limits).await?);
+            let settings = SidecarSettings {
+                concurrency: concurrency(),
+                ..SidecarSettings::default()
+            };
+            let mut sidecar =
+                Sidecar::new(hop, executor as Arc<dyn Executor>, shared.clone(), settings);
+            if end == EndOfRoute::Stored {
+                sidecar = sidecar.with_results(results.clone());
+            }
+            sidecars.push(Arc::new(sidecar));
         }
-        sidecars.push(Arc::new(sidecar));
+        Ok(AsyaPipeline {
+            client,
+            namespace,
+            transport,
+            stream,
+            results,
+            shared,
+            sidecars,
+        })
     }
+
+    /// Starts consuming (actors and end actors) until `stop`.
+    fn start(&self, stop: &CancellationToken) {
+        tokio::spawn(run_end_actors(
+            self.shared.clone(),
+            self.results.clone(),
+            stop.clone(),
+        ));
+        for sidecar in &self.sidecars {
+            tokio::spawn(sidecar.clone().run(stop.clone()));
+        }
+    }
+}
+
+/// (main) Throughput: `messages` already queued at the first actor, until all are stored.
+async fn asya_pipeline(
+    url: &str,
+    messages: usize,
+    end: EndOfRoute,
+    round: usize,
+) -> Result<AsyaRun> {
+    let namespace = match end {
+        EndOfRoute::Stored => format!("bench{round}"),
+        EndOfRoute::Queued => format!("benchq{round}"),
+    };
+    let asya = AsyaPipeline::new(url, namespace, end).await?;
     prepublish(
-        transport.jetstream(),
-        &nats::subject(namespace, "a"),
+        asya.transport.jetstream(),
+        &nats::subject(&asya.namespace, "a"),
         messages,
     )
     .await?;
     let stop = CancellationToken::new();
     let started = Instant::now();
     let cpu_started = cpu_seconds();
-    tokio::spawn(run_end_actors(
-        shared.clone(),
-        results.clone(),
-        stop.clone(),
-    ));
-    for sidecar in &sidecars {
-        tokio::spawn(sidecar.clone().run(stop.clone()));
-    }
+    asya.start(&stop);
     let mut to_sink = f64::NAN;
     if end == EndOfRoute::Queued {
-        wait_for(&stream, &nats::subject(namespace, "x-sink"), messages).await?;
+        wait_for(
+            &asya.stream,
+            &nats::subject(&asya.namespace, "x-sink"),
+            messages,
+        )
+        .await?;
         to_sink = (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64();
     }
     let deadline = Instant::now() + Duration::from_secs(300);
-    while results.stored().await? < messages as u64 {
+    while asya.results.stored().await? < messages as u64 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "timed out waiting for {messages} results"
@@ -388,20 +610,24 @@ async fn asya_pipeline(url: &str, messages: usize, end: EndOfRoute) -> Result<As
     }
     let rate = (messages * HOPS.len()) as f64 / started.elapsed().as_secs_f64();
     let cpu_per_hop = (cpu_seconds() - cpu_started) * 1e6 / (messages * HOPS.len()) as f64;
-    let mut run = AsyaRun {
+    stop.cancel();
+    Ok(AsyaRun {
         rate,
         to_sink,
         cpu_per_hop,
-        p50: f64::NAN,
-        p99: f64::NAN,
-    };
-    if end == EndOfRoute::Queued {
-        stop.cancel();
-        return Ok(run);
-    }
+    })
+}
 
-    // Latency: one message at a time, publish → its result stored, divided by the three hops.
-    let mut stored = client.subscribe(nats::results_subject(namespace)).await?;
+/// (main) Latency: one message at a time, publish → its result stored, divided by the three
+/// hops; p50 and p99 in ms.
+async fn asya_latency(url: &str) -> Result<(f64, f64)> {
+    let asya = AsyaPipeline::new(url, "benchlatency".into(), EndOfRoute::Stored).await?;
+    let stop = CancellationToken::new();
+    asya.start(&stop);
+    let mut stored = asya
+        .client
+        .subscribe(nats::results_subject(&asya.namespace))
+        .await?;
     let mut latency = Histogram::<u64>::new(3)?;
     for i in 0..500 {
         let env = Envelope::new(
@@ -410,7 +636,7 @@ async fn asya_pipeline(url: &str, messages: usize, end: EndOfRoute) -> Result<As
             "2026-11-25T00:00:00Z",
         );
         let t = Instant::now();
-        transport
+        asya.transport
             .publish(
                 "a",
                 asya_host::transport::Outbound {
@@ -430,9 +656,10 @@ async fn asya_pipeline(url: &str, messages: usize, end: EndOfRoute) -> Result<As
         latency.record(t.elapsed().as_micros() as u64 / HOPS.len() as u64)?;
     }
     stop.cancel();
-    run.p50 = latency.value_at_quantile(0.5) as f64 / 1000.0;
-    run.p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
-    Ok(run)
+    Ok((
+        latency.value_at_quantile(0.5) as f64 / 1000.0,
+        latency.value_at_quantile(0.99) as f64 / 1000.0,
+    ))
 }
 
 /// (b) The nats-py worker script; returns its seconds for `messages` messages.
