@@ -1,0 +1,51 @@
+"""The guest's JSON fast path writes and reads exactly what the json module does, and fails the
+same way."""
+
+import json
+from typing import Any
+
+import pytest
+
+from asya import handling
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def test_the_fast_encoder_is_in_use_and_writes_what_json_dumps_writes() -> None:
+    assert handling._encode is not None, "CPython's C encoder is available here"
+    for value in [
+        {},
+        {"text": 'héllo "wörld"\n\t\u2028', "n": -3, "f": 2.5, "big": 10**30},
+        {"nested": {"list": [1, None, True, {"k": []}]}, 7: "int key", "e": 1e-300},
+    ]:
+        assert handling.encode_result(value) == _dumps(value)
+
+
+def test_encoding_again_after_a_failure_is_unaffected() -> None:
+    inner: dict[str, Any] = {"when": object()}
+    with pytest.raises(handling.HandlerFailure, match="not JSON-serialisable"):
+        handling.encode_result({"a": [inner]})
+    # The same dict again, now valid: a marker left from the failed encode would report it as
+    # a circular reference.
+    inner["when"] = "now"
+    assert handling.encode_result({"b": inner}) == '{"b":{"when":"now"}}'
+
+
+def test_circular_references_and_nan_are_reported() -> None:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(handling.HandlerFailure, match="Circular reference") as caught:
+        handling.encode_result(loop)
+    assert caught.value.fields["type"] == "TypeError"
+    with pytest.raises(handling.HandlerFailure, match="not JSON-serialisable"):
+        handling.encode_result({"x": float("nan")})
+    assert handling.encode_result({"ok": True}) == '{"ok":true}'
+
+
+def test_parse_input_reads_json_and_explains_what_is_not() -> None:
+    assert handling.parse_input('{"a":[1,2.5,"é"]}') == {"a": [1, 2.5, "é"]}
+    assert handling.parse_input(' {"padded": 1} ') == {"padded": 1}
+    with pytest.raises(handling.HandlerFailure, match="input is not JSON"):
+        handling.parse_input("{not json")
