@@ -259,7 +259,7 @@ impl Sidecar {
             Plan::Publish(dispatches) => {
                 for dispatch in dispatches {
                     let destination = dispatch.destination.clone();
-                    if let Err(err) = self.publish(dispatch).await {
+                    if let Err(err) = self.send(dispatch).await {
                         delivery
                             .acker
                             .nak(Some(Duration::from_millis(500)))
@@ -286,7 +286,9 @@ impl Sidecar {
         }
     }
 
-    async fn publish(&self, dispatch: Dispatch) -> Result<()> {
+    /// Puts `dispatch` on its destination's queue or, when it ends here and this sidecar keeps
+    /// results itself, stores it; `Ok` means it is durable either way.
+    async fn send(&self, dispatch: Dispatch) -> Result<()> {
         let env: &Envelope = &dispatch.envelope;
         // One output per hop of an envelope: a redelivered input republishes the same id, which
         // the transport's deduplication drops.
