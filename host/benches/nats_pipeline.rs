@@ -103,6 +103,34 @@ fn span(values: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
+/// Runs one side of the comparison once.
+async fn run_side(url: &str, side: Side, messages: usize, round: usize) -> Result<Measured> {
+    Ok(match side {
+        Side::RawStoring | Side::RawBare => {
+            let storing = side == Side::RawStoring;
+            let r = raw_loop(url, messages, storing, round).await?;
+            Measured {
+                to_sink: r.hops,
+                stored: if storing { r.stored } else { f64::NAN },
+                cpu_per_hop: r.cpu_per_hop,
+            }
+        }
+        Side::Asya | Side::AsyaViaQueue => {
+            let end = if side == Side::Asya {
+                EndOfRoute::Stored
+            } else {
+                EndOfRoute::Queued
+            };
+            let r = asya_pipeline(url, messages, end, round).await?;
+            Measured {
+                to_sink: r.to_sink,
+                stored: r.rate,
+                cpu_per_hop: r.cpu_per_hop,
+            }
+        }
+    })
+}
+
 fn main() -> Result<()> {
     let messages: usize = std::env::var("BENCH_MESSAGES")
         .ok()
@@ -134,24 +162,12 @@ fn main() -> Result<()> {
     if wanted.len() < SIDES.len() {
         runtime.block_on(async {
             for round in 0..rounds {
-                for side in &wanted {
-                    let rate = match side {
-                        Side::RawStoring => {
-                            raw_loop(&server.url(), messages, true, round).await?.stored
-                        }
-                        Side::RawBare => {
-                            raw_loop(&server.url(), messages, false, round).await?.hops
-                        }
-                        Side::Asya => {
-                            asya_pipeline(&server.url(), messages, EndOfRoute::Stored, round)
-                                .await?
-                                .rate
-                        }
-                        Side::AsyaViaQueue => {
-                            asya_pipeline(&server.url(), messages, EndOfRoute::Queued, round)
-                                .await?
-                                .rate
-                        }
+                for &side in &wanted {
+                    let m = run_side(&server.url(), side, messages, round).await?;
+                    let rate = if m.stored.is_nan() {
+                        m.to_sink
+                    } else {
+                        m.stored
                     };
                     println!("round {round}: {rate:.0} hops/s");
                 }
@@ -170,42 +186,7 @@ fn main() -> Result<()> {
             for turn in 0..SIDES.len() {
                 let index = (turn + round) % SIDES.len();
                 let side = SIDES[index];
-                row[index] = match side {
-                    Side::RawStoring => {
-                        let r = raw_loop(&server.url(), messages, true, round).await?;
-                        Measured {
-                            to_sink: r.hops,
-                            stored: r.stored,
-                            cpu_per_hop: r.cpu_per_hop,
-                        }
-                    }
-                    Side::RawBare => {
-                        let r = raw_loop(&server.url(), messages, false, round).await?;
-                        Measured {
-                            to_sink: r.hops,
-                            stored: f64::NAN,
-                            cpu_per_hop: r.cpu_per_hop,
-                        }
-                    }
-                    Side::Asya => {
-                        let r = asya_pipeline(&server.url(), messages, EndOfRoute::Stored, round)
-                            .await?;
-                        Measured {
-                            to_sink: f64::NAN,
-                            stored: r.rate,
-                            cpu_per_hop: r.cpu_per_hop,
-                        }
-                    }
-                    Side::AsyaViaQueue => {
-                        let r = asya_pipeline(&server.url(), messages, EndOfRoute::Queued, round)
-                            .await?;
-                        Measured {
-                            to_sink: r.to_sink,
-                            stored: r.rate,
-                            cpu_per_hop: r.cpu_per_hop,
-                        }
-                    }
-                };
+                row[index] = run_side(&server.url(), side, messages, round).await?;
             }
             table.push(row);
         }

@@ -290,19 +290,22 @@ impl NatsResults {
 
     /// How many results the bucket holds.
     pub async fn stored(&self) -> Result<u64> {
-        // `Store::status` answers from the stream info cached at open; ask the server.
+        Ok(self.state().await?.messages)
+    }
+
+    /// The bucket's stream state, from the server (`Store::status` answers from the stream
+    /// info cached when the bucket was opened).
+    async fn state(&self) -> Result<stream::State> {
         let mut stream = self.store.stream.clone();
         let info = stream.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(info.state.messages)
+        Ok(info.state.clone())
     }
 
     /// How many writes the bucket has accepted, overwrites included. A put repeated with the
     /// same deduplication id (a redelivered message stored again) is not counted, so this
     /// equals [`NatsResults::stored`] when every message was stored exactly once.
     pub async fn accepted(&self) -> Result<u64> {
-        let mut stream = self.store.stream.clone();
-        let info = stream.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(info.state.last_sequence)
+        Ok(self.state().await?.last_sequence)
     }
 
     /// Every stored result: the final envelope of each message that has ended, in the order
