@@ -6,10 +6,17 @@ that deploy the actors to a cluster) and `pipeline.yaml` with the route payloads
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
+from jsonschema import Draft202012Validator, ValidationError
 
 from .handler_ref import BuildError
 
@@ -50,9 +57,116 @@ class Pipeline:
         raise BuildError(f"no actor named {name!r} in {self.actors_dir} (known: {known})")
 
 
+@cache
+def actor_schema() -> dict[str, Any]:
+    """The AsyncActor JSON Schema (generated from the Rust spec crate, shipped with the SDK)."""
+    text = resources.files("asya").joinpath("schema/asyncactor.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(actor_schema())
+
+
+def _field(path: Iterable[str | int]) -> str:
+    """`spec.resiliency.policies.default.maxAttempts`, `spec.tolerations[0].key`; keys that are
+    not plain names are quoted (`spec.resources.limits["nvidia.com/gpu"]`)."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text or "(the document)"
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _message(error: ValidationError) -> str | None:
+    schema = error.schema
+    message = schema.get("x-asya-message") if isinstance(schema, dict) else None
+    return message if isinstance(message, str) else None
+
+
+def _types(value: object) -> list[str]:
+    return [str(t) for t in value] if isinstance(value, list) else [str(value)]
+
+
+def _rank(error: ValidationError) -> tuple[int, bool, bool, bool]:
+    """Which anyOf/oneOf branch explains a failure best (smallest first), as
+    `jsonschema.exceptions.best_match` ranks them: the deepest error, then one of a real keyword
+    rather than another anyOf/oneOf, then one whose `type` the value has; then one carrying
+    `x-asya-message`."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    types = _types(schema["type"]) if "type" in schema else []
+    matches = any(_validator().is_type(error.instance, t) for t in types)
+    return (
+        -len(error.path),
+        error.validator not in ("anyOf", "oneOf"),
+        not matches,
+        _message(error) is None,
+    )
+
+
+def _rule(chain: list[ValidationError]) -> str:
+    """The outermost `x-asya-message` of the failing nodes, else jsonschema's own message (one
+    naming every type allowed when each branch of a union failed on its type)."""
+    for error in chain:
+        message = _message(error)
+        if message is not None:
+            return message
+    leaf = chain[-1]
+    siblings = chain[-2].context if len(chain) > 1 else []
+    if siblings and all(e.validator == "type" and e.path == leaf.path for e in siblings):
+        types = dict.fromkeys(t for e in siblings for t in _types(e.validator_value))
+        return f"{leaf.instance!r} is not of type " + ", ".join(map(repr, types))
+    return leaf.message
+
+
+def _problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, rule) for each schema violation of `doc`, sorted by field."""
+    problems: list[tuple[str, str]] = []
+    for top in _validator().iter_errors(doc):
+        chain = [top]  # down through anyOf/oneOf to the branch that explains the failure best
+        while chain[-1].context:
+            chain.append(min(chain[-1].context, key=_rank))
+        leaf = chain[-1]
+        path, instance, schema = list(leaf.absolute_path), leaf.instance, leaf.schema
+        if leaf.validator == "required" and isinstance(instance, dict):
+            missing = [k for k in leaf.validator_value if k not in instance]
+            named = [k for k in missing if leaf.message.startswith(repr(k))]
+            problems += [(_field([*path, key]), "is required") for key in named[:1] or missing[:1]]
+        elif (
+            leaf.validator in ("additionalProperties", "unevaluatedProperties")
+            and leaf.validator_value is False
+            and isinstance(instance, dict)
+            and isinstance(schema, dict)
+        ):
+            known = schema.get("properties") or {}
+            patterns = list(schema.get("patternProperties") or {})
+            problems += [
+                (_field([*path, key]), "is not a known field")
+                for key in instance
+                if key not in known and not any(re.search(p, key) for p in patterns)
+            ]
+        else:
+            problems.append((_field(path), _rule(chain)))
+    return sorted(set(problems))
+
+
 def load_actors(directory: Path) -> list[ActorManifest]:
-    """Every AsyncActor in the YAML files under `directory`, sorted by file name."""
+    """Every AsyncActor in the YAML files under `directory`, sorted by file name.
+
+    Each AsyncActor is validated against the AsyncActor JSON Schema; a `BuildError` lists every
+    problem found, one per line: `FILE: actor 'NAME': FIELD: RULE`.
+    """
     actors: list[ActorManifest] = []
+    errors: list[str] = []
     files = sorted([*directory.rglob("*.yaml"), *directory.rglob("*.yml")])
     for path in files:
         if path.name == "pipeline.yaml":
@@ -61,29 +175,32 @@ def load_actors(directory: Path) -> list[ActorManifest]:
             documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
         except yaml.YAMLError as exc:
             raise BuildError(f"{path}: not valid YAML: {exc}") from None
-        for doc in documents:
+        for index, doc in enumerate(documents):
             if not isinstance(doc, dict) or doc.get("kind") != "AsyncActor":
                 continue
-            if doc.get("apiVersion") != API_VERSION:
-                raise BuildError(
-                    f"{path}: apiVersion is {doc.get('apiVersion')!r}, expected {API_VERSION!r}"
-                )
-            name = (doc.get("metadata") or {}).get("name")
-            spec = doc.get("spec") or {}
-            if not name:
-                raise BuildError(f"{path}: an AsyncActor has no metadata.name")
+            metadata = doc.get("metadata")
+            name = metadata.get("name") if isinstance(metadata, dict) else None
+            who = f"actor {name!r}" if isinstance(name, str) else f"AsyncActor #{index + 1}"
+            problems = _problems(doc)
+            errors += [f"{path}: {who}: {field}: {rule}" for field, rule in problems]
+            if problems:
+                continue
+            spec = doc["spec"]
             handler = spec.get("handler")
             if not handler:
-                raise BuildError(f"{path}: actor {name!r} has no spec.handler")
+                errors.append(f"{path}: {who}: spec.handler: is required to build the actor")
+                continue
             actors.append(
                 ActorManifest(
                     name=name,
                     handler=handler,
-                    mode=spec.get("mode", "payload"),
-                    runtime=spec.get("runtime", "wasm"),
+                    mode=spec.get("mode") or "payload",
+                    runtime=spec.get("runtime") or "wasm",
                     path=path,
                 )
             )
+    if errors:
+        raise BuildError("\n".join(errors))
     names = [a.name for a in actors]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
