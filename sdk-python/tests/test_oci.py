@@ -1,9 +1,11 @@
 """Components as OCI artifacts against a real registry (Debian's docker-registry, started here on
 a free port): push and pull round trip, the CNCF layout, interoperability with the oras library,
-and the failure modes (digest mismatch, unknown tag, registry down)."""
+credentials from a docker credential helper, and the failure modes (digest mismatch, unknown tag,
+registry down, no credentials)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +22,7 @@ import pytest
 import requests
 
 from asya.build import build
+from asya.oci import RegistryError, push
 
 
 def free_port() -> int:
@@ -28,8 +31,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+@contextlib.contextmanager
+def serve_registry(tmp_path: Path, extra: str = "") -> Iterator[tuple[str, Path]]:
     binary = shutil.which("docker-registry")
     assert binary, (
         "docker-registry is missing: run scripts/setup.sh (apt-get install docker-registry)"
@@ -40,7 +43,7 @@ def registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     config.write_text(
         "version: 0.1\nlog: {level: error}\n"
         f"storage: {{filesystem: {{rootdirectory: {storage}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n{extra}"
     )
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
@@ -48,7 +51,8 @@ def registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                status = requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code
+                if status in (200, 401):
                     break
             except requests.ConnectionError:
                 pass
@@ -58,6 +62,12 @@ def registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         proc.terminate()
         proc.wait()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    with serve_registry(tmp_path) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +214,70 @@ def test_digest_mismatch_unknown_tag_and_registry_down(
     assert "unavailable after 5 attempts" in down.stderr, down.stderr
     assert "retrying" in down.stderr
     assert time.monotonic() - started > 2.0, "backoff between attempts"
+
+
+# `s3cret` for user `asya`, bcrypt with the fewest rounds (docker-registry's htpasswd format).
+HTPASSWD = "asya:$2b$04$OIjrkyWXRAcQrR1bWB7NyuLPW/nJYB5dX/VUfQww6lzKS7wLMzK.O\n"
+
+
+@pytest.mark.parametrize("config_key", ["credHelpers", "credsStore"])
+def test_a_docker_credential_helper_logs_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config_key: str
+) -> None:
+    (tmp_path / "htpasswd").write_text(HTPASSWD)
+    auth = f"auth: {{htpasswd: {{realm: asya-test, path: {tmp_path / 'htpasswd'}}}}}\n"
+    helper_log = tmp_path / "helper.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-test"
+    helper.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = get ] || exit 1\n'
+        "read server\n"
+        f'echo "$server" >> {helper_log}\n'
+        'echo \'{"ServerURL": "\'"$server"\'", "Username": "asya", "Secret": "s3cret"}\'\n'
+    )
+    helper.chmod(0o755)
+    component = tmp_path / "c.wasm"
+    component.write_bytes(b"\0asm" + os.urandom(1000))
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    with serve_registry(tmp_path, auth) as (address, _):
+        # No credentials: refused at once, with what to do.
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
+        monkeypatch.delenv("ASYA_REGISTRY_USERNAME", raising=False)
+        monkeypatch.delenv("ASYA_REGISTRY_PASSWORD", raising=False)
+        started = time.monotonic()
+        with pytest.raises(RegistryError, match="asks for a user name and password"):
+            push(component, f"oci://{address}/asya/c:v1", imports=[], exports=[], annotations={})
+        assert time.monotonic() - started < 10
+
+        entry = {address: "test"} if config_key == "credHelpers" else "test"
+        (docker_config / "config.json").write_text(json.dumps({config_key: entry}))
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        ref, digest = push(
+            component, f"oci://{address}/asya/c:v1", imports=[], exports=[], annotations={}
+        )
+        assert str(ref) == f"oci://{address}/asya/c:v1"
+        assert helper_log.read_text().split() == [address]
+        manifest = requests.get(
+            f"http://{address}/v2/asya/c/manifests/v1",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            auth=("asya", "s3cret"),
+            timeout=10,
+        )
+        assert (
+            manifest.headers["Docker-Content-Digest"]
+            == digest
+            == f"sha256:{hashlib.sha256(manifest.content).hexdigest()}"
+        )
+        assert manifest.json()["layers"][0]["digest"] == sha256(component)
+
+        # The environment's credentials come first; wrong ones are an error, not a retry loop.
+        monkeypatch.setenv("ASYA_REGISTRY_USERNAME", "asya")
+        monkeypatch.setenv("ASYA_REGISTRY_PASSWORD", "wrong")
+        started = time.monotonic()
+        with pytest.raises(RegistryError, match="UNAUTHORIZED"):
+            push(component, f"oci://{address}/asya/c:v2", imports=[], exports=[], annotations={})
+        assert time.monotonic() - started < 10
+        assert helper_log.read_text().split() == [address]

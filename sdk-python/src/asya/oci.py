@@ -1,34 +1,47 @@
-"""Pushing components to an OCI registry as CNCF wasm OCI artifacts.
+"""Pushing components to an OCI registry as CNCF wasm OCI artifacts, with oras-py.
 
-Layout (CNCF TAG Runtime "wasm OCI artifact"): an OCI image manifest whose config has media type
-`application/vnd.wasm.config.v0+json` (listing the component's imports and exports) and exactly
-one layer of media type `application/wasm` (the component), with asya's annotations.
+Layout (CNCF TAG Runtime "wasm OCI artifact", what the host's `oci-client` pull accepts): an OCI
+image manifest whose config has media type `application/vnd.wasm.config.v0+json` (listing the
+component's imports and exports) and exactly one layer of media type `application/wasm` (the
+component), with asya's annotations.
 
-Auth: `$ASYA_REGISTRY_USERNAME` / `$ASYA_REGISTRY_PASSWORD`, else the standard docker config file
-(`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, `auths.<registry>.auth`). Basic and
-bearer-token challenges are both handled. Plain HTTP is used only for loopback registries or
-those listed in `$ASYA_INSECURE_REGISTRIES` (comma-separated `host:port`).
+Auth: `$ASYA_REGISTRY_USERNAME` / `$ASYA_REGISTRY_PASSWORD`, else the docker config file
+(`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): `auths.<registry>.auth`, else the
+credential helper of `credHelpers.<registry>` or `credsStore` (`docker-credential-<name> get`).
+Basic and bearer-token challenges are both handled. Plain HTTP is used only for loopback
+registries or those listed in `$ASYA_INSECURE_REGISTRIES` (comma-separated `host:port`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import inspect
 import json
+import logging
 import os
 import re
-from collections.abc import Callable
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import oras.container
+import oras.oci
+import oras.provider
 import requests
+import requests.adapters
 
 CONFIG_MEDIA_TYPE = "application/vnd.wasm.config.v0+json"
 LAYER_MEDIA_TYPE = "application/wasm"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-CHUNK = 1 << 20
+#: Seconds a registry may stay silent (connecting, or between bytes of a response).
+TIMEOUT = 60
+
+log = logging.getLogger(__name__)
 
 
 class RegistryError(Exception):
@@ -78,25 +91,55 @@ def scheme_for(registry: str) -> str:
     return "http" if _is_loopback(registry) or registry in insecure else "https"
 
 
+def _docker_config() -> dict[str, Any]:
+    config_dir = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker"))
+    try:
+        config = json.loads((config_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def credential_helper(helper: str, registry: str) -> tuple[str, str] | None:
+    """Asks `docker-credential-<helper>` for the credentials of `registry` (docker's protocol:
+    the server on stdin, `{"Username": ..., "Secret": ...}` on stdout); None when it has none."""
+    program = f"docker-credential-{helper}"
+    try:
+        proc = subprocess.run(
+            [program, "get"], input=registry, capture_output=True, text=True, timeout=TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("credential helper %s failed: %s", program, exc)
+        return None
+    if proc.returncode != 0:
+        if "not found" not in (proc.stdout + proc.stderr).lower():
+            log.warning("credential helper %s failed: %s", program, proc.stderr.strip())
+        return None
+    try:
+        answer = json.loads(proc.stdout)
+        return str(answer["Username"]), str(answer["Secret"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("credential helper %s answered something other than credentials", program)
+        return None
+
+
 def credentials(registry: str) -> tuple[str, str] | None:
+    """The user name and password for `registry` (see the module docstring), if any."""
     user, password = (
         os.environ.get("ASYA_REGISTRY_USERNAME"),
         os.environ.get("ASYA_REGISTRY_PASSWORD"),
     )
     if user and password:
         return user, password
-    config_dir = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker"))
-    try:
-        config = json.loads((config_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
+    config = _docker_config()
     for key, entry in (config.get("auths") or {}).items():
         if key.removeprefix("https://").removeprefix("http://").rstrip("/") == registry:
-            auth = entry.get("auth")
+            auth = entry.get("auth") if isinstance(entry, dict) else None
             if auth:
                 user, _, password = base64.b64decode(auth).decode().partition(":")
                 return user, password
-    return None
+    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
+    return credential_helper(str(helper), registry) if helper else None
 
 
 def sha256(data: bytes) -> str:
@@ -106,115 +149,59 @@ def sha256(data: bytes) -> str:
 Progress = Callable[[int, int], None]
 
 
-class Registry:
-    """A minimal OCI distribution client for pushing one artifact."""
+class _Timeouts(requests.adapters.HTTPAdapter):
+    """Gives every request of oras' session a timeout (oras sets none)."""
 
-    def __init__(self, registry: str) -> None:
-        self.registry = registry
-        self.base = f"{scheme_for(registry)}://{registry}"
-        self.session = requests.Session()
-        self.creds = credentials(registry)
-        self.token: str | None = None
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        return super().send(request, stream, timeout or TIMEOUT, verify, cert, proxies)
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        headers = dict(kwargs.pop("headers", {}))
-        for attempt in range(2):
-            if self.token:
-                headers["Authorization"] = f"Bearer {self.token}"
-            elif self.creds:
-                user, password = self.creds
-                basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-                headers["Authorization"] = f"Basic {basic}"
-            try:
-                response = self.session.request(method, url, headers=headers, timeout=60, **kwargs)
-            except requests.ConnectionError as exc:
-                raise RegistryError(f"cannot reach registry {self.registry}: {exc}") from None
-            if response.status_code == 401 and attempt == 0 and self._authenticate(response):
-                continue
-            return response
-        return response
 
-    def _authenticate(self, response: requests.Response) -> bool:
-        challenge = response.headers.get("WWW-Authenticate", "")
-        if challenge.lower().startswith("basic"):
-            return False  # credentials were already sent if we had any
-        if not challenge.lower().startswith("bearer"):
-            return False
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        realm = params.pop("realm", None)
-        if not realm:
-            return False
-        auth = self.creds if self.creds else None
-        token_response = self.session.get(realm, params=params, auth=auth, timeout=30)
-        if token_response.status_code != 200:
-            raise RegistryError(
-                f"registry {self.registry} refused a token: HTTP {token_response.status_code}"
-            )
-        body = token_response.json()
-        self.token = body.get("token") or body.get("access_token")
-        return bool(self.token)
+class _Client(oras.provider.Registry):  # type: ignore[misc]
+    """oras' registry client, failing at once: oras retries every failed request five times,
+    sleeping 3 s to 83 s in between (over two minutes for credentials a registry refuses)."""
 
-    def _check(self, response: requests.Response, what: str) -> requests.Response:
-        if response.status_code >= 400:
-            raise RegistryError(
-                f"{what}: HTTP {response.status_code} from {self.registry}: {response.text[:300]}"
-            )
-        return response
+    do_request = inspect.unwrap(oras.provider.Registry.do_request)
 
-    def push_blob(self, repository: str, data: bytes, progress: Progress | None = None) -> str:
-        digest = sha256(data)
-        head = self._request("HEAD", f"{self.base}/v2/{repository}/blobs/{digest}")
-        if head.status_code == 200:
-            if progress:
-                progress(len(data), len(data))
-            return digest
-        start = self._check(
-            self._request("POST", f"{self.base}/v2/{repository}/blobs/uploads/"),
-            f"starting an upload to {repository}",
+
+def _connect(registry: str) -> _Client:
+    """An oras client for `registry`, logged in with `credentials(registry)`."""
+    scheme = scheme_for(registry)
+    try:
+        probe = requests.get(f"{scheme}://{registry}/v2/", timeout=TIMEOUT)
+    except requests.RequestException as exc:
+        raise RegistryError(f"cannot reach registry {registry}: {exc}") from None
+    # oras' token backend answers bearer challenges only; a registry asking for basic auth
+    # (htpasswd) needs its basic backend.
+    basic = probe.headers.get("WWW-Authenticate", "").lower().startswith("basic")
+    client = _Client(
+        hostname=registry, insecure=scheme == "http", auth_backend="basic" if basic else "token"
+    )
+    client.session.mount("https://", _Timeouts())
+    client.session.mount("http://", _Timeouts())
+    creds = credentials(registry)
+    if creds:
+        client.auth.set_basic_auth(*creds)
+    elif basic:
+        raise RegistryError(
+            f"registry {registry} asks for a user name and password: set "
+            f"ASYA_REGISTRY_USERNAME and ASYA_REGISTRY_PASSWORD, or `docker login {registry}`"
         )
-        location = self._location(start)
-        sent = 0
-        while sent < len(data):
-            chunk = data[sent : sent + CHUNK]
-            response = self._check(
-                self._request(
-                    "PATCH",
-                    location,
-                    data=chunk,
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{sent}-{sent + len(chunk) - 1}",
-                    },
-                ),
-                "uploading a chunk",
-            )
-            location = self._location(response)
-            sent += len(chunk)
-            if progress:
-                progress(sent, len(data))
-        sep = "&" if "?" in location else "?"
-        self._check(
-            self._request("PUT", f"{location}{sep}digest={digest}"), "completing the upload"
-        )
-        return digest
+    return client
 
-    def _location(self, response: requests.Response) -> str:
-        location = response.headers.get("Location")
-        if not location:
-            raise RegistryError(f"registry {self.registry} sent no upload location")
-        return location if location.startswith("http") else f"{self.base}{location}"
 
-    def put_manifest(self, ref: Reference, manifest: bytes) -> str:
-        self._check(
-            self._request(
-                "PUT",
-                f"{self.base}/v2/{ref.repository}/manifests/{ref.tag or 'latest'}",
-                data=manifest,
-                headers={"Content-Type": MANIFEST_MEDIA_TYPE},
-            ),
-            f"pushing the manifest of {ref}",
+def _check(response: requests.Response, what: str, registry: str) -> None:
+    if response.status_code not in (200, 201, 202):
+        raise RegistryError(
+            f"{what}: HTTP {response.status_code} from {registry}: {response.text[:300]}"
         )
-        return sha256(manifest)
 
 
 def wasm_config(component: bytes, imports: list[str], exports: list[str]) -> dict[str, Any]:
@@ -243,27 +230,44 @@ def push(
     if ref.digest:
         raise RegistryError("push to a tag (oci://registry/repo:tag), not to a digest")
     component = component_path.read_bytes()
-    registry = Registry(ref.registry)
-    config = json.dumps(wasm_config(component, imports, exports), sort_keys=True).encode()
-    config_digest = registry.push_blob(ref.repository, config)
-    layer_digest = registry.push_blob(ref.repository, component, progress)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "artifactType": CONFIG_MEDIA_TYPE,
-        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": len(config)},
-        "layers": [
-            {
-                "mediaType": LAYER_MEDIA_TYPE,
-                "digest": layer_digest,
-                "size": len(component),
-                "annotations": {"org.opencontainers.image.title": component_path.name},
-            }
-        ],
-        "annotations": {
-            "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            **annotations,
-        },
-    }
-    body = json.dumps(manifest, sort_keys=True).encode()
-    return ref, registry.put_manifest(ref, body)
+    client = _connect(ref.registry)
+    container = oras.container.Container(f"{ref.repository}:{ref.target}", registry=ref.registry)
+    # As parsed here (oras would take a first path component with a dot for a registry).
+    namespace, _, container.repository = ref.repository.rpartition("/")
+    container.registry, container.namespace = ref.registry, namespace or None
+    with tempfile.TemporaryDirectory(prefix="asya-push-") as tmp:
+        config_path = Path(tmp) / "config.json"
+        config_path.write_bytes(
+            json.dumps(wasm_config(component, imports, exports), sort_keys=True).encode()
+        )
+        layer = oras.oci.NewLayer(str(component_path), media_type=LAYER_MEDIA_TYPE)
+        layer["annotations"] = {"org.opencontainers.image.title": component_path.name}
+        config, _ = oras.oci.ManifestConfig(str(config_path), CONFIG_MEDIA_TYPE)
+        manifest = oras.oci.NewManifest()
+        manifest.update(
+            mediaType=MANIFEST_MEDIA_TYPE,
+            artifactType=CONFIG_MEDIA_TYPE,
+            config=config,
+            layers=[layer],
+            annotations={
+                "org.opencontainers.image.created": datetime.now(UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+                **annotations,
+            },
+        )
+        try:
+            if progress:
+                progress(0, len(component))
+            blob = client.upload_blob(str(component_path), container, layer)
+            _check(blob, f"uploading {component_path.name} to {ref}", ref.registry)
+            if progress:
+                progress(len(component), len(component))
+            blob = client.upload_blob(str(config_path), container, config)
+            _check(blob, f"uploading the config of {ref}", ref.registry)
+            response = client.upload_manifest(manifest, container)
+        except (requests.RequestException, ValueError) as exc:
+            raise RegistryError(f"pushing to {ref}: {exc}") from None
+    _check(response, f"pushing the manifest of {ref}", ref.registry)
+    body = response.request.body  # the manifest's exact bytes: its digest
+    return ref, sha256(body if isinstance(body, bytes) else str(body).encode())
