@@ -10,6 +10,7 @@ echo "== lint"
 cargo fmt --all -- --check
 .venv/bin/ruff check sdk-python tests host/benches examples
 .venv/bin/ruff format --check sdk-python tests host/benches examples
+.venv/bin/python -m mypy --config-file sdk-python/pyproject.toml sdk-python/src
 
 echo "== rust tests"
 cargo test --release --locked --workspace

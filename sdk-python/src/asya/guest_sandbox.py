@@ -23,6 +23,7 @@ import socket
 import urllib.error
 import urllib.request
 import urllib.response
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from componentize_py_types import Err
@@ -163,7 +164,8 @@ def send(
 class WasiHTTPHandler(urllib.request.HTTPHandler):
     """`urllib.request` handler for http:// and https:// over `wasi:http`."""
 
-    def http_open(self, req: urllib.request.Request) -> urllib.response.addinfourl:
+    # urllib returns whatever a handler opens; typeshed has HTTPHandler open only HTTPResponse.
+    def http_open(self, req: urllib.request.Request) -> urllib.response.addinfourl:  # type: ignore[override]
         return self._open(req)
 
     def https_open(self, req: urllib.request.Request) -> urllib.response.addinfourl:
@@ -172,11 +174,19 @@ class WasiHTTPHandler(urllib.request.HTTPHandler):
     https_request = urllib.request.AbstractHTTPHandler.do_request_
 
     def _open(self, req: urllib.request.Request) -> urllib.response.addinfourl:
-        data = req.data
-        if data is not None and not isinstance(data, bytes):
-            data = b"".join(data)  # an iterable of bytes, as urllib allows
+        data = req.data  # bytes, a bytes-like object, a file object or an iterable of bytes
+        if data is None or isinstance(data, bytes):
+            body_out = data
+        elif isinstance(data, bytearray | memoryview):
+            body_out = bytes(data)
+        elif hasattr(data, "read"):
+            body_out = data.read()
+        elif isinstance(data, Iterable):
+            body_out = b"".join(data)
+        else:
+            body_out = bytes(data)  # another bytes-like object
         status, headers, body = send(
-            req.get_method(), req.full_url, list(req.header_items()), data, req.timeout
+            req.get_method(), req.full_url, list(req.header_items()), body_out, req.timeout
         )
         message = http.client.HTTPMessage()
         for name, value in headers:

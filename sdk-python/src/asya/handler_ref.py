@@ -86,12 +86,12 @@ def check_source(ref: HandlerRef, path: Path) -> None:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except SyntaxError as exc:
         raise BuildError(f"syntax error in {path}:{exc.lineno}:{exc.offset}: {exc.msg}") from None
-    top: dict[str, ast.AST] = {}
+    top: dict[str, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef] = {}
     dynamic = False
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            top[node.name] = node
-        elif isinstance(node, ast.Import | ast.ImportFrom | ast.Assign | ast.AnnAssign):
+    for stmt in tree.body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            top[stmt.name] = stmt
+        elif isinstance(stmt, ast.Import | ast.ImportFrom | ast.Assign | ast.AnnAssign):
             # Names bound by imports or assignments cannot be checked statically; the adapter
             # checks them when it loads the module at build time.
             dynamic = True

@@ -12,7 +12,7 @@ import json.encoder
 import json.scanner
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 #: Marker in front of load-time errors, so `asya build` can show them plainly.
 BUILD_ERROR_MARKER = "ASYA_BUILD_ERROR: "
@@ -39,7 +39,7 @@ class HandlerFailure(Exception):
         self.original = original
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise LoadError(BUILD_ERROR_MARKER + message)
 
 
@@ -51,10 +51,10 @@ def load_handler(reference: str, module: str, cls: str | None, func: str) -> Cal
     except ModuleNotFoundError as exc:
         _fail(f"handler {reference!r}: cannot import {exc.name!r}: {exc}")
     if cls is None:
-        fn = getattr(mod, func, None)
-        if fn is None or not callable(fn):
+        fn: object = getattr(mod, func, None)
+        if not callable(fn):
             _fail(f"handler {reference!r}: module {module!r} has no function {func!r}")
-        return fn  # type: ignore[return-value]
+        return fn
     klass = getattr(mod, cls, None)
     if not isinstance(klass, type):
         _fail(f"handler {reference!r}: module {module!r} has no class {cls!r}")
@@ -66,11 +66,11 @@ def load_handler(reference: str, module: str, cls: str | None, func: str) -> Cal
                 f"handler {reference!r}: {cls}.__init__ parameter {name!r} has no default; "
                 "the class is constructed once with no arguments"
             )
-    instance = klass()  # type: ignore[misc]
-    fn = getattr(instance, func, None)
-    if fn is None or not callable(fn):
+    instance = klass()
+    method: object = getattr(instance, func, None)
+    if not callable(method):
         _fail(f"handler {reference!r}: class {cls!r} has no method {func!r}")
-    return fn  # type: ignore[return-value]
+    return method
 
 
 def split_reference(reference: str, cls_given: bool) -> tuple[str, str | None, str]:
@@ -104,7 +104,9 @@ def _fast_json() -> tuple[Callable[[str, int], tuple[Any, int]], Callable[[Any],
     them (and an encoder object, for non-default options) on every call, which costs more than
     the parsing itself for the small payloads of a pipeline hop. The encoder is used only if it
     writes exactly what `json.dumps` would; otherwise (another Python) `json.dumps` is."""
-    scan_once = json.scanner.make_scanner(json.JSONDecoder())
+    # typeshed has make_scanner take a scanner; it takes the decoder whose options it copies.
+    decoder: Any = json.JSONDecoder()
+    scan_once = json.scanner.make_scanner(decoder)
     make_encoder = getattr(json.encoder, "c_make_encoder", None)
     if make_encoder is None:
         return scan_once, None

@@ -185,6 +185,9 @@ def load_actors(directory: Path) -> list[ActorManifest]:
             errors += [f"{path}: {who}: {field}: {rule}" for field, rule in problems]
             if problems:
                 continue
+            if not isinstance(name, str):  # the schema requires it; for the type checker
+                errors.append(f"{path}: {who}: metadata.name: is required")
+                continue
             spec = doc["spec"]
             handler = spec.get("handler")
             if not handler:

@@ -23,7 +23,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,18 +153,14 @@ class _Timeouts(requests.adapters.HTTPAdapter):
     """Gives every request of oras' session a timeout (oras sets none)."""
 
     def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
-        verify: bool | str = True,
-        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
-        proxies: Mapping[str, str] | None = None,
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
     ) -> requests.Response:
-        return super().send(request, stream, timeout or TIMEOUT, verify, cert, proxies)
+        if len(args) < 2 and kwargs.get("timeout") is None:
+            kwargs["timeout"] = TIMEOUT
+        return super().send(request, *args, **kwargs)
 
 
-class _Client(oras.provider.Registry):  # type: ignore[misc]
+class _Client(oras.provider.Registry):
     """oras' registry client, failing at once: oras retries every failed request five times,
     sleeping 3 s to 83 s in between (over two minutes for credentials a registry refuses)."""
 

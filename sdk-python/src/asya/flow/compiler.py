@@ -492,7 +492,7 @@ class _FlowBuilder:
             self.join_scopes(join, end)
         return join
 
-    def while_statement(self, stmt: ast.While, cur: Block) -> Block:
+    def while_statement(self, stmt: ast.While, cur: Block) -> Block | None:
         if stmt.orelse:
             self.fail(
                 stmt.orelse[0],

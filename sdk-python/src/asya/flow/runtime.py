@@ -227,12 +227,13 @@ class Flow:
         if block == self.start:
             state: dict[str, Any] = {"keep": len(following), "vars": {}, "loops": {}, "iters": {}}
         else:
-            state = states.get(self.name)
-            if not isinstance(state, dict):
+            carried = states.get(self.name)
+            if not isinstance(carried, dict):
                 raise FlowError(
                     f"flow {self.name}: the envelope carries no state for this flow "
                     f"(header {FLOW_HEADER}); was it sent to a router directly?"
                 )
+            state = carried
         keep = int(state.get("keep", len(following)))
         # A sub-flow runs with a longer tail than its caller; when the caller runs again, any
         # such state is left over from a sub-flow that an exception cut short.
