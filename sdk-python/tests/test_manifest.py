@@ -5,6 +5,7 @@ the field and the rule."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -59,49 +60,52 @@ def error_of(tmp_path: Path, body: str, **kw: str) -> str:
     [
         (
             "metadata: {name: a}\nspec: {handler: m.f, resiliency: {actorTimeout: 5 seconds}}",
-            "actor 'a': spec.resiliency.actorTimeout: must be a duration",
+            r"actor 'a': spec\.resiliency\.actorTimeout: must be a duration",
         ),
         (
             "metadata: {name: a}\nspec: {handler: m.f, sandbox: {cpuTimeout: [5]}}",
-            "actor 'a': spec.sandbox.cpuTimeout: must be a duration",
+            r"actor 'a': spec\.sandbox\.cpuTimeout: must be a duration",
         ),
         (
             "metadata: {name: a}\n"
             "spec: {handler: m.f, resiliency: {policies: {default: {maxAttempts: -1}}}}",
-            "actor 'a': spec.resiliency.policies.default.maxAttempts: -1 is less than the minimum",
+            r"actor 'a': spec\.resiliency\.policies\.default\.maxAttempts: "
+            r"(-1 is less than the minimum of 1|must be at least 1)",
         ),
         (
             "metadata: {name: x-sink}\nspec: {handler: m.f}",
-            "actor 'x-sink': metadata.name: is reserved for the host's built-in actors",
+            "actor 'x-sink': metadata\\.name: is reserved for the host's built-in actors",
         ),
         (
             "metadata: {name: Not_A_Name}\nspec: {handler: m.f}",
-            "actor 'Not_A_Name': metadata.name: must be 1-63 lowercase letters",
+            "actor 'Not_A_Name': metadata\\.name: must be 1-63 lowercase letters",
         ),
         (
             "metadata: {name: a}\nspec: {handler: m.f, runtime: jvm}",
-            "actor 'a': spec.runtime: 'jvm' is not one of",
+            r"actor 'a': spec\.runtime: ('jvm' is not one of|must )",
         ),
         (
             "metadata: {name: a}\nspec: {handler: m.f, tolerations: [{effect: Sometimes}]}",
-            "actor 'a': spec.tolerations[0].effect: 'Sometimes' is not one of",
+            r"actor 'a': spec\.tolerations\[0\]\.effect: ('Sometimes' is not one of|must )",
         ),
         (
             "metadata: {name: a}\nspec: {handler: m.f, sandbox: {memory: [1]}}",
-            "actor 'a': spec.sandbox.memory: [1] is not of type 'integer', 'string'",
+            r"actor 'a': spec\.sandbox\.memory: "
+            r"(\[1\] is not of type 'integer', 'string'|must be a byte size)",
         ),
         (
             "metadata: {name: a}\nspec: {handler: m.f, resiliency: {rules: [{errors: [E]}]}}",
-            "actor 'a': spec.resiliency.rules[0].policy: is required",
+            r"actor 'a': spec\.resiliency\.rules\[0\]\.policy: is required",
         ),
-        ("metadata: {}\nspec: {handler: m.f}", "AsyncActor #1: metadata.name: is required"),
-        ("metadata: {name: a}", "actor 'a': spec: is required"),
-        ("metadata: {name: a}\nspec: {mode: payload}", "actor 'a': spec.handler: is required"),
+        ("metadata: {}\nspec: {handler: m.f}", r"AsyncActor #1: metadata\.name: is required"),
+        ("metadata: {name: a}", r"actor 'a': spec: is required"),
+        ("metadata: {name: a}\nspec: {mode: payload}", r"actor 'a': spec\.handler: is required"),
     ],
 )
 def test_each_mistake_names_the_field(tmp_path: Path, body: str, expected: str) -> None:
     message = error_of(tmp_path, body)
-    assert expected in message, message
+    # The rule as the schema words it (the generated schema may word some differently).
+    assert re.search(expected, message), message
     assert len(message.splitlines()) == 1, message
 
 
