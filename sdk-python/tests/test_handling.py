@@ -49,3 +49,60 @@ def test_parse_input_reads_json_and_explains_what_is_not() -> None:
     assert handling.parse_input(' {"padded": 1} ') == {"padded": 1}
     with pytest.raises(handling.HandlerFailure, match="input is not JSON"):
         handling.parse_input("{not json")
+
+
+class MyError(ValueError):
+    """A handler's own error class (module `handlers` in the test below)."""
+
+
+def _record(exc: BaseException) -> dict[str, Any]:
+    try:
+        raise exc
+    except BaseException as raised:
+        return handling.failure(raised, skip_frames=0).fields
+
+
+def test_error_type_and_mro_are_written_as_asya_writes_them() -> None:
+    import requests
+
+    MyError.__module__ = "handlers"
+    try:
+        builtin = _record(ValueError("v"))
+        mine = _record(MyError("m"))
+        http = _record(requests.exceptions.HTTPError("h"))
+        key = _record(KeyError("k"))
+    finally:
+        MyError.__module__ = __name__
+    assert (builtin["type"], builtin["mro_names"]) == ("ValueError", ["Exception"])
+    assert (mine["type"], mine["mro_names"]) == ("handlers.MyError", ["ValueError", "Exception"])
+    assert http["type"] == "requests.exceptions.HTTPError"
+    assert http["mro_names"] == ["requests.exceptions.RequestException", "OSError", "Exception"]
+    assert (key["type"], key["mro_names"]) == ("KeyError", ["LookupError", "Exception"])
+    assert mine["message"] == "m" and "MyError: m" in mine["traceback"]
+
+
+def test_nested_classes_keep_their_qualname_and_base_exception_subclasses_work() -> None:
+    class Outer:
+        class Inner(Exception):
+            pass
+
+    record = _record(Outer.Inner("x"))
+    assert record["type"] == f"{__name__}.{Outer.Inner.__qualname__}"
+    assert record["type"].endswith("Outer.Inner")
+    assert record["mro_names"] == ["Exception"]
+    assert _record(KeyboardInterrupt())["mro_names"] == []
+    assert handling.type_error("t").fields["mro_names"] == ["Exception"]
+
+
+def test_a_carried_error_record_is_reported_as_that_error() -> None:
+    exc = RuntimeError("wrapper")
+    setattr(
+        exc,
+        handling.ERROR_RECORD_ATTR,
+        {"type": "handlers.MyError", "message": "original", "mro": ["ValueError", "Exception"]},
+    )
+    record = _record(exc)
+    assert record["type"] == "handlers.MyError"
+    assert record["message"] == "original"
+    assert record["mro_names"] == ["ValueError", "Exception"]
+    assert "RuntimeError: wrapper" in record["traceback"]

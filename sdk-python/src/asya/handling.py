@@ -23,7 +23,8 @@ class LoadError(Exception):
 
 
 class HandlerFailure(Exception):
-    """A call failed; `fields` is the error record (type, message, mro_names, traceback)."""
+    """A call failed; `fields` is the error record (type, message, mro_names, traceback): see
+    `error_type_name` and `mro_names` for how classes are named."""
 
     def __init__(
         self,
@@ -81,8 +82,27 @@ def split_reference(reference: str, cls_given: bool) -> tuple[str, str | None, s
     return ".".join(parts[:-1]), None, parts[-1]
 
 
-def _mro(exc: BaseException) -> list[str]:
-    return [c.__name__ for c in type(exc).__mro__ if c not in (BaseException, object)]
+#: An exception carrying this attribute (a dict with `type`, `message`, `mro`, `traceback`) is
+#: reported with that record instead of its own class: how a flow router re-raises the error of
+#: an actor (`raise` in an `except` clause, the end of a `finally`) as that error.
+ERROR_RECORD_ATTR = "_asya_error"
+
+
+def error_type_name(cls: type) -> str:
+    """A class as Asya writes it in `error.type` and `error.mro`: the bare name for builtins
+    (`ValueError`), `module.Qualname` for every other class (`requests.exceptions.HTTPError`,
+    `handlers.MyError`)."""
+    module = getattr(cls, "__module__", None)
+    qualname = getattr(cls, "__qualname__", None) or cls.__name__
+    if not module or module == "builtins":
+        return str(qualname)
+    return f"{module}.{qualname}"
+
+
+def mro_names(cls: type) -> list[str]:
+    """The bases of an exception class, nearest first, without the class itself, `object` and
+    `BaseException` (`KeyError` -> `["LookupError", "Exception"]`)."""
+    return [error_type_name(c) for c in cls.__mro__[1:] if c not in (BaseException, object)]
 
 
 def failure(exc: BaseException, skip_frames: int = 1) -> HandlerFailure:
@@ -92,11 +112,20 @@ def failure(exc: BaseException, skip_frames: int = 1) -> HandlerFailure:
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return HandlerFailure(type(exc).__name__, str(exc), _mro(exc), text, exc)
+    record = getattr(exc, ERROR_RECORD_ATTR, None)
+    if isinstance(record, dict) and record.get("type"):
+        return HandlerFailure(
+            str(record["type"]),
+            str(record.get("message") or ""),
+            [str(m) for m in record.get("mro") or []],
+            str(record.get("traceback") or text),
+            exc,
+        )
+    return HandlerFailure(error_type_name(type(exc)), str(exc), mro_names(type(exc)), text, exc)
 
 
 def type_error(message: str) -> HandlerFailure:
-    return HandlerFailure("TypeError", message, ["TypeError", "Exception"], "")
+    return HandlerFailure("TypeError", message, mro_names(TypeError), "")
 
 
 def _fast_json() -> tuple[Callable[[str, int], tuple[Any, int]], Callable[[Any], str] | None]:
