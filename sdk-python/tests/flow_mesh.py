@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import sys
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from asya.flow import compile_file
 from asya.flow.compiler import kebab
+from asya.handling import failure
 
 SINK, SUMP, FANIN = "x-sink", "x-sump", "x-fanin"
 
@@ -37,17 +37,15 @@ class Mesh:
             "ASYA_HANDLER_" + kebab(name).upper().replace("-", "_"): f"handlers.{name}"
             for name in handlers
         }
-        sys.path.insert(0, str(out))
-        try:
-            runtime = importlib.import_module("_asya_flow")
-            importlib.reload(runtime)
-            spec = importlib.util.spec_from_file_location(f"routers_{id(self)}", out / "routers.py")
-            assert spec and spec.loader
-            self.routers = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(self.routers)
-        finally:
-            sys.path.remove(str(out))
-        self.runtime = runtime
+        # routers.py is self-contained: nothing else of the output directory is importable.
+        assert sorted(p.name for p in out.glob("*.py")) == ["routers.py"]
+        spec = importlib.util.spec_from_file_location("routers", out / "routers.py")
+        assert spec and spec.loader
+        self.routers = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.routers)
+        assert "asya" not in {m.split(".")[0] for m in _imports(self.routers)}
+        # The inlined runtime: its names are the routers module's own.
+        self.runtime = self.routers
         self.router_names = set(self.compiled.routers)
         self.hops: list[str] = []
         self.calls: list[str] = []
@@ -114,10 +112,16 @@ class Mesh:
                     return [self._end(env, SINK)]
                 env["payload"] = result
         except Exception as exc:
-            mro = [c.__name__ for c in type(exc).__mro__ if c not in (BaseException, object)]
+            # The record the guest writes (asya.handling), as the host passes it on.
+            fields = failure(exc, skip_frames=0).fields
             env["status"] = {
                 "phase": "failed",
-                "error": {"type": type(exc).__name__, "message": str(exc), "mro": mro},
+                "error": {
+                    "type": fields["type"],
+                    "message": fields["message"],
+                    "mro": fields["mro_names"],
+                    "traceback": fields["traceback"],
+                },
             }
             return [self._fail(actor, env)]
         env.setdefault("status", {}).pop("error", None)
@@ -143,12 +147,7 @@ class Mesh:
             names = frames[i]["errors"]
             if frames[i].get("resume") == actor:
                 continue  # the flow's own router failed: it handled its try blocks itself
-            if (
-                "*" in names
-                or "Exception" in names
-                or error["type"] in names
-                or set(error["mro"]) & set(names)
-            ):
+            if "*" in names or "Exception" in names or _matches(names, error):
                 keep = frames[i]["keep"]
                 route = env["route"]
                 nxt = route["next"][len(route["next"]) - keep :] if keep else []
@@ -230,3 +229,23 @@ def _set(payload: Any, path: list[Any], value: Any) -> None:
     for key in path[:-1]:
         node = node.setdefault(key, {}) if isinstance(node, dict) else node[key]
     node[path[-1]] = value
+
+
+def _matches(names: list[str], error: dict[str, Any]) -> bool:
+    """The host's rule: a frame's class name matches the error's type or an MRO entry in either
+    form (`MyError` matches `handlers.MyError`)."""
+    entries = [error["type"], *error.get("mro", [])]
+    return any(n == e or e.endswith("." + n) or n.endswith("." + e) for n in names for e in entries)
+
+
+def _imports(module: Any) -> set[str]:
+    import ast
+
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found

@@ -201,7 +201,7 @@ def test_the_iteration_guard_stops_runaway_loops(tmp_path: Path) -> None:
     mesh = Mesh(tmp_path, source, {"inc": inc}, max_iterations=25)
     end, env = mesh.run({"go": True})
     assert end == "x-sump"
-    assert env["status"]["error"]["type"] == "FlowLoopLimitExceeded"
+    assert env["status"]["error"]["type"] == "routers.FlowLoopLimitExceeded"
     assert mesh.calls == ["inc"] * 25
 
 
@@ -396,6 +396,8 @@ def test_fan_out_item_returning_none_gives_none(tmp_path: Path) -> None:
 def test_sub_flows_and_the_callers_route_survive(tmp_path: Path) -> None:
     source = flow(
         """
+        __flows__ = ["inner", "outer"]  # both are flows: outer calls inner as a sub-flow
+
         def inner(p):
             p = a(p)
             try:
@@ -446,7 +448,7 @@ def test_a_flow_is_plain_python_and_runs_as_is() -> None:
         ("p['a'], p['b'] = x(p)", "tuple targets", "separately"),
         ("p = f(g(p))", "nested calls", "one actor per statement"),
         ("c = Model(3)\n    p = c.run(p)", "constructed with arguments", "default"),
-        ("import json", "cannot import", "handlers"),
+        ("import json", "cannot import", "module level"),
         ("global counter", "'global' is not supported", "payload"),
         ("p['x'] = threshold", "free variable 'threshold'", "p['threshold']"),
         ("x = 1", "keeps no variables", "p['x']"),
@@ -455,7 +457,7 @@ def test_a_flow_is_plain_python_and_runs_as_is() -> None:
         ("p = f(p['x'])", "whole payload", "fan out"),
         ("while True:\n        p = f(p)", "can never exit", "break"),
         ("p['x'] = f(p) + 1", "nested inside expressions", ""),
-        ("try:\n        p = f(p)\n    finally:\n        p['x'] = 1", "finally", ""),
+        ("raise", "only allowed inside an except clause", "handler"),
         ("p.x = 1", "attribute assignment", ""),
         ("p['k'] = (y := 2)", "':='", ""),
     ],
@@ -474,10 +476,17 @@ def test_unsupported_constructs_are_rejected_with_location(
 
 
 def test_module_level_code_and_bad_signatures_are_rejected() -> None:
-    with pytest.raises(FlowCompileError, match="module level"):
-        compile_source("LIMIT = 3\ndef f(p):\n    return p\n", "x.py")
+    with pytest.raises(FlowCompileError, match="cannot be computed") as info:
+        compile_source(
+            "import time\nNOW = time.time()\ndef f(p):\n    p['t'] = NOW\n    return p\n"
+        )
+    assert (info.value.line, info.value.column) == (4, 14)
     with pytest.raises(FlowCompileError, match="exactly one parameter"):
         compile_source("def f(p, q):\n    return p\n", "x.py")
+    with pytest.raises(FlowCompileError, match="no flow function found"):
+        compile_source("X = 1\n", "x.py")
+    with pytest.raises(FlowCompileError, match="exactly one parameter"):
+        compile_source("__flows__ = ['f']\ndef f(p, q):\n    return p\n", "x.py")
     with pytest.raises(FlowCompileError, match="not valid Python"):
         compile_source("def f(p):\n    return (\n", "x.py")
     with pytest.raises(FlowCompileError, match="calls itself"):
@@ -518,8 +527,9 @@ def test_cli_compile_validate_and_plot(tmp_path: Path, repo: Path) -> None:
     args = ["flow", "compile", str(source), "--output-dir", str(out), "--plot", "--verbose"]
     result = runner.invoke(main, [*args, "--actors", str(source.parent / "actors")])
     assert result.exit_code == 0, result.output
-    for name in ("routers.py", "_asya_flow.py", "flow.dot", "flow.svg", "flow.png"):
+    for name in ("routers.py", "flow.dot", "flow.svg", "flow.png"):
         assert (out / name).is_file(), name
+    assert not (out / "_asya_flow.py").exists(), "routers.py is self-contained"
     assert (out / "flow.png").read_bytes()[:4] == b"\x89PNG"
     manifests = (out / "actors" / "review-flow.yaml").read_text()
     assert "ASYA_HANDLER_ENGLISH_SENTIMENT: handlers.english_sentiment" in manifests
@@ -586,7 +596,7 @@ def test_for_loops_have_the_iteration_guard(tmp_path: Path) -> None:
     )
     end, env = Mesh(tmp_path, source, {}, max_iterations=10).run({"n": 50})
     assert end == "x-sump"
-    assert env["status"]["error"]["type"] == "FlowLoopLimitExceeded"
+    assert env["status"]["error"]["type"] == "routers.FlowLoopLimitExceeded"
     _, env = Mesh(tmp_path, source, {}, max_iterations=10).run({"n": 10})
     assert env["payload"]["s"] == 45
 
@@ -594,6 +604,8 @@ def test_for_loops_have_the_iteration_guard(tmp_path: Path) -> None:
 def test_a_sub_flow_cut_short_by_an_exception_leaves_no_state(tmp_path: Path) -> None:
     source = flow(
         """
+        __flows__ = ("inner", "outer")
+
         def inner(p):
             p = boom(p)
             return p
@@ -648,8 +660,17 @@ def test_loop_variables_builtins_and_chained_payload_methods(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("def a(p):\n    p = b(p)\n    return p\ndef b(p):\n    p = a(p)\n    return p\n", "cycle"),
-        ("def review_flow(p):\n    return p\ndef reviewFlow(p):\n    return p\n", "share"),
+        (
+            "__flows__ = ['a', 'b']\n"
+            "def a(p):\n    p = b(p)\n    return p\ndef b(p):\n    p = a(p)\n    return p\n",
+            "cycle",
+        ),
+        (
+            "__flows__ = ['review_flow', 'reviewFlow']\n"
+            "def review_flow(p):\n    return p\ndef reviewFlow(p):\n    return p\n",
+            "share",
+        ),
+        ("__flows__ = ['nope']\ndef f(p):\n    return p\n", "not a top-level function"),
         ("def f(_rt):\n    return _rt\n", "may not be named"),
         ("def f(p):\n    p['x'] = 1\n    return\n", "returns its payload"),
         ("def f(p):\n    p['x'] = 1\n", "without returning"),

@@ -23,6 +23,8 @@ from rich.progress import (
 
 from . import __version__
 from .build import MODES, BuildResult, build
+from .flow.codegen import DEFAULT_LABEL_WIDTH
+from .flow.compiler import FlowProgram
 from .handler_ref import BuildError
 from .host import find_host_binary
 from .manifest import ActorManifest, load_pipeline
@@ -333,10 +335,6 @@ def send_command(
     sys.exit(subprocess.call(cmd))
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.group("flow")
 def flow_group() -> None:
     """Compile plain-Python flows into router actors."""
@@ -347,14 +345,33 @@ def _flow_error(exc: Exception) -> None:
     sys.exit(1)
 
 
+_LOOP_CHECK_HELP = (
+    "Skip infinite loop detection (a `while True:` without break or return compiles; the "
+    "run-time iteration guard, --max-iterations, still bounds every loop)."
+)
+
+
+def _flow_warnings(program: FlowProgram) -> None:
+    for warning in program.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
+
+
 @flow_group.command("validate")
 @click.argument("flow_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-def flow_validate_command(flow_file: Path) -> None:
+@click.option("--disable-infinite-loop-check", is_flag=True, help=_LOOP_CHECK_HELP)
+@click.option("-v", "--verbose", is_flag=True, help="Show constants and every router.")
+def flow_validate_command(
+    flow_file: Path, disable_infinite_loop_check: bool, verbose: bool
+) -> None:
     """Check FLOW_FILE without writing anything."""
     from .flow import FlowCompileError, compile_source
 
     try:
-        program = compile_source(flow_file.read_text(encoding="utf-8"), str(flow_file))
+        program = compile_source(
+            flow_file.read_text(encoding="utf-8"),
+            str(flow_file),
+            check_infinite_loops=not disable_infinite_loop_check,
+        )
     except FlowCompileError as exc:
         _flow_error(exc)
         return
@@ -363,6 +380,21 @@ def flow_validate_command(flow_file: Path) -> None:
             f"[green]ok[/] {flow.name}: {len(flow.entries)} routers, "
             f"calls {', '.join(flow.handlers + flow.subflows) or 'no actors'}"
         )
+    if verbose:
+        _flow_details(program)
+    _flow_warnings(program)
+
+
+def _flow_details(program: FlowProgram) -> None:
+    for name, value in program.constants.items():
+        console.print(f"  constant {name} = {value!r}", highlight=False)
+    for var, env_value in program.env_reads.items():
+        shown = "unset: the default" if env_value is None else f"= {env_value!r}"
+        console.print(f"  environment {var} ({shown})", highlight=False)
+    for flow in program.flows:
+        for block_id in flow.entries:
+            actor, _ = flow.routers[block_id]
+            console.print(f"  router {actor} (line {flow.blocks[block_id].line})")
 
 
 @flow_group.command("compile")
@@ -374,9 +406,18 @@ def flow_validate_command(flow_file: Path) -> None:
     help="Where routers.py, flow.dot and the manifests go.",
 )
 @click.option("--plot", is_flag=True, help="Also render flow.dot to SVG and PNG (Graphviz).")
-@click.option("--plot-width", type=int, default=None, help="Width of the plot in pixels.")
+@click.option(
+    "--plot-width",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LABEL_WIDTH,
+    show_default=True,
+    help="Maximum width of node labels, in characters (longer labels are wrapped).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--verbose", is_flag=True, help="Show every router and how handlers resolve.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show every router, constant and handler resolution."
+)
+@click.option("--disable-infinite-loop-check", is_flag=True, help=_LOOP_CHECK_HELP)
 @click.option(
     "--actors",
     "actors_dir",
@@ -394,14 +435,15 @@ def flow_compile_command(
     flow_file: Path,
     output_dir: Path,
     plot: bool,
-    plot_width: int | None,
+    plot_width: int,
     overwrite: bool,
     verbose: bool,
+    disable_infinite_loop_check: bool,
     actors_dir: Path | None,
     namespace: str | None,
     max_iterations: int,
 ) -> None:
-    """Compile FLOW_FILE into router actors."""
+    """Compile FLOW_FILE into router actors (routers.py, flow.dot, manifests)."""
     from .flow import FlowCompileError, compile_file
     from .flow import plot as render_plot
     from .manifest import load_actors
@@ -417,11 +459,13 @@ def flow_compile_command(
             known_actors=known,
             namespace=namespace,
             max_iterations=max_iterations,
+            check_infinite_loops=not disable_infinite_loop_check,
+            label_width=plot_width,
         )
         plots = []
         if plot:
             for fmt in ("svg", "png"):
-                plots.append(render_plot(output_dir / "flow.dot", fmt, plot_width))
+                plots.append(render_plot(output_dir / "flow.dot", fmt))
     except (FlowCompileError, LookupError, FileExistsError, FileNotFoundError, BuildError) as exc:
         _flow_error(exc)
         return
@@ -430,12 +474,19 @@ def flow_compile_command(
         return
     for flow in compiled.program.flows:
         console.print(f"[green]compiled[/] {flow.name}: {len(flow.entries)} routers")
-        if verbose:
-            for block_id in flow.entries:
-                actor, _ = flow.routers[block_id]
-                console.print(f"  router {actor} (line {flow.blocks[block_id].line})")
     if verbose:
+        _flow_details(compiled.program)
         for h in compiled.handlers:
             console.print(f"  handler {h.name} -> actor {h.actor} ({h.env}={h.handler})")
-    for path in [*compiled.files, *plots]:
-        console.print(f"  wrote {path}")
+    console.print(escape(f"[+] Successfully compiled flow to: {output_dir / 'routers.py'}"))
+    console.print(escape(f"[+] Generated graphviz dot file: {output_dir / 'flow.dot'}"))
+    for path in plots:
+        console.print(escape(f"[+] Generated graphviz {path.suffix[1:]} plot: {path}"))
+    if verbose:
+        for path in compiled.files:
+            console.print(f"  wrote {path}")
+    _flow_warnings(compiled.program)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .codegen import (
-    RUNTIME_MODULE,
+    DEFAULT_LABEL_WIDTH,
     HandlerActor,
     dot_source,
     handler_actors,
@@ -47,15 +48,24 @@ def compile_file(
     known_actors: dict[str, str] | None = None,
     namespace: str | None = None,
     max_iterations: int = 0,
+    check_infinite_loops: bool = True,
+    label_width: int = DEFAULT_LABEL_WIDTH,
+    environ: Mapping[str, str] | None = None,
 ) -> CompiledFlows:
-    """Compiles the flows of `source` into `output_dir`: `routers.py` (+ its runtime module),
-    `flow.dot`, `actors/<flow>.yaml` and `handlers.yaml`."""
-    program = compile_source(source.read_text(encoding="utf-8"), str(source), max_iterations)
+    """Compiles the flow(s) of `source` into `output_dir`: `routers.py` (self-contained: the
+    router runtime is inlined), `flow.dot` (labels wrapped at `label_width` characters),
+    `actors/<flow>.yaml` and `handlers.yaml`."""
+    program = compile_source(
+        source.read_text(encoding="utf-8"),
+        str(source),
+        max_iterations,
+        check_infinite_loops=check_infinite_loops,
+        environ=environ,
+    )
     handlers = handler_actors(program, known_actors)
     outputs: dict[str, str] = {
         "routers.py": routers_source(program, source.name),
-        f"{RUNTIME_MODULE}.py": (Path(__file__).parent / "runtime.py").read_text(encoding="utf-8"),
-        "flow.dot": dot_source(program),
+        "flow.dot": dot_source(program, label_width),
         "handlers.yaml": handlers_listing(program, handlers),
     }
     for name, text in router_manifests(program, handlers, namespace).items():
@@ -67,6 +77,8 @@ def compile_file(
                 f"{output_dir} already holds {', '.join(sorted(clashes))}; pass --overwrite"
             )
     written = []
+    # Older compilers wrote the runtime next to routers.py; routers.py no longer imports it.
+    (output_dir / "_asya_flow.py").unlink(missing_ok=True)
     for name, text in outputs.items():
         path = output_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,15 +88,12 @@ def compile_file(
     return CompiledFlows(program, output_dir, written, handlers)
 
 
-def plot(dot_file: Path, fmt: str = "svg", width: int | None = None) -> Path:
+def plot(dot_file: Path, fmt: str = "svg") -> Path:
     """Renders `flow.dot` with Graphviz's `dot` (installed by scripts/setup.sh)."""
     dot = shutil.which("dot")
     if dot is None:
         raise FileNotFoundError("Graphviz `dot` is not installed (scripts/setup.sh installs it)")
     out = dot_file.with_suffix(f".{fmt}")
     cmd = [dot, f"-T{fmt}", str(dot_file), "-o", str(out)]
-    if width:
-        cmd.insert(1, f"-Gsize={width / 96:.2f},1000")
-        cmd.insert(1, "-Gdpi=96")
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out

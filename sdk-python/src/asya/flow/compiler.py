@@ -23,7 +23,12 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from .module import ModuleScope, NotConstant, literal_source, scan_module
 
 #: Builtins a flow's expressions must not call: I/O, code execution and introspection of the
 #: router's own namespace. Every other builtin (len, sorted, pow, ...) may be used.
@@ -162,6 +167,12 @@ class FlowProgram:
     path: str
     flows: list[Flow]
     max_iterations: int = DEFAULT_MAX_ITERATIONS
+    #: Module-level constants the flows use, as inlined (name -> value).
+    constants: dict[str, Any] = field(default_factory=dict)
+    #: Environment variables read by the constants (name -> value, None when unset).
+    env_reads: dict[str, str | None] = field(default_factory=dict)
+    #: Things that compile but look wrong (a loop whose condition nothing in it changes).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def handlers(self) -> list[str]:
@@ -190,13 +201,39 @@ class _Loop:
     break_to: str
     cleanup: list[str]
     has_break: bool = False
+    #: How many `finally` blocks were open when the loop started (break/continue run the rest).
+    finally_depth: int = 0
+
+
+@dataclass
+class _Finally:
+    """An open `try ... finally`: its body runs on every way out of the try statement."""
+
+    body: list[ast.stmt]
+    #: The try frames outside the statement (those the finally code runs under).
+    frames: list[tuple[str, list[str]]]
+
+
+#: Methods of a dict: on a dict (or TypedDict) state, `p.get(...)` is a method call.
+DICT_METHODS = frozenset(n for n in dir(dict) if not n.startswith("_"))
 
 
 class _FlowBuilder:
-    def __init__(self, path: str, fn: ast.FunctionDef | ast.AsyncFunctionDef, flows: set[str]):
+    def __init__(
+        self,
+        path: str,
+        fn: ast.FunctionDef | ast.AsyncFunctionDef,
+        flows: set[str],
+        module: ModuleScope | None = None,
+        check_loops: bool = True,
+    ):
         self.path = path
         self.fn = fn
         self.flows = flows
+        self.module = module or ModuleScope(path=path, environ={})
+        self.check_loops = check_loops
+        self.warnings: list[str] = []
+        self.constants_used: dict[str, Any] = {}
         args = fn.args
         if (
             len(args.args) != 1
@@ -211,8 +248,10 @@ class _FlowBuilder:
                 f"flow {fn.name!r} must take exactly one parameter, the payload",
                 f"def {fn.name}(p: dict) -> dict:",
             )
-        if fn.decorator_list:
-            self.fail(fn.decorator_list[0], "flows cannot be decorated")
+        for decorator in fn.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if ast.unparse(target).split(".")[-1] != "flow":
+                self.fail(decorator, "flows cannot be decorated (other than @flow)")
         self.param = args.args[0].arg
         if self.param.startswith("_"):
             self.fail(
@@ -221,13 +260,86 @@ class _FlowBuilder:
                 "names starting with '_' belong to the generated routers; use p",
             )
         self.blocks: dict[str, Block] = {}
-        self.instances: dict[str, str] = {}
+        # Class handlers bound at module level (`classifier = TextClassifier()`) are usable too.
+        self.instances: dict[str, str] = dict(self.module.instances)
         self.handlers: list[str] = []
         self.subflows: list[str] = []
         self.loops: list[_Loop] = []
+        self.finally_stack: list[_Finally] = []
+        #: State keys holding the error each enclosing except clause handles (for bare `raise`).
+        self.handling: list[str] = []
         self.has_return = False
         self.end = self.new_block(fn.end_lineno or fn.lineno, "end")
         self.end.term = End()
+        # A dataclass or pydantic state: `state.x` is the payload's key "x"; its class's literal
+        # defaults fill in missing keys when the flow starts, as constructing it would.
+        self.attribute_state = self.module.attribute_state(fn)
+        self.state_defaults: dict[str, Any] = {}
+        if self.attribute_state:
+            cls = self.module.state_class(fn)
+            if cls is not None:
+                self.state_defaults = self.module.state_defaults(cls)
+        self.statements = self.prepare(fn)
+
+    # the flow's source, made concrete
+
+    def prepare(self, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.stmt]:
+        """The flow's body with module-level constants inlined as literals and, for a state with
+        fields, `state.x` written as `state["x"]`."""
+        bound = {self.param}
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+                bound.add(node.id)
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                bound.add(node.name)
+        builder = self
+
+        class Rewrite(ast.NodeTransformer):
+            def visit_Call(self, node: ast.Call) -> ast.AST:
+                # A call target stays a name: `f(p)` is an actor, never an inlined constant.
+                if not isinstance(node.func, ast.Name):
+                    node.func = self.visit(node.func)
+                node.args = [self.visit(a) for a in node.args]
+                node.keywords = [self.visit(k) for k in node.keywords]
+                return node
+
+            def visit_Name(self, node: ast.Name) -> ast.AST:
+                if (
+                    isinstance(node.ctx, ast.Load)
+                    and node.id not in bound
+                    and node.id in builder.module.constants
+                ):
+                    value = builder.module.constants[node.id]
+                    builder.constants_used[node.id] = value
+                    try:
+                        source = literal_source(value, node)
+                    except NotConstant as exc:
+                        builder.fail(node, f"constant {node.id!r}: {exc.why}")
+                    literal = ast.parse(source, mode="eval").body
+                    for sub in ast.walk(literal):
+                        ast.copy_location(sub, node)
+                    return literal
+                return node
+
+            def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+                if (
+                    builder.attribute_state
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == builder.param
+                ):
+                    index = ast.Subscript(
+                        value=ast.Name(id=builder.param, ctx=ast.Load()),
+                        slice=ast.Constant(node.attr),
+                        ctx=node.ctx,
+                    )
+                    for sub in ast.walk(index):
+                        ast.copy_location(sub, node)
+                    return index
+                self.generic_visit(node)
+                return node
+
+        body = [Rewrite().visit(stmt) for stmt in fn.body]
+        return [ast.fix_missing_locations(stmt) for stmt in body]
 
     # blocks
 
@@ -244,7 +356,11 @@ class _FlowBuilder:
 
     def build(self) -> Flow:
         start = self.new_block(self.fn.lineno, "start")
-        last = self.body(self.fn.body, start)
+        if self.state_defaults:
+            start.ops.append(
+                f"_rt.state_defaults({self.param}, {literal_source(self.state_defaults)})"
+            )
+        last = self.body(self.statements, start)
         if last is not None:
             self.fail(
                 self.fn.body[-1],
@@ -293,8 +409,8 @@ class _FlowBuilder:
             # A block that starts at this statement is named after it (routers' names).
             cur.line, cur.kind = stmt.lineno, _kind_of(stmt)
         if isinstance(stmt, ast.Expr):
-            if isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
-                return cur  # a docstring or comment string
+            if isinstance(stmt.value, ast.Constant):
+                return cur  # a docstring, comment string or `...`
             value = stmt.value
             if (
                 isinstance(value, ast.Call)
@@ -339,6 +455,17 @@ class _FlowBuilder:
                     f"set fields on {self.param} first, then `return {self.param}`",
                 )
             self.has_return = True
+            if self.finally_stack:
+                # `return p` inside try/finally: the finally code runs first, and the flow
+                # returns the payload object `return` named (as Python does, a finally that
+                # rebinds p does not change what is returned; one that mutates it does).
+                held = f"_ret{stmt.lineno}_{stmt.col_offset}"
+                cur.ops.append(f"_s['vars'][{held!r}] = {self.param}")
+                last = self.run_finally(cur, 0)
+                if last is None:
+                    return None
+                last.ops.append(f"{self.param} = _s['vars'].pop({held!r})")
+                cur = last
             cur.term = Goto(self.end.id)
             return None
         if isinstance(stmt, ast.Break | ast.Continue):
@@ -347,16 +474,22 @@ class _FlowBuilder:
             loop = self.loops[-1]
             if isinstance(stmt, ast.Break):
                 loop.has_break = True
-                cur.ops += loop.cleanup
-                cur.term = Goto(loop.break_to)
+            last = self.run_finally(cur, loop.finally_depth)
+            if last is None:
+                return None
+            if isinstance(stmt, ast.Break):
+                last.ops += loop.cleanup
+                last.term = Goto(loop.break_to)
             else:
-                cur.term = Goto(loop.continue_to)
+                last.term = Goto(loop.continue_to)
             return None
         if isinstance(stmt, ast.Import | ast.ImportFrom):
+            if isinstance(stmt, ast.Import) and all(a.name == "asyncio" for a in stmt.names):
+                return cur  # `import asyncio` for gather: nothing to do in a router
             self.fail(
                 stmt,
-                "flows cannot import",
-                "actors are referenced by their handler's name; imports belong in handlers",
+                "flows cannot import (other than `import asyncio`)",
+                "import at module level; an imported handler called from the flow is an actor",
             )
         if isinstance(stmt, ast.Global | ast.Nonlocal):
             self.fail(
@@ -373,15 +506,53 @@ class _FlowBuilder:
         if isinstance(stmt, ast.With | ast.AsyncWith):
             self.fail(stmt, "'with' is not supported in a flow")
         if isinstance(stmt, ast.Raise):
-            self.fail(
-                stmt,
-                "'raise' is not supported in a flow",
-                "raise inside a handler; its error goes to the error end or an except",
-            )
+            self.raise_statement(stmt, cur)
+            return None
         if isinstance(stmt, ast.Match):
             self.fail(stmt, "'match' is not supported in a flow", "use if/elif/else")
         self.fail(stmt, f"{type(stmt).__name__} statements are not supported in a flow")
         return None
+
+    def run_finally(self, cur: Block, down_to: int) -> Block | None:
+        """Runs the bodies of the open `finally` blocks above `down_to` (innermost first) after
+        `cur`, as a return/break/continue leaving them does; returns the block after them, or
+        None when a finally body itself leaves (return/break/continue)."""
+        opened = self.finally_stack[down_to:]
+        saved = self.finally_stack
+        try:
+            for index in range(len(opened) - 1, -1, -1):
+                fin = opened[index]
+                # Code in a finally body sees only the finally blocks around its try statement.
+                self.finally_stack = saved[: down_to + index]
+                block = self.new_block(fin.body[0].lineno, "finally", like=cur)
+                block.frames = list(fin.frames)
+                cur.term = Goto(block.id)
+                last = self.body(fin.body, block)
+                if last is None:
+                    return None
+                cur = last
+        finally:
+            self.finally_stack = saved
+        return cur
+
+    def raise_statement(self, stmt: ast.Raise, cur: Block) -> None:
+        """`raise` in an except clause re-raises the error it handles (an actor's error keeps its
+        type, message and MRO); `raise ValueError(...)` raises from the router."""
+        if stmt.exc is None:
+            if not self.handling:
+                self.fail(
+                    stmt,
+                    "a bare 'raise' is only allowed inside an except clause",
+                    "raise inside a handler; its error goes to the error end or an except",
+                )
+            cur.ops.append(f"_rt.reraise(_s, {self.handling[-1]!r})")
+        else:
+            self.check_expression(stmt.exc, cur)
+            if stmt.cause is not None:
+                self.check_expression(stmt.cause, cur)
+            cur.ops.append(ast.unparse(stmt))
+        # Nothing after a raise runs; the term is never reached.
+        cur.term = Goto(self.end.id)
 
     def assignment(self, stmt: ast.Assign | ast.AnnAssign | ast.AugAssign, cur: Block) -> Block:
         if isinstance(stmt, ast.Assign):
@@ -510,7 +681,12 @@ class _FlowBuilder:
         # The guard counts iterations (entries into the body), not condition checks.
         body.ops.append(f"_rt.loop_tick(_s, {loop_id!r}, _MAX_ITERATIONS)")
         head.term = Branch(ast.unparse(stmt.test), body.id, after.id)
-        loop = _Loop(continue_to=head.id, break_to=after.id, cleanup=[])
+        loop = _Loop(
+            continue_to=head.id,
+            break_to=after.id,
+            cleanup=[],
+            finally_depth=len(self.finally_stack),
+        )
         self.loops.append(loop)
         returns_before = self.has_return
         self.has_return = False
@@ -521,16 +697,58 @@ class _FlowBuilder:
         if end is not None:
             end.term = Goto(head.id)
         self.join_scopes(after, end)
-        if _always_true(stmt.test) and not loop.has_break and not returned:
+        if self.check_loops and _always_true(stmt.test) and not loop.has_break and not returned:
             self.fail(
                 stmt,
                 "this loop can never exit: its condition is always true and it has no "
                 "break or return",
-                "add a `break` (or `return`) under a condition on the payload",
+                "add a `break` (or `return`) under a condition on the payload, or compile with "
+                "--disable-infinite-loop-check (the run-time iteration guard still applies)",
             )
+        if self.check_loops:
+            self.warn_static_loop(stmt)
         if _always_true(stmt.test) and not loop.has_break:
             return None  # only a `return` leaves this loop: nothing after it runs
         return after
+
+    def warn_static_loop(self, stmt: ast.While) -> None:
+        """Asya's infinite-loop check: a loop whose condition reads payload keys that nothing in
+        its body can change (no assignment to them, no actor call, no rebinding) is reported."""
+        keys = {
+            n.slice.value
+            for n in ast.walk(stmt.test)
+            if isinstance(n, ast.Subscript)
+            and isinstance(n.value, ast.Name)
+            and n.value.id == self.param
+            and isinstance(n.slice, ast.Constant)
+        }
+        if not keys or any(
+            not (isinstance(n.slice, ast.Constant))
+            for n in ast.walk(stmt.test)
+            if isinstance(n, ast.Subscript)
+        ):
+            return
+        for node in ast.walk(ast.Module(body=stmt.body, type_ignores=[])):
+            if isinstance(node, ast.Call | ast.Return | ast.Break | ast.Raise | ast.Delete):
+                return  # an actor (or a method of the payload) may change it, or the loop exits
+            if (
+                isinstance(node, ast.Name)
+                and node.id == self.param
+                and isinstance(node.ctx, ast.Store)
+            ):
+                return
+            if (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.ctx, ast.Store)
+                and (not isinstance(node.slice, ast.Constant) or node.slice.value in keys)
+            ):
+                return
+        listed = ", ".join(repr(k) for k in sorted(keys, key=str))
+        self.warnings.append(
+            f"{self.path}:{stmt.lineno}:{stmt.col_offset + 1}: possible infinite loop: its "
+            f"condition reads {self.param}[{listed}], which nothing in the loop changes "
+            "(--disable-infinite-loop-check turns this check off)"
+        )
 
     def for_statement(self, stmt: ast.For | ast.AsyncFor, cur: Block) -> Block:
         if stmt.orelse:
@@ -559,7 +777,14 @@ class _FlowBuilder:
         after.scope[var] = "value"
         head.term = Branch(f"_rt.for_next(_s, {loop_id!r}, {var!r})", body.id, after.id)
         cleanup = [f"_rt.for_done(_s, {loop_id!r})"]
-        self.loops.append(_Loop(continue_to=head.id, break_to=after.id, cleanup=cleanup))
+        self.loops.append(
+            _Loop(
+                continue_to=head.id,
+                break_to=after.id,
+                cleanup=cleanup,
+                finally_depth=len(self.finally_stack),
+            )
+        )
         end = self.body(stmt.body, body)
         self.loops.pop()
         if end is not None:
@@ -567,52 +792,121 @@ class _FlowBuilder:
         self.join_scopes(after, end)
         return after
 
-    def try_statement(self, stmt: ast.Try, cur: Block) -> Block:
-        if stmt.finalbody:
-            self.fail(
-                stmt.finalbody[0],
-                "try ... finally is not supported",
-                "put the cleanup code after the try statement",
-            )
-        dispatch = self.new_block(stmt.handlers[0].lineno, "except", like=cur)
+    def try_statement(self, stmt: ast.Try, cur: Block) -> Block | None:
+        """try/except/else/finally. An actor's error inside the try goes (through the try frame
+        the router sets) to the `except` dispatch router; errors of the flow's own code are
+        dispatched inline. With `finally`, a catch-all frame outside the except clauses runs a
+        copy of the finally code and re-raises; every other way out runs its own copy."""
+        outer_frames = list(cur.frames)
         join = self.new_block(stmt.end_lineno or stmt.lineno, "seq?", like=cur)
         join.line = 0
+        fin_exc: Block | None = None
+        fin: _Finally | None = None
+        if stmt.finalbody:
+            fin_exc = self.new_block(stmt.finalbody[0].lineno, "finally", like=cur)
+            fin = _Finally(stmt.finalbody, outer_frames)
+        # Frames of the except clauses and the else code: a finally still runs after them.
+        guarded = [*outer_frames, (fin_exc.id, ["*"])] if fin_exc is not None else outer_frames
+        dispatch: Block | None = None
         clauses: list[tuple[list[str], str | None, ast.ExceptHandler]] = []
         names_union: list[str] = []
-        for handler in stmt.handlers:
-            names = self.except_names(handler)
-            clauses.append((names, handler.name, handler))
-            names_union += [n for n in names if n not in names_union]
+        if stmt.handlers:
+            dispatch = self.new_block(stmt.handlers[0].lineno, "except", like=cur)
+            dispatch.frames = list(guarded)
+            for handler in stmt.handlers:
+                names = self.except_names(handler)
+                clauses.append((names, handler.name, handler))
+                names_union += [n for n in names if n not in names_union]
         body = self.new_block(stmt.body[0].lineno, "try", like=cur)
-        body.frames.append((dispatch.id, names_union))
+        body.frames = list(guarded)
+        if dispatch is not None:
+            body.frames.append((dispatch.id, names_union))
         cur.term = Goto(body.id)
+        normal_exit = join
+        if fin is not None:
+            self.finally_stack.append(fin)
+            normal_exit = self.new_block(stmt.finalbody[0].lineno, "finally", like=cur)
+        ends: list[Block | None] = []
         end = self.body(stmt.body, body)
+        if end is not None and stmt.orelse:
+            orelse = self.new_block(stmt.orelse[0].lineno, "else", like=cur)
+            orelse.frames = list(guarded)
+            end.term = Goto(orelse.id)
+            end = self.body(stmt.orelse, orelse)
         if end is not None:
-            if stmt.orelse:
-                orelse = self.new_block(stmt.orelse[0].lineno, "else", like=cur)
-                end.term = Goto(orelse.id)
-                end = self.body(stmt.orelse, orelse)
-            if end is not None:
-                end.term = Goto(join.id)
-        self.join_scopes(join, end)
+            end.term = Goto(normal_exit.id)
+        ends.append(end)
         test = dispatch
         for index, (names, var, handler) in enumerate(clauses):
+            assert test is not None
             clause = self.new_block(handler.body[0].lineno, "handler", like=cur)
+            clause.frames = list(guarded)
             if var:
                 if var == self.param or var in self.instances:
                     self.fail(handler, f"the except variable may not be named {var!r}")
                 clause.scope[var] = "error"
+            held = f"_exc{handler.lineno}_{handler.col_offset}"
+            reraises = any(isinstance(n, ast.Raise) and n.exc is None for n in ast.walk(handler))
             rest = self.new_block(handler.lineno, "except", like=cur)
-            test.term = Branch(f"_rt.caught(_s, {names!r}, {var!r})", clause.id, rest.id)
-            end = self.body(handler.body, clause)
+            rest.frames = list(guarded)
+            hold = f", {held!r}" if reraises else ""
+            test.term = Branch(f"_rt.caught(_s, {names!r}, {var!r}{hold})", clause.id, rest.id)
+            self.handling.append(held)
+            try:
+                end = self.body(handler.body, clause)
+            finally:
+                self.handling.pop()
             if end is not None:
-                end.term = Goto(join.id)
-            self.join_scopes(join, end)
+                if reraises:
+                    end.ops.append(f"_s['vars'].pop({held!r}, None)")
+                end.term = Goto(normal_exit.id)
+            ends.append(end)
             test = rest
             if index == len(clauses) - 1:
-                rest.ops.append("_rt.reraise(_s)")
-                rest.term = Goto(join.id)
+                if fin_exc is not None:
+                    rest.term = Goto(fin_exc.id)
+                else:
+                    # Not reached: the host and the inline dispatch only bring matching errors.
+                    rest.ops.append("_rt.reraise(_s)")
+                    rest.term = Goto(join.id)
+        if fin is not None:
+            assert fin_exc is not None
+            self.finally_stack.pop()
+            # The normal way out: the finally code once, then on.
+            normal_exit.frames = list(outer_frames)
+            last = self.body(stmt.finalbody, normal_exit)
+            if last is not None:
+                last.term = Goto(join.id)
+            if all(e is None for e in ends):
+                # Every path left the try statement another way: only the copies they ran.
+                self.blocks_unused(normal_exit)
+            # The error way out: keep the error (the finally code may call actors), run the
+            # finally code, raise the error again.
+            fin_exc.frames = list(outer_frames)
+            held = f"_fin{stmt.lineno}_{stmt.col_offset}"
+            fin_exc.ops.append(f"_rt.hold_error(_s, {held!r})")
+            self.handling.append(held)
+            try:
+                last_exc = self.body(stmt.finalbody, fin_exc)
+            finally:
+                self.handling.pop()
+            if last_exc is not None:
+                last_exc.ops.append(f"_rt.reraise(_s, {held!r})")
+                last_exc.term = Goto(self.end.id)
+            for e in ends:
+                self.join_scopes(join, e)
+            if last is None:
+                return None
+            return join
+        for e in ends:
+            self.join_scopes(join, e)
+        if all(e is None for e in ends):
+            return None
         return join
+
+    def blocks_unused(self, block: Block) -> None:
+        """Nothing jumps to `block`: `_finish` drops it with the blocks only it reaches."""
+        block.kind = "dead"
 
     def except_names(self, handler: ast.ExceptHandler) -> list[str]:
         if handler.type is None:
@@ -679,8 +973,17 @@ class _FlowBuilder:
                     f"class {func.id} is called with the payload",
                     f"bind it first: c = {func.id}(); then {self.param} = c.method({self.param})",
                 )
-            self._use(func.id)
-            return ("handler", func.id)
+            if func.id in self.module.constants or func.id in self.module.not_constant:
+                self.fail(
+                    func,
+                    f"{func.id!r} is a module-level name, not an actor",
+                    "an actor is a function (or Class.method) called with the payload",
+                )
+            # A function of this file (a handler stub) or an imported one is an actor, found
+            # at run time by its name (`from m import f as g`: by f).
+            name = self.module.imported.get(func.id, ("", func.id))[1]
+            self._use(name)
+            return ("handler", name)
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
             cls = self.instances.get(func.value.id)
             if cls is not None:
@@ -689,6 +992,12 @@ class _FlowBuilder:
                 return ("handler", name)
             if func.value.id == "asyncio":
                 return None
+            module = self.module.modules.get(func.value.id)
+            if module is not None and module.split(".")[0] not in sys.stdlib_module_names:
+                # `import handlers` ... `p = handlers.clean_text(p)`: handler handlers.clean_text.
+                name = f"{module}.{func.attr}"
+                self._use(name)
+                return ("handler", name)
         return None
 
     def _use(self, name: str) -> None:
@@ -698,10 +1007,19 @@ class _FlowBuilder:
     _after_fanout: Block
 
     def fanout(self, target: ast.expr, value: ast.expr, stmt: ast.stmt, cur: Block) -> bool:
-        """Compiles `p[k] = [f(x) for x in ...]` / `await asyncio.gather(...)`; False if `value`
-        is neither."""
+        """Compiles `p[k] = [f(x) for x in ...]`, `[f(a), g(b)]`, `await asyncio.gather(...)`
+        (each optionally wrapped in `list(...)`); False if `value` is none of them."""
         spec: FanOut | None = None
         node = value
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "list"
+            and len(node.args) == 1
+            and not node.keywords
+            and isinstance(node.args[0], ast.Await | ast.ListComp | ast.List)
+        ):
+            node = node.args[0]  # list(await asyncio.gather(...)): gather's result is a list
         if isinstance(node, ast.Await):
             gather = node.value
             if not (
@@ -716,9 +1034,13 @@ class _FlowBuilder:
                 self.fail(gather, "asyncio.gather options are not supported in a flow")
             if len(gather.args) == 1 and isinstance(gather.args[0], ast.Starred):
                 comp = gather.args[0].value
-                if not isinstance(comp, ast.ListComp):
-                    self.fail(comp, "gather(*...) needs a list comprehension of actor calls")
-                assert isinstance(comp, ast.ListComp)
+                if not isinstance(comp, ast.ListComp | ast.GeneratorExp):
+                    self.fail(
+                        comp,
+                        "gather(*...) needs a comprehension of actor calls",
+                        f"asyncio.gather(*(f(x) for x in {self.param}['items']))",
+                    )
+                assert isinstance(comp, ast.ListComp | ast.GeneratorExp)
                 spec = self.comprehension(comp, cur)
             else:
                 spec = FanOut(target_keys=[])
@@ -730,6 +1052,17 @@ class _FlowBuilder:
             if not self._calls_actor(node.elt):
                 return False
             spec = self.comprehension(node, cur)
+        elif isinstance(node, ast.List) and any(self._calls_actor(e) for e in node.elts):
+            # `p["a"] = [f(p["x"]), g(p["x"])]`: one item per actor call, in parallel.
+            spec = FanOut(target_keys=[])
+            for elt in node.elts:
+                if not self._calls_actor(elt):
+                    self.fail(
+                        elt,
+                        "every item of a fan-out list is an actor call",
+                        "set the other values after the fan-out",
+                    )
+                spec.items.append(self.fanout_item(elt, cur, None))
         else:
             return False
         if not isinstance(target, ast.Subscript):
@@ -754,17 +1087,25 @@ class _FlowBuilder:
         return True
 
     def _calls_actor(self, node: ast.expr) -> bool:
+        if isinstance(node, ast.Await):
+            node = node.value
         if not isinstance(node, ast.Call):
             return False
         if isinstance(node.func, ast.Name):
-            return node.func.id not in PURE_BUILTINS and node.func.id not in KNOWN_NAMES
-        return (
-            isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Name)
-            and (node.func.value.id in self.instances)
+            return (
+                node.func.id not in PURE_BUILTINS
+                and node.func.id not in KNOWN_NAMES
+                and node.func.id not in FORBIDDEN_BUILTINS
+            )
+        if not (isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)):
+            return False
+        owner = node.func.value.id
+        module = self.module.modules.get(owner)
+        return owner in self.instances or (
+            module is not None and module.split(".")[0] not in sys.stdlib_module_names
         )
 
-    def comprehension(self, comp: ast.ListComp, cur: Block) -> FanOut:
+    def comprehension(self, comp: ast.ListComp | ast.GeneratorExp, cur: Block) -> FanOut:
         if len(comp.generators) != 1:
             self.fail(comp, "fan-out over one iterable only")
         gen = comp.generators[0]
@@ -858,6 +1199,29 @@ class _FlowBuilder:
                         f"handler instance {name!r} can only be called: "
                         f"{self.param} = {name}.method({self.param})",
                     )
+                module = self.module
+                if name in module.not_constant:
+                    where, why = module.not_constant[name]
+                    self.fail(
+                        sub,
+                        f"module-level name {name!r} cannot be computed when the flow compiles "
+                        f"(line {getattr(where, 'lineno', 0)}: {why})",
+                        "a flow inlines module-level constants: literals, arithmetic, "
+                        "int/str/... of them and os.getenv(name, default)",
+                    )
+                if name in module.imported or name in module.modules:
+                    self.fail(
+                        sub,
+                        f"imported name {name!r} is not a value the routers have",
+                        "define the constant in this file (THRESHOLD = int(os.getenv('T', 85))) "
+                        "or call the imported handler as an actor",
+                    )
+                if name in module.functions or name in module.classes:
+                    self.fail(
+                        sub,
+                        f"{name!r} is a function or class of this file: a flow can only call it "
+                        f"as an actor, {self.param} = {name}({self.param})",
+                    )
                 self.fail(
                     sub,
                     f"free variable {name!r}",
@@ -914,13 +1278,6 @@ def _reject_recursion(
 
     for flow in flows:
         visit(flow.name, [flow.name])
-
-
-def _allowed_import(stmt: ast.stmt) -> bool:
-    """`import asyncio` (for gather) and `from __future__ import ...` are all a flow imports."""
-    if isinstance(stmt, ast.Import):
-        return all(alias.name == "asyncio" for alias in stmt.names)
-    return isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"
 
 
 def _always_true(test: ast.expr) -> bool:
@@ -1003,8 +1360,18 @@ def _finish(flow: Flow) -> None:
         flow.routers[block_id] = (unique.replace("_", "-"), unique)
 
 
-def compile_source(source: str, path: str = "<flow>", max_iterations: int = 0) -> FlowProgram:
-    """Compiles every flow function in `source`; raises `FlowCompileError`."""
+def compile_source(
+    source: str,
+    path: str = "<flow>",
+    max_iterations: int = 0,
+    *,
+    check_infinite_loops: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> FlowProgram:
+    """Compiles the flow of `source` (see `module` for which function that is); raises
+    `FlowCompileError`. `environ` (default: this process's environment) is what module-level
+    `os.getenv` constants read. `check_infinite_loops=False` is `--disable-infinite-loop-check`:
+    a loop that can never exit compiles (the run-time iteration guard still bounds it)."""
     try:
         module = ast.parse(source, filename=path)
     except SyntaxError as exc:
@@ -1012,36 +1379,18 @@ def compile_source(source: str, path: str = "<flow>", max_iterations: int = 0) -
         err.line, err.column = exc.lineno or 0, exc.offset or 0
         err.args = (f"{path}:{err.line}:{err.column}: not valid Python: {exc.msg}",)
         raise err from None
-    functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
-    for index, stmt in enumerate(module.body):
-        if (
-            index == 0
-            and isinstance(stmt, ast.Expr)
-            and isinstance(stmt.value, ast.Constant)
-            and isinstance(stmt.value.value, str)
-        ):
-            continue
-        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
-            functions.append(stmt)
-        elif _allowed_import(stmt):
-            continue
-        elif isinstance(stmt, ast.Import | ast.ImportFrom):
-            raise FlowCompileError(
-                path,
-                stmt,
-                "flows cannot import (only `import asyncio` for gather)",
-                "actors are referenced by their handler's name; imports belong in handlers",
-            )
-        else:
-            raise FlowCompileError(
-                path,
-                stmt,
-                f"{type(stmt).__name__} at module level is not supported in a flow file",
-                "a flow file holds flow functions only; constants go into the payload",
-            )
+    try:
+        scope = scan_module(module, path, environ)
+        functions = scope.flows()
+    except NotConstant as exc:
+        raise FlowCompileError(path, exc.node, exc.why) from None
     if not functions:
         raise FlowCompileError(
-            path, None, "no flow function found", "def my_flow(p: dict) -> dict: ..."
+            path,
+            None,
+            "no flow function found",
+            "the flow is the first top-level function with one parameter named p, state or "
+            "payload and a return annotation: def my_flow(p: dict) -> dict: ...",
         )
     names = {f.name for f in functions}
     seen: dict[str, str] = {}
@@ -1055,8 +1404,21 @@ def compile_source(source: str, path: str = "<flow>", max_iterations: int = 0) -
                 f"start-{kebab(fn.name)} / end-{kebab(fn.name)}",
                 "rename one of them",
             )
-    flows = [_FlowBuilder(path, fn, names).build() for fn in functions]
+    builders = [
+        _FlowBuilder(path, fn, names, scope, check_loops=check_infinite_loops) for fn in functions
+    ]
+    flows = [b.build() for b in builders]
     _reject_recursion(path, flows, {fn.name: fn for fn in functions})
+    constants: dict[str, Any] = {}
+    warnings: list[str] = []
+    for b in builders:
+        constants.update(b.constants_used)
+        warnings += b.warnings
     return FlowProgram(
-        path=path, flows=flows, max_iterations=max_iterations or DEFAULT_MAX_ITERATIONS
+        path=path,
+        flows=flows,
+        max_iterations=max_iterations or DEFAULT_MAX_ITERATIONS,
+        constants=constants,
+        env_reads=dict(scope.env_reads),
+        warnings=warnings,
     )

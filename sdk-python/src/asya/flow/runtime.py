@@ -1,7 +1,7 @@
 """What compiled flow routers run: the block driver, handler-name resolution and the flow state
-that travels in the envelope's headers. Standard library only: `asya flow compile` copies this
-module next to the generated `routers.py` (as `_asya_flow`), so it is built into the routers'
-WASM component and needs nothing from asya at run time.
+that travels in the envelope's headers. Standard library only: `asya flow compile` inlines this
+module into the generated `routers.py`, which is therefore one self-contained file (a router
+image built with `COPY compiled/routers.py` works) and needs nothing from asya at run time.
 
 Headers owned by flows (all JSON):
 - `x-asya-flow`: per flow name, the state of the running flow: `keep` (how many route steps
@@ -14,6 +14,7 @@ Headers owned by flows (all JSON):
 
 from __future__ import annotations
 
+import copy
 import os
 import traceback
 from collections.abc import Callable
@@ -129,19 +130,47 @@ def for_done(state: dict[str, Any], loop: str) -> None:
     state["iters"].pop(loop, None)
 
 
-class CaughtError(Exception):
-    """The error an `except ... as e:` clause binds: `type`, `message`, `mro`, `traceback`."""
+#: The attribute an exception carries the record of the error it re-raises in (the guest reports
+#: that record, not the exception's own class: see `asya.handling.ERROR_RECORD_ATTR`).
+ERROR_RECORD_ATTR = "_asya_error"
 
-    def __init__(self, record: dict[str, Any]) -> None:
+
+class CaughtError(Exception):
+    """The error an `except ... as e:` clause binds: `type`, `message`, `mro`, `traceback`.
+    `raise e` raises it again as that error."""
+
+    def __init__(self, record: dict[str, Any] | None) -> None:
         self.record = dict(record or {})
         self.type: str = str(self.record.get("type") or "Exception")
         self.message: str = str(self.record.get("message") or "")
-        self.mro: list[str] = [str(m) for m in self.record.get("mro") or [self.type]]
+        self.mro: list[str] = [str(m) for m in self.record.get("mro") or []]
         self.traceback: str = str(self.record.get("traceback") or "")
         super().__init__(self.message)
+        setattr(self, ERROR_RECORD_ATTR, {**self.record, "type": self.type, "mro": self.mro})
 
     def __str__(self) -> str:
         return self.message
+
+
+class Reraised(CaughtError):
+    """A bare `raise` in an except clause (or the end of a `finally` left by an error): the
+    error handled there, raised again with its own type, message, MRO and traceback."""
+
+
+def type_name(cls: type) -> str:
+    """`error.type` as Asya writes it: bare for builtins, `module.Qualname` otherwise."""
+    module = getattr(cls, "__module__", None)
+    qualname = getattr(cls, "__qualname__", None) or cls.__name__
+    if not module or module == "builtins":
+        return str(qualname)
+    return f"{module}.{qualname}"
+
+
+def name_matches(name: str, entry: str) -> bool:
+    """Whether an except clause's class name matches a type or MRO entry, in either form:
+    `HTTPError` matches `requests.exceptions.HTTPError` (a dotted suffix), and a qualified name
+    matches its bare form."""
+    return name == entry or entry.endswith("." + name) or name.endswith("." + entry)
 
 
 def error_matches(error: dict[str, Any] | None, names: list[str]) -> bool:
@@ -152,36 +181,56 @@ def error_matches(error: dict[str, Any] | None, names: list[str]) -> bool:
         return True
     if not error:
         return False
-    seen = {str(error.get("type") or "")} | {str(m) for m in error.get("mro") or []}
-    return any(name in seen for name in names)
+    seen = [str(error.get("type") or "")] + [str(m) for m in error.get("mro") or []]
+    return any(name_matches(name, entry) for name in names for entry in seen if entry)
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
-    """The `status.error`-shaped record of an exception raised inside a router."""
-    mro = [c.__name__ for c in type(exc).__mro__ if c not in (BaseException, object)]
+    """The `status.error`-shaped record of an exception raised inside a router (the error it
+    re-raises, for `Reraised` / `raise e`)."""
+    carried = getattr(exc, ERROR_RECORD_ATTR, None)
+    if isinstance(carried, dict) and carried.get("type"):
+        return dict(carried)
+    mro = [type_name(c) for c in type(exc).__mro__[1:] if c not in (BaseException, object)]
     return {
-        "type": type(exc).__name__,
+        "type": type_name(type(exc)),
         "message": str(exc),
         "mro": mro,
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     }
 
 
-def caught(state: dict[str, Any], names: list[str], var: str | None = None) -> bool:
-    """Whether the error being handled matches an except clause; binds `as var` if it does."""
+def caught(
+    state: dict[str, Any], names: list[str], var: str | None = None, hold: str | None = None
+) -> bool:
+    """Whether the error being handled matches an except clause; binds `as var` if it does, and
+    keeps it as `hold` when the clause may re-raise it (after calling actors)."""
     if not error_matches(state.get("_error"), names):
         return False
     if var:
         state["vars"][var] = state.get("_error") or {}
+    if hold:
+        state["vars"][hold] = state.get("_error") or {}
     return True
 
 
-def reraise(state: dict[str, Any]) -> None:
-    error = state.get("_error") or {}
-    raise FlowError(
-        f"no except clause matched {error.get('type')}: {error.get('message')} "
-        "(the host only routes matching errors here)"
-    )
+def hold_error(state: dict[str, Any], hold: str) -> None:
+    """Keeps the error a `finally` runs for, to raise it again when the finally code ends."""
+    state["vars"][hold] = state.get("_error") or {}
+
+
+def reraise(state: dict[str, Any], hold: str | None = None) -> None:
+    """Raises the error being handled (kept as `hold`, or the current one) again."""
+    error = state["vars"].pop(hold, None) if hold else None
+    raise Reraised(error or state.get("_error") or {"type": "Exception", "message": "raise"})
+
+
+def state_defaults(payload: Any, defaults: dict[str, Any]) -> None:
+    """A dataclass / pydantic state: keys missing from the payload get the class's defaults."""
+    if isinstance(payload, dict):
+        for key, value in defaults.items():
+            if key not in payload:
+                payload[key] = copy.deepcopy(value)
 
 
 # --- the driver ---------------------------------------------------------------------------------
