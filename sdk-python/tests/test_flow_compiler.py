@@ -3,6 +3,9 @@ host's routing (`flow_mesh`), and unsupported constructs fail with file, line, c
 
 from __future__ import annotations
 
+import copy
+import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -10,9 +13,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from flow_mesh import Mesh
+from flow_oracle import ASYA_FLOWS, entry, handler_map, load, native, outcome
 
 from asya.cli import main
-from asya.flow import FlowCompileError, compile_source
+from asya.flow import FlowCompileError, compile_file, compile_source
 from asya.flow.runtime import AmbiguousHandler, HandlerNotFound, resolve
 
 
@@ -680,3 +684,413 @@ def test_loop_variables_builtins_and_chained_payload_methods(tmp_path: Path) -> 
 def test_more_rejections(source: str, message: str) -> None:
     with pytest.raises(FlowCompileError, match=message):
         compile_source(source, "x.py")
+
+
+# --- Asya's flows: the rule, the constructs, and the native-Python oracle -----------------------
+
+ASYA_HANDLERS = load(ASYA_FLOWS / "handlers.py", "handlers")
+
+#: (flow file, flow, payloads): every path of each flow; the end-to-end tests run the same.
+ASYA_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
+    (
+        "text_analysis_flow.py",
+        "text_analysis_flow",
+        [
+            {"text": "  A GOOD product overall "},
+            {"text": "el producto es bueno"},
+            {"text": "ça va très bien"},
+        ],
+    ),
+    ("sample_flow.py", "sample_flow", [{"type": "A", "text": "hello"}, {"type": "B", "text": "x"}]),
+    ("constructs.py", "typed_dict_flow", [{"q": "  short  "}, {"q": " a much longer question "}]),
+    ("constructs.py", "dataclass_flow", [{"text": "go", "target": 2}, {"text": "go"}, {}]),
+    (
+        "constructs.py",
+        "fanout_flow",
+        [
+            {"text": "good good day", "n": 0, "items": [1, 2]},
+            {"text": "a b c d", "n": 2, "items": [1, 2, 3]},
+            {"text": "", "n": 1, "items": []},
+        ],
+    ),
+    (
+        "constructs.py",
+        "research_flow",
+        [{"q": "why", "topics": ["a", "bc"]}, {"q": "", "topics": []}],
+    ),
+    (
+        "constructs.py",
+        "errors_flow",
+        [
+            {"raise": None, "items": ["a", "skip", "b", "stop", "c"]},
+            {"raise": "key", "items": ["a"]},
+            {"raise": "key", "stop": True},
+            {"raise": "value"},
+            {"raise": "custom"},
+            {"raise": None, "stop": True},
+        ],
+    ),
+]
+
+
+def _asya_mesh(tmp_path: Path, file: str, **options: Any) -> Mesh:
+    source = (ASYA_FLOWS / file).read_text()
+    program = compile_source(source, file, environ=options.get("environ"))
+    return Mesh(tmp_path, source, handler_map(ASYA_HANDLERS, program.handlers), **options)
+
+
+@pytest.mark.parametrize(
+    ("file", "name", "payload"),
+    [(f, n, p) for f, n, payloads in ASYA_CASES for p in payloads],
+    ids=[f"{n}-{i}" for _, n, payloads in ASYA_CASES for i in range(len(payloads))],
+)
+def test_asya_flows_end_where_the_flow_run_as_python_ends(
+    tmp_path: Path, file: str, name: str, payload: dict[str, Any]
+) -> None:
+    expected = native(ASYA_FLOWS / file, name, ASYA_HANDLERS, payload, environ={})
+    mesh = _asya_mesh(tmp_path, file, environ={})
+    end, env = mesh.run(copy.deepcopy(payload), route=[entry(name)])
+    assert outcome(end, env) == expected, mesh.hops
+    if end == "x-sink":
+        assert "x-asya-flow" not in env["headers"] and "x-asya-catch" not in env["headers"]
+
+
+def test_the_tutorial_flow_with_its_stubs_calls_every_actor(tmp_path: Path) -> None:
+    mesh = _asya_mesh(tmp_path, "text_analysis_flow.py")
+    assert [f.name for f in mesh.compiled.program.flows] == ["text_analysis_flow"]
+    assert mesh.compiled.program.handlers == [
+        "clean_text",
+        "tokenize",
+        "english_sentiment",
+        "spanish_sentiment",
+        "extract_entities",
+    ]
+    _, env = mesh.run({"text": "good"})
+    assert mesh.calls == ["clean-text", "tokenize", "english-sentiment", "extract-entities"]
+    assert env["payload"]["extracted"] is True
+    assert mesh.compiled.routers[0] == "start-text-analysis-flow"
+    assert "router-text-analysis-flow-line-9-if" in mesh.compiled.routers
+
+
+def test_if_else_simple_with_handlers_in_the_file_calls_them_as_actors(tmp_path: Path) -> None:
+    mesh = _asya_mesh(tmp_path, "sample_flow.py", environ={})
+    _, env = mesh.run({"type": "A", "text": "abc"})
+    assert mesh.calls == [
+        "handler-setup",
+        "handler-type-a",
+        "text-scorer-score",
+        "handler-finalize",
+    ]
+    assert env["payload"]["score"] == 35 and env["payload"]["level"] == "low"
+    routers = (tmp_path / "compiled" / "routers.py").read_text()
+    assert "85" in routers and "THRESHOLD" not in routers.split("# --- the flows")[1].replace(
+        "#   THRESHOLD = 85", ""
+    )
+
+
+def test_module_constants_read_the_environment_when_the_flow_compiles(tmp_path: Path) -> None:
+    payload = {"type": "A", "text": "abcdefghi"}  # score 95 with the default bonus
+    expected = native(ASYA_FLOWS / "sample_flow.py", "sample_flow", ASYA_HANDLERS, payload, {})
+    assert expected[1]["level"] == "high"
+    raised = {"FLOW_THRESHOLD": "1000"}
+    _, env = _asya_mesh(tmp_path, "sample_flow.py", environ=raised).run(dict(payload))
+    assert env["payload"]["level"] == "low"
+    assert native(ASYA_FLOWS / "sample_flow.py", "sample_flow", ASYA_HANDLERS, payload, raised) == (
+        "ok",
+        env["payload"],
+    )
+
+
+def test_the_flow_is_the_first_function_with_p_state_or_payload_and_a_return_annotation() -> None:
+    source = flow(
+        """
+        from typing import Any
+
+        def helper(x):
+            return x
+
+        def unannotated(p):
+            return p
+
+        def not_a_payload(item: dict) -> dict:
+            return item
+
+        def my_flow(payload: dict[str, Any]) -> dict[str, Any]:
+            payload = helper(payload)
+            payload = unannotated(payload)
+            return payload
+
+        def later_flow(p: dict) -> dict:
+            return p
+        """
+    )
+    program = compile_source(source, "rule.py")
+    assert [f.name for f in program.flows] == ["my_flow"]
+    assert program.handlers == ["helper", "unannotated"]
+
+
+@pytest.mark.parametrize(
+    ("constants", "use", "environ", "value"),
+    [
+        ("T = int(os.getenv('T', 85))", "T", {}, 85),
+        ("T = int(os.getenv('T', 85))", "T", {"T": "7"}, 7),
+        ("T = float(os.environ.get('T', '0.5')) * 2", "T", {}, 1.0),
+        ("from os import getenv\nT = getenv('T', default='a,b').split(',')", "T", {}, ["a", "b"]),
+        ("from os import environ\nT = environ['T'].upper()", "T", {"T": "x"}, "X"),
+        (
+            "A = 2\nB = A ** 10 + len('abc')\nT = {'k': B, 'ok': B > 1000}",
+            "T",
+            {},
+            {"k": 1027, "ok": True},
+        ),
+        ("V = 3\nT = f'v{V:02d}-{\"x\"!r}'", "T", {}, "v03-'x'"),
+        ("T = ('a', 'b')[1] if os.getenv('X') else None", "T", {}, None),
+    ],
+)
+def test_module_constants_are_evaluated_and_inlined(
+    tmp_path: Path, constants: str, use: str, environ: dict[str, str], value: Any
+) -> None:
+    source = (
+        f"import os\n{constants}\n\ndef f(p: dict) -> dict:\n    p['v'] = {use}\n    return p\n"
+    )
+    program = compile_source(source, "c.py", environ=environ)
+    assert program.constants == {use: value}
+    _, env = Mesh(tmp_path, source, {}, environ=environ).run({})
+    assert env["payload"]["v"] == value
+
+
+def test_module_code_the_flow_does_not_use_is_left_alone_and_used_code_is_explained() -> None:
+    source = flow(
+        """
+        import logging
+        log = logging.getLogger(__name__)
+        if __name__ == "__main__":
+            DEBUG = True
+
+        def f(p: dict) -> dict:
+            p = work(p)
+            return p
+        """
+    )
+    assert compile_source(source, "m.py").handlers == ["work"]
+    for use, message in [
+        ("log", "cannot be computed when the flow compiles"),
+        ("DEBUG", "cannot be computed"),
+        ("logging", "imported name"),
+    ]:
+        bad = source.replace("p = work(p)", f"p['x'] = {use}")
+        with pytest.raises(FlowCompileError, match=message) as info:
+            compile_source(bad, "m.py")
+        assert (info.value.line, info.value.column) == (7, 14), str(info.value)
+        assert info.value.hint
+    with pytest.raises(FlowCompileError, match="'T' is not set when the flow compiles") as info:
+        compile_source(
+            "import os\nT = os.environ['T']\n"
+            "def f(p: dict) -> dict:\n    p['t'] = T\n    return p\n",
+            environ={},
+        )
+    assert info.value.line == 4
+
+
+def test_a_local_variable_holding_a_payload_value_is_rejected_with_a_hint() -> None:
+    source = "def f(p: dict) -> dict:\n    x = p['a']\n    p['b'] = x\n    return p\n"
+    with pytest.raises(FlowCompileError) as info:
+        compile_source(source, "v.py")
+    assert (info.value.line, info.value.column) == (2, 5)
+    assert "keeps no variables" in info.value.message
+    assert "p['x'] = ..." in info.value.hint
+
+
+def test_pydantic_state_fields_are_payload_keys(tmp_path: Path) -> None:
+    source = flow(
+        """
+        from pydantic import BaseModel, Field
+
+        class Ticket(BaseModel):
+            title: str
+            priority: int = 1
+            labels: list[str] = Field(default_factory=list)
+
+        def triage(state: Ticket) -> Ticket:
+            if state.priority > 2:
+                state.labels.append("urgent")
+            state = route_ticket(state)
+            return state
+        """
+    )
+
+    def route_ticket(p: dict) -> dict:
+        return {**p, "queue": "fast" if "urgent" in p["labels"] else "slow"}
+
+    mesh = Mesh(tmp_path, source, {"route_ticket": route_ticket})
+    _, env = mesh.run({"title": "t", "priority": 3})
+    assert env["payload"] == {
+        "title": "t",
+        "priority": 3,
+        "labels": ["urgent"],
+        "queue": "fast",
+    }
+    _, env = Mesh(tmp_path, source, {"route_ticket": route_ticket}).run({"title": "t"})
+    assert env["payload"]["priority"] == 1 and env["payload"]["queue"] == "slow"
+
+
+def test_literal_fan_out_items_are_all_actor_calls() -> None:
+    bad = "def f(p: dict) -> dict:\n    p['a'] = [f1(p['x']), 2]\n    return p\n"
+    with pytest.raises(FlowCompileError, match="every item of a fan-out list") as info:
+        compile_source(bad, "l.py")
+    assert (info.value.line, info.value.column) == (2, 27)
+
+
+def test_raise_in_a_flow_and_bare_raise_keep_the_error(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def f(p: dict) -> dict:
+            try:
+                if p["bad"]:
+                    raise ValueError("flow says no")
+                p = risky(p)
+            except ValueError as e:
+                p["caught"] = str(e)
+                if p["again"]:
+                    raise
+            return p
+        """
+    )
+    handlers = handler_map(ASYA_HANDLERS, ["risky"])
+    _, env = Mesh(tmp_path, source, handlers).run({"bad": True, "again": False})
+    assert env["payload"]["caught"] == "flow says no"
+    end, env = Mesh(tmp_path, source, handlers).run({"bad": False, "raise": "value", "again": True})
+    assert end == "x-sump"
+    assert env["status"]["error"]["type"] == "ValueError"
+    assert env["status"]["error"]["message"] == "bad value"
+    assert "in risky" in env["status"]["error"]["traceback"], "the actor's own traceback"
+
+
+def test_return_inside_try_finally_returns_what_return_named(tmp_path: Path) -> None:
+    source = flow(
+        """
+        def f(p: dict) -> dict:
+            try:
+                p["in"] = True
+                return p
+            finally:
+                p["finally"] = True
+                p = cleanup(p)
+        """
+    )
+    (tmp_path / "fin.py").write_text(source)
+    expected = native(tmp_path / "fin.py", "f", ASYA_HANDLERS, {})
+    assert expected == ("ok", {"in": True, "finally": True})
+    mesh = Mesh(tmp_path, source, handler_map(ASYA_HANDLERS, ["cleanup"]))
+    assert outcome(*mesh.run({})) == expected
+    assert mesh.calls == ["cleanup"]
+
+
+def test_a_loop_that_never_exits_compiles_with_the_check_disabled(tmp_path: Path) -> None:
+    source = "def agent(p: dict) -> dict:\n    while True:\n        p = inc(p)\n"
+    with pytest.raises(FlowCompileError, match="can never exit"):
+        compile_source(source, "a.py")
+    program = compile_source(source, "a.py", check_infinite_loops=False)
+    assert program.flows[0].name == "agent"
+    end, env = Mesh(
+        tmp_path, source, {"inc": inc}, check_infinite_loops=False, max_iterations=5
+    ).run({})
+    assert end == "x-sump"
+    assert env["status"]["error"]["type"] == "routers.FlowLoopLimitExceeded"
+
+
+def test_a_loop_whose_condition_nothing_changes_is_warned_about() -> None:
+    source = flow(
+        """
+        def f(p: dict) -> dict:
+            while p["n"] < 3:
+                p["m"] = 1
+            return p
+        """
+    )
+    (warning,) = compile_source(source, "w.py").warnings
+    assert warning.startswith("w.py:2:5: possible infinite loop")
+    assert compile_source(source, "w.py", check_infinite_loops=False).warnings == []
+    changed = source.replace('p["m"] = 1', 'p["n"] += 1')
+    assert compile_source(changed, "w.py").warnings == []
+
+
+def test_except_names_match_qualified_error_types() -> None:
+    from asya.flow.runtime import error_matches
+
+    mine = {"type": "handlers.FlowFailure", "mro": ["RuntimeError", "Exception"]}
+    assert error_matches(mine, ["FlowFailure"])
+    assert error_matches(mine, ["handlers.FlowFailure"])
+    assert error_matches(mine, ["RuntimeError"])
+    assert not error_matches(mine, ["Failure"]), "a whole dotted part, not a substring"
+    http = {
+        "type": "requests.exceptions.HTTPError",
+        "mro": ["requests.exceptions.RequestException", "OSError", "Exception"],
+    }
+    assert error_matches(http, ["RequestException"]) and error_matches(http, ["OSError"])
+    assert error_matches({"type": "HTTPError", "mro": []}, ["requests.exceptions.HTTPError"])
+
+
+def test_routers_py_runs_alone_with_the_standard_library(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    compile_file(ASYA_FLOWS / "text_analysis_flow.py", tmp_path / "compiled")
+    image = tmp_path / "image"  # COPY compiled/routers.py /app/routers.py
+    image.mkdir()
+    (image / "routers.py").write_text((tmp_path / "compiled" / "routers.py").read_text())
+    script = (
+        "import json, os, routers; print('Routers loaded');"
+        "os.environ['ASYA_HANDLER_CLEAN_TEXT'] = 'text_handlers.clean_text';"
+        "os.environ['ASYA_HANDLER_TOKENIZE'] = 'text_handlers.tokenize';"
+        "env = {'id': '1', 'route': {'prev': [], 'curr': 'start-text-analysis-flow',"
+        " 'next': []}, 'headers': {}, 'payload': {'text': 'x'}};"
+        "print(json.dumps(routers.dispatch(env)['route']['next']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-S", "-E", "-c", script],  # no site-packages: asya is not importable
+        cwd=image,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded, route = proc.stdout.splitlines()
+    assert loaded == "Routers loaded"
+    assert json.loads(route) == [
+        "clean-text",
+        "tokenize",
+        "router-text-analysis-flow-line-9-if",
+    ]
+
+
+def test_cli_takes_the_tutorials_flags(tmp_path: Path) -> None:
+    runner = CliRunner()
+    source = tmp_path / "text_analysis_flow.py"
+    source.write_text((ASYA_FLOWS / "text_analysis_flow.py").read_text())
+    out = tmp_path / "compiled"
+    args = ["flow", "compile", str(source), "--output-dir", str(out), "--plot"]
+    args += ["--plot-width", "50", "--overwrite", "--verbose", "--disable-infinite-loop-check"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Successfully compiled flow to" in result.output
+    assert "router router-text-analysis-flow-line-9-if" in result.output
+    assert (out / "flow.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.glob("*.py")) == ["routers.py"]
+    result = runner.invoke(main, [*args[:5], "-v", "--overwrite"])
+    assert result.exit_code == 0 and "router start-text-analysis-flow" in result.output
+    # --plot-width is the maximum width of a label, in characters.
+    narrow = runner.invoke(main, [*args[:5], "--overwrite", "--plot-width", "12"])
+    assert narrow.exit_code == 0, narrow.output
+    dot = (out / "flow.dot").read_text()
+    labels = re.findall(r'label="((?:[^"\\]|\\.)*)"', dot)
+    lines = [part for label in labels for part in label.split("\\n")]
+    assert "p['language'] == 'en'" not in dot and max(len(x) for x in lines) <= 12
+    assert runner.invoke(main, [*args[:5], "--plot-width", "0"]).exit_code == 2
+    # The check the flag disables.
+    loop = tmp_path / "loop.py"
+    loop.write_text("def f(p: dict) -> dict:\n    while True:\n        p = g(p)\n")
+    result = runner.invoke(main, ["flow", "validate", str(loop)])
+    assert result.exit_code == 1 and "--disable-infinite-loop-check" in result.output
+    result = runner.invoke(main, ["flow", "validate", str(loop), "--disable-infinite-loop-check"])
+    assert result.exit_code == 0, result.output

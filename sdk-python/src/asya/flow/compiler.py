@@ -872,14 +872,14 @@ class _FlowBuilder:
         if fin is not None:
             assert fin_exc is not None
             self.finally_stack.pop()
-            # The normal way out: the finally code once, then on.
-            normal_exit.frames = list(outer_frames)
-            last = self.body(stmt.finalbody, normal_exit)
-            if last is not None:
-                last.term = Goto(join.id)
-            if all(e is None for e in ends):
-                # Every path left the try statement another way: only the copies they ran.
-                self.blocks_unused(normal_exit)
+            # The normal way out: the finally code once, then on (unless every path left the
+            # try statement by return/break/continue, each running its own copy).
+            last: Block | None = None
+            if any(e is not None for e in ends):
+                normal_exit.frames = list(outer_frames)
+                last = self.body(stmt.finalbody, normal_exit)
+                if last is not None:
+                    last.term = Goto(join.id)
             # The error way out: keep the error (the finally code may call actors), run the
             # finally code, raise the error again.
             fin_exc.frames = list(outer_frames)
@@ -903,10 +903,6 @@ class _FlowBuilder:
         if all(e is None for e in ends):
             return None
         return join
-
-    def blocks_unused(self, block: Block) -> None:
-        """Nothing jumps to `block`: `_finish` drops it with the blocks only it reaches."""
-        block.kind = "dead"
 
     def except_names(self, handler: ast.ExceptHandler) -> list[str]:
         if handler.type is None:
