@@ -23,6 +23,48 @@ from asya.handling import error_type_name
 
 ASYA_FLOWS = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "asya-flows"
 
+#: (flow file, flow, payloads): every path of each flow; the end-to-end tests run the same.
+ASYA_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
+    (
+        "text_analysis_flow.py",
+        "text_analysis_flow",
+        [
+            {"text": "  A GOOD product overall "},
+            {"text": "el producto es bueno"},
+            {"text": "ça va très bien"},
+        ],
+    ),
+    ("sample_flow.py", "sample_flow", [{"type": "A", "text": "hello"}, {"type": "B", "text": "x"}]),
+    ("constructs.py", "typed_dict_flow", [{"q": "  short  "}, {"q": " a much longer question "}]),
+    ("constructs.py", "dataclass_flow", [{"text": "go", "target": 2}, {"text": "go"}, {}]),
+    (
+        "constructs.py",
+        "fanout_flow",
+        [
+            {"text": "good good day", "n": 0, "items": [1, 2]},
+            {"text": "a b c d", "n": 2, "items": [1, 2, 3]},
+            {"text": "", "n": 1, "items": []},
+        ],
+    ),
+    (
+        "constructs.py",
+        "research_flow",
+        [{"q": "why", "topics": ["a", "bc"]}, {"q": "", "topics": []}],
+    ),
+    (
+        "constructs.py",
+        "errors_flow",
+        [
+            {"raise": None, "items": ["a", "skip", "b", "stop", "c"]},
+            {"raise": "key", "items": ["a"]},
+            {"raise": "key", "stop": True},
+            {"raise": "value"},
+            {"raise": "custom"},
+            {"raise": None, "stop": True},
+        ],
+    ),
+]
+
 
 class _Ready(dict):  # type: ignore[type-arg]
     """A handler's result in an async flow: a dict that can also be awaited (`await f(p)`,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from flow_mesh import Mesh
-from flow_oracle import ASYA_FLOWS, entry, handler_map, load, native, outcome
+from flow_oracle import ASYA_CASES, ASYA_FLOWS, entry, handler_map, load, native, outcome
 
 from asya.cli import main
 from asya.flow import FlowCompileError, compile_file, compile_source
@@ -689,48 +689,6 @@ def test_more_rejections(source: str, message: str) -> None:
 # --- Asya's flows: the rule, the constructs, and the native-Python oracle -----------------------
 
 ASYA_HANDLERS = load(ASYA_FLOWS / "handlers.py", "handlers")
-
-#: (flow file, flow, payloads): every path of each flow; the end-to-end tests run the same.
-ASYA_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
-    (
-        "text_analysis_flow.py",
-        "text_analysis_flow",
-        [
-            {"text": "  A GOOD product overall "},
-            {"text": "el producto es bueno"},
-            {"text": "ça va très bien"},
-        ],
-    ),
-    ("sample_flow.py", "sample_flow", [{"type": "A", "text": "hello"}, {"type": "B", "text": "x"}]),
-    ("constructs.py", "typed_dict_flow", [{"q": "  short  "}, {"q": " a much longer question "}]),
-    ("constructs.py", "dataclass_flow", [{"text": "go", "target": 2}, {"text": "go"}, {}]),
-    (
-        "constructs.py",
-        "fanout_flow",
-        [
-            {"text": "good good day", "n": 0, "items": [1, 2]},
-            {"text": "a b c d", "n": 2, "items": [1, 2, 3]},
-            {"text": "", "n": 1, "items": []},
-        ],
-    ),
-    (
-        "constructs.py",
-        "research_flow",
-        [{"q": "why", "topics": ["a", "bc"]}, {"q": "", "topics": []}],
-    ),
-    (
-        "constructs.py",
-        "errors_flow",
-        [
-            {"raise": None, "items": ["a", "skip", "b", "stop", "c"]},
-            {"raise": "key", "items": ["a"]},
-            {"raise": "key", "stop": True},
-            {"raise": "value"},
-            {"raise": "custom"},
-            {"raise": None, "stop": True},
-        ],
-    ),
-]
 
 
 def _asya_mesh(tmp_path: Path, file: str, **options: Any) -> Mesh:

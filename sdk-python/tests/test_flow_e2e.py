@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flow_oracle import ASYA_CASES, ASYA_FLOWS, entry, load, native, outcome
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "flows"
 
@@ -158,3 +159,44 @@ def test_compile_errors_stop_asya_dev_with_the_location(pipeline: Path, tmp_path
     assert proc.returncode == 1
     assert "second.py:2:" in proc.stdout + proc.stderr
     assert "nested calls" in proc.stdout + proc.stderr
+
+
+# --- Asya-style flow files (tests/fixtures/asya-flows), against the flow run as Python ---------
+
+
+@pytest.fixture(scope="module")
+def asya_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("asya-flows") / "asya-flows"
+    shutil.copytree(ASYA_FLOWS, root, ignore=shutil.ignore_patterns(".asya", "__pycache__"))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("file", "name", "payloads"), ASYA_CASES, ids=[name for _, name, _ in ASYA_CASES]
+)
+def test_asya_flows_on_the_host_end_where_python_ends(
+    asya_pipeline: Path,
+    file: str,
+    name: str,
+    payloads: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("FLOW_THRESHOLD", "FLOW_MAX_ROUNDS"):
+        monkeypatch.delenv(var, raising=False)  # the constants' defaults, as `native` sees them
+    handlers = load(ASYA_FLOWS / "handlers.py", "handlers")
+    results = run_flow(asya_pipeline, entry(name), payloads)
+    for payload, result in zip(payloads, results, strict=True):
+        expected = native(ASYA_FLOWS / file, name, handlers, payload, environ={})
+        end = "x-sink" if result["status"]["phase"] == "succeeded" else "x-sump"
+        assert outcome(end, result) == expected, (payload, result["status"])
+        if end == "x-sink":
+            assert "x-asya-flow" not in result["headers"], result["headers"]
+            assert "x-asya-catch" not in result["headers"], result["headers"]
+
+
+def test_the_tutorial_flow_on_the_host_calls_each_stub_actor(asya_pipeline: Path) -> None:
+    (en,) = run_flow(asya_pipeline, "start-text-analysis-flow", [{"text": "good day"}])
+    assert en["route"]["prev"][:3] == ["start-text-analysis-flow", "clean-text", "tokenize"]
+    assert "english-sentiment" in en["route"]["prev"]
+    assert "extract-entities" in en["route"]["prev"]
+    assert en["payload"]["sentiment"] == "positive" and en["payload"]["extracted"] is True
