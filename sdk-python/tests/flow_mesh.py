@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -94,11 +95,14 @@ class Mesh:
         try:
             if actor in self.router_names:
                 given = copy.deepcopy(env)
-                out = self.routers.dispatch(copy.deepcopy(env))
-                assert out["id"] == given["id"]
-                assert out["route"]["prev"] == given["route"]["prev"]
-                assert out["route"]["curr"] == given["route"]["curr"]
-                env = {**given, **{k: out[k] for k in ("payload", "headers")}}
+                # Through JSON, as the host hands it over and reads it back.
+                out = json.loads(json.dumps(self.routers.dispatch(copy.deepcopy(env))))
+                # The host's rules for an envelope-mode result: id, prev and curr may be left
+                # out but not changed; the rest of the route, headers and payload replace.
+                assert out.get("id", given["id"]) == given["id"]
+                assert out["route"].get("prev", given["route"]["prev"]) == given["route"]["prev"]
+                assert out["route"].get("curr", given["route"]["curr"]) == given["route"]["curr"]
+                env = {**given, **{k: out[k] for k in ("payload", "headers") if k in out}}
                 env["route"] = {**given["route"], "next": list(out["route"]["next"])}
             else:
                 self.calls.append(actor)

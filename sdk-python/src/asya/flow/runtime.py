@@ -262,19 +262,22 @@ class Flow:
             raise FlowError(f"flow {self.name}: block {block} has no router actor") from None
 
     def run(self, envelope: dict[str, Any], block: str) -> dict[str, Any]:
-        """Runs blocks from `block` until the flow calls an actor, fans out or ends, and rewrites
-        the envelope's future route (and flow headers) accordingly."""
-        route = envelope.setdefault("route", {})
-        following = list(route.get("next") or [])
+        """Runs blocks from `block` until the flow calls an actor, fans out or ends. Returns what
+        the host needs back, and only that: the future route (`route.next`), the headers and the
+        payload (an envelope-mode result may leave out id, prev, curr and status, which cannot
+        change; not echoing them halves the JSON the router writes and the host reads)."""
+        route = envelope.get("route")
+        following = route.get("next") if isinstance(route, dict) else None
+        following = list(following) if following else []
         headers = envelope.get("headers")
         if not isinstance(headers, dict):
             headers = {}
-            envelope["headers"] = headers
         states = headers.get(FLOW_HEADER)
         if not isinstance(states, dict):
             states = {}
         if block == self.start:
-            state: dict[str, Any] = {"keep": len(following), "vars": {}, "loops": {}, "iters": {}}
+            keep = len(following)
+            state: dict[str, Any] = {"keep": keep, "vars": {}, "loops": {}, "iters": {}}
         else:
             carried = states.get(self.name)
             if not isinstance(carried, dict):
@@ -282,16 +285,24 @@ class Flow:
                     f"flow {self.name}: the envelope carries no state for this flow "
                     f"(header {FLOW_HEADER}); was it sent to a router directly?"
                 )
-            state = carried
-        keep = int(state.get("keep", len(following)))
-        # A sub-flow runs with a longer tail than its caller; when the caller runs again, any
-        # such state is left over from a sub-flow that an exception cut short.
-        for name in [n for n, st in states.items() if n != self.name and _keep(st) > keep]:
-            del states[name]
+            keep = int(carried.get("keep", len(following)))
+            # On the wire the state leaves out its empty parts.
+            state = {
+                "keep": keep,
+                "vars": carried.get("vars") or {},
+                "loops": carried.get("loops") or {},
+                "iters": carried.get("iters") or {},
+            }
+        if len(states) > (self.name in states):
+            # A sub-flow runs with a longer tail than its caller; when the caller runs again,
+            # any such state is left over from a sub-flow that an exception cut short.
+            for name in [n for n, st in states.items() if n != self.name and _keep(st) > keep]:
+                del states[name]
         caller = following[len(following) - keep :] if keep else []
-        status = envelope.get("status") or {}
+        status = envelope.get("status")
         state["_error"] = status.get("error") if isinstance(status, dict) else None
         payload = envelope.get("payload")
+        blocks = self.blocks
         steps = 0
         while True:
             steps += 1
@@ -299,7 +310,7 @@ class Flow:
                 raise FlowLoopLimitExceeded(
                     f"flow {self.name} ran {self.max_steps} steps without calling an actor"
                 )
-            function = self.blocks.get(block)
+            function = blocks.get(block)
             if function is None:
                 raise FlowError(f"flow {self.name}: unknown block {block}")
             try:
@@ -319,42 +330,41 @@ class Flow:
             if kind == "goto":
                 block = term[1]
                 continue
-            state.pop("_error", None)
-            envelope["payload"] = payload
+            del state["_error"]
             if kind == "end":
                 states.pop(self.name, None)
                 self._set_frames(headers, [], keep, None)
-                route["next"] = caller
+                following = caller
             elif kind == "call":
                 _, target, after = term
                 actors = [_actor(target)]
                 # Consecutive calls in the same try scope go straight from actor to actor.
+                frames = self.try_frames.get(block)
                 while True:
-                    nxt = self.blocks.get(after)
-                    chained = getattr(nxt, "chain", None)
-                    if chained is None or self.try_frames.get(after) != self.try_frames.get(block):
+                    chained = getattr(blocks.get(after), "chain", None)
+                    if chained is None or self.try_frames.get(after) != frames:
                         break
                     actors.append(_actor(chained[0]))
                     after = chained[1]
-                route["next"] = [*actors, self.router(after), *caller]
-                self._set_frames(headers, self.try_frames.get(block, []), keep, after)
+                following = [*actors, self.router(after), *caller]
+                self._set_frames(headers, frames or [], keep, after)
             elif kind == "fanout":
                 _, target, items, after = term
                 headers[FANOUT_HEADER] = {
                     "target": list(target),
                     "items": [{"actor": _actor(t), "payload": item} for t, item in items],
                 }
-                route["next"] = [self.router(after), *caller]
+                following = [self.router(after), *caller]
                 self._set_frames(headers, self.try_frames.get(block, []), keep, after)
             else:
                 raise FlowError(f"flow {self.name}: unknown step {kind!r}")
             if kind != "end":
-                states[self.name] = state
+                states[self.name] = {k: v for k, v in state.items() if v or k == "keep"}
             if states:
                 headers[FLOW_HEADER] = states
             else:
                 headers.pop(FLOW_HEADER, None)
-            return envelope
+            return {"route": {"next": following}, "headers": headers, "payload": payload}
 
     def _inline_handler(self, block: str, record: dict[str, Any]) -> str | None:
         for handler_block, names in reversed(self.try_frames.get(block, [])):
@@ -373,6 +383,8 @@ class Flow:
         after the call: a failure of that router's own code is not caught by these frames (the
         router handles errors inside its `try` blocks itself)."""
         current = headers.get(CATCH_HEADER)
+        if not frames and current is None:
+            return  # no try frames before or after: the common case, nothing to write
         others = [
             f
             for f in (current if isinstance(current, list) else [])
