@@ -1,17 +1,28 @@
 """The Flow DSL compiler: a plain Python function over one payload dict becomes a graph of blocks
 that generated router actors walk, calling one actor per hop.
 
-A flow is a module-level `def` (or `async def`) with one parameter, the payload (`p` below).
-What it may contain:
+Which function is the flow (Asya's rule, see `module`): the first top-level function with one
+parameter named `p`, `state` or `payload` and a return annotation (without one, the first
+one-parameter function). Every other function and class of the file (handler stubs, helpers) is
+not compiled: a call to it is an actor hop, resolved like any handler. `__flows__ = [...]` (or
+`@flow`) makes several functions flows; calls between them are sub-flows. Module-level constants
+are evaluated when the flow compiles (`os.getenv(name, default)` included) and inlined.
 
-- actor calls `p = f(p)`, `p = await f(p)`, `p = c.method(p)` after `c = Cls()` (zero arguments);
-  a call of another flow of the same file runs that flow as a sub-flow;
+What a flow may contain (`p` is the payload parameter):
+
+- actor calls `p = f(p)`, `p = await f(p)`, `p = c.method(p)` after `c = Cls()` (zero arguments,
+  in the flow or at module level), `p = module.f(p)` for an imported module of handlers;
 - payload mutations: `p["k"] = expr`, `p["n"] += 1`, nested subscripts, `del p["k"]`,
-  `p = {**p, ...}`; expressions may use `p`, loop/except variables and pure builtins;
+  `p = {**p, ...}`; expressions may use `p`, loop/except variables, constants and pure builtins;
+  a dataclass or pydantic state's `state.x` is the payload key "x" (its literal defaults fill in
+  missing keys at the start); a dict or TypedDict state is indexed;
 - `if/elif/else`, early `return p`, `while` (with `break`/`continue`, `else` not allowed) under a
-  run-time iteration guard, `for x in <expr>:` loops, `try/except [Type [as e]]` (and `else`);
-- fan-out: `p["k"] = [f(x) for x in <expr>]`, `p["k"] = await asyncio.gather(f(a), g(b))` and
-  `p["k"] = await asyncio.gather(*[f(x) for x in <expr>])`: the host sends every item to its
+  run-time iteration guard, `for x in <expr>:` loops, `try/except [Type [as e]]/else/finally`,
+  a bare `raise` in an except clause (the actor's error goes on with its type, message, MRO),
+  `raise ValueError(...)`, `import asyncio`;
+- fan-out: `p["k"] = [f(x) for x in <expr>]`, `p["k"] = [f(a), g(b)]`,
+  `p["k"] = await asyncio.gather(f(a), g(b))`, `... gather(*(f(x) for x in <expr>))` (a list
+  comprehension too), each optionally wrapped in `list(...)`: the host sends every item to its
   actor in parallel and merges the results back, in order, before the flow continues.
 
 Everything else is rejected with the file, line, column and a hint. The compiler is pure: it reads
