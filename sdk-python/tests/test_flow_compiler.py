@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -1052,3 +1053,97 @@ def test_cli_takes_the_tutorials_flags(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "--disable-infinite-loop-check" in result.output
     result = runner.invoke(main, ["flow", "validate", str(loop), "--disable-infinite-loop-check"])
     assert result.exit_code == 0, result.output
+
+
+def _compare(tmp_path: Path, source: str, name: str, handlers: dict[str, Any], payloads: list[Any]):
+    path = tmp_path / "edge_flow.py"
+    path.write_text(source)
+    for payload in payloads:
+        expected = native(path, name, ASYA_HANDLERS, payload, environ={})
+        mesh = Mesh(tmp_path, source, handlers)
+        assert outcome(*mesh.run(copy.deepcopy(payload))) == expected, payload
+
+
+def test_marked_flows_and_a_return_in_except_with_a_finally_that_fans_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    utils = types.ModuleType("_asya_utils")
+    utils.flow = utils.actor = lambda f: f  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "_asya_utils", utils)
+    source = flow(
+        """
+        import asyncio
+
+        from _asya_utils import actor, flow
+
+        @flow
+        async def pipeline(p: dict) -> dict:
+            p["log"] = []
+            try:
+                p = await risky(p)
+                p["log"].append("ok")
+            except KeyError:
+                p["log"].append("caught")
+                p = await audit(p)
+                return p
+            finally:
+                p["log"].append("fin")
+                p["answers"] = await asyncio.gather(search_web(p["q"]), search_docs(p["q"]))
+            p["after"] = True
+            return p
+
+        @actor
+        async def risky(p: dict) -> dict:
+            return p
+        """
+    )
+    names = ["risky", "audit", "search_web", "search_docs"]
+    assert compile_source(source, "m.py").handlers == names
+    payloads = [{"q": "a"}, {"q": "ab", "raise": "key"}, {"q": "x", "raise": "value"}]
+    _compare(tmp_path, source, "pipeline", handler_map(ASYA_HANDLERS, names), payloads)
+
+
+def test_module_handlers_module_instances_and_break_in_try_finally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "handlers", ASYA_HANDLERS)
+    source = flow(
+        """
+        import handlers
+        from handlers import TextScorer
+
+        SCORER = TextScorer()
+        LIMIT = 3
+
+        def loop_flow(state: dict) -> dict:
+            state["round"] = 0
+            state["seen"] = []
+            while state["round"] < LIMIT:
+                state["round"] += 1
+                if state["round"] == 2:
+                    continue
+                try:
+                    state["batch"] = [handlers.square(x) for x in state.get("items", [])]
+                    state = handlers.risky(state)
+                except (KeyError, ValueError) as e:
+                    state["seen"].append(str(e))
+                    state["raise"] = None
+                    break
+                finally:
+                    state["seen"].append(state["round"])
+            state["score"] = len(state["seen"])
+            state = SCORER.score(state)
+            return state
+        """
+    )
+    program = compile_source(source, "m.py")
+    assert program.handlers == ["handlers.square", "handlers.risky", "TextScorer.score"]
+    stubs = {
+        "handlers.square": ASYA_HANDLERS.square,
+        "handlers.risky": ASYA_HANDLERS.risky,
+        "TextScorer.score": ASYA_HANDLERS.TextScorer().score,
+    }
+    payloads = [{"items": [1, 2]}, {"items": [3], "raise": "key"}, {"raise": "value"}]
+    _compare(tmp_path, source, "loop_flow", stubs, [*payloads, {"raise": "custom"}])

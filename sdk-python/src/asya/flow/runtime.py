@@ -302,6 +302,8 @@ class Flow:
         status = envelope.get("status")
         state["_error"] = status.get("error") if isinstance(status, dict) else None
         payload = envelope.get("payload")
+        if state["vars"]:
+            _held_payloads(state["vars"], payload, resume=True)
         blocks = self.blocks
         steps = 0
         while True:
@@ -354,6 +356,9 @@ class Flow:
                     "target": list(target),
                     "items": [{"actor": _actor(t), "payload": item} for t, item in items],
                 }
+                if state["vars"]:
+                    # The fan-in merges into this payload object: still the one `return` named.
+                    _held_payloads(state["vars"], payload, resume=False)
                 following = [self.router(after), *caller]
                 self._set_frames(headers, self.try_frames.get(block, []), keep, after)
             else:
@@ -405,6 +410,24 @@ class Flow:
             headers[CATCH_HEADER] = others + ours
         else:
             headers.pop(CATCH_HEADER, None)
+
+
+#: A payload held by `return p` inside try/finally that is still the flow's payload object.
+_SAME_PAYLOAD = "\x00the-payload"
+
+
+def _held_payloads(variables: dict[str, Any], payload: Any, resume: bool) -> None:
+    """`return p` inside try/finally returns the object `return` named, as Python does: the
+    finally code's mutations of it count, a rebinding of p does not. Across a fan-out (which
+    mutates the payload) the held payload stays the payload object; across an actor call
+    (`p = f(p)`, a new object) it is the copy held."""
+    for key, value in variables.items():
+        if not key.startswith("_ret"):
+            continue
+        if resume and isinstance(value, str) and value == _SAME_PAYLOAD:
+            variables[key] = payload
+        elif not resume and value is payload:
+            variables[key] = _SAME_PAYLOAD
 
 
 def _keep(entry: Any) -> int:
