@@ -106,3 +106,11 @@ def test_a_carried_error_record_is_reported_as_that_error() -> None:
     assert record["message"] == "original"
     assert record["mro_names"] == ["ValueError", "Exception"]
     assert "RuntimeError: wrapper" in record["traceback"]
+
+
+def test_the_sandbox_refusal_is_named_like_a_host_failure() -> None:
+    from asya.guest_sandbox import SandboxDenied
+
+    record = _record(SandboxDenied("http://example.com/"))
+    assert record["type"] == "SandboxDenied"
+    assert record["mro_names"] == ["urllib.error.URLError", "OSError", "Exception"]

@@ -63,6 +63,12 @@ class SandboxDenied(urllib.error.URLError):
         return str(self.reason)
 
 
+# asya's own error, named like the host's failure kinds (Timeout, MemoryLimit): `error.type` is
+# `SandboxDenied` (not the module this file has inside a component), its MRO
+# `urllib.error.URLError`, `OSError`, `Exception`.
+SandboxDenied.__module__ = "builtins"
+
+
 def _method(name: str) -> object:
     known = {
         "GET": wasi_http.Method_Get, "HEAD": wasi_http.Method_Head,
