@@ -108,9 +108,22 @@ def test_a_carried_error_record_is_reported_as_that_error() -> None:
     assert "RuntimeError: wrapper" in record["traceback"]
 
 
-def test_the_sandbox_refusal_is_named_like_a_host_failure() -> None:
-    from asya.guest_sandbox import SandboxDenied
+def test_the_sandbox_refusal_is_named_like_a_host_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+    import sys
+    import types
 
-    record = _record(SandboxDenied("http://example.com/"))
+    # The module imports the component's bindings; stand-ins are enough to define the class.
+    bindings = types.ModuleType("bindings")
+    for name in ("componentize_py_types", "wit_world", "wit_world.imports"):
+        monkeypatch.setitem(sys.modules, name, bindings)
+    for attr in ("Err", "outgoing_handler", "streams", "wasi_http_types"):
+        setattr(bindings, attr, None)
+    monkeypatch.delitem(sys.modules, "asya.guest_sandbox", raising=False)
+    sandbox = importlib.import_module("asya.guest_sandbox")
+    monkeypatch.delitem(sys.modules, "asya.guest_sandbox")
+    record = _record(sandbox.SandboxDenied("http://example.com/"))
     assert record["type"] == "SandboxDenied"
     assert record["mro_names"] == ["urllib.error.URLError", "OSError", "Exception"]
