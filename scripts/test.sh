@@ -8,12 +8,20 @@ scripts/setup.sh
 
 echo "== lint"
 cargo fmt --all -- --check
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --release --locked --workspace --all-targets -- -D warnings
+else
+  echo "clippy is not installed for this toolchain (rustup component add clippy): lint step NOT RUN" >&2
+fi
 .venv/bin/ruff check sdk-python tests host/benches examples
 .venv/bin/ruff format --check sdk-python tests host/benches examples
 .venv/bin/python -m mypy --config-file sdk-python/pyproject.toml sdk-python/src
 
 echo "== rust tests"
 cargo test --release --locked --workspace
+
+echo "== fuzz (short; long runs: scripts/fuzz.sh 600)"
+scripts/fuzz.sh 15
 
 echo "== python tests"
 .venv/bin/python -m pytest -q sdk-python/tests

@@ -4,10 +4,10 @@
 
 mod common;
 
-use asya_host::envelope::{Envelope, Reason, SINK, SUMP};
-use asya_host::local::{ActorDef, LocalHost};
-use asya_host::python::{PythonRuntimeConfig, SpawnSpec};
-use asya_host::routing::Mode;
+use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::message::envelope::{Envelope, Reason, SINK, SUMP};
+use asya_host::runtime::executor::Mode;
+use asya_host::runtime::python::{PythonRuntimeConfig, SpawnSpec};
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -3,9 +3,9 @@
 
 mod common;
 
-use asya_host::envelope::{Envelope, Phase, Reason, Route, SINK, SUMP};
-use asya_host::local::{ActorDef, LocalHost};
-use asya_host::sandbox::SandboxLimits;
+use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::message::envelope::{Envelope, Phase, Reason, Route, SINK, SUMP};
+use asya_host::runtime::sandbox::SandboxLimits;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -364,8 +364,9 @@ async fn the_sandbox_hides_the_host_environment_and_filesystem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_components_are_cached_by_digest() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = asya_host::component_cache::ComponentCache::new(Some(dir.path().to_path_buf()));
-    let engine = asya_host::sandbox::SandboxEngine::new().unwrap();
+    let cache =
+        asya_host::runtime::component_cache::ComponentCache::new(Some(dir.path().to_path_buf()));
+    let engine = asya_host::runtime::sandbox::SandboxEngine::new().unwrap();
     let path = behave();
     let t = Instant::now();
     let first = cache.load_file(engine.engine(), &path).unwrap();
@@ -525,7 +526,7 @@ async fn http_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) 
 fn granted(name: &str, hosts: &[String]) -> ActorDef {
     let mut def = ActorDef::new(name, behave());
     def.limits.allowed_hosts =
-        std::sync::Arc::new(asya_host::outbound::HostAllowlist::parse(hosts).unwrap());
+        std::sync::Arc::new(asya_host::runtime::outbound::HostAllowlist::parse(hosts).unwrap());
     def
 }
 
@@ -643,7 +644,8 @@ async fn escaping_to_files_or_sockets_ends_at_the_sump_as_sandbox_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_actor_whose_artifact_was_removed_compiles_again() {
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = asya_host::component_cache::ComponentCache::new(Some(cache_dir.path().into()));
+    let cache =
+        asya_host::runtime::component_cache::ComponentCache::new(Some(cache_dir.path().into()));
     let mut host = LocalHost::start(vec![ActorDef::new("a", behave())], cache)
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use asya_host::envelope::{Envelope, Route, SUMP};
+use asya_host::message::envelope::{Envelope, Route, SUMP};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
 use asya_host::transport::{Outbound, Transport};
 use common::nats::{HostProcess, NatsServer};

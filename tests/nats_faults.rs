@@ -4,9 +4,9 @@
 
 mod common;
 
-use asya_host::end_actors::ResultStore;
-use asya_host::envelope::{Envelope, Reason, Route, SINK};
+use asya_host::message::envelope::{Envelope, Reason, Route, SINK};
 use asya_host::transport::nats::{self, NatsResults, NatsSettings, NatsTransport};
+use asya_host::transport::results::ResultStore;
 use asya_host::transport::{Outbound, Transport};
 use common::nats::{http_get, signal, HostProcess, NatsServer};
 use serde_json::{json, Value};

@@ -5,7 +5,7 @@
 
 mod common;
 
-use asya_host::envelope::{Envelope, Phase, Route};
+use asya_host::message::envelope::{Envelope, Phase, Route};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
 use common::nats::{HostProcess, NatsServer};
 use serde_json::{json, Value};

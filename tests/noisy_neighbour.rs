@@ -4,8 +4,8 @@
 
 mod common;
 
-use asya_host::local::{ActorDef, LocalHost};
-use asya_host::sandbox::SandboxLimits;
+use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::runtime::sandbox::SandboxLimits;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -12,8 +12,8 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use asya_host::sandbox::{PoolingSettings, SandboxEngine, SandboxLimits};
-use asya_host::wasm::WasmExecutor;
+use asya_host::runtime::sandbox::{PoolingSettings, SandboxEngine, SandboxLimits};
+use asya_host::runtime::wasm::WasmExecutor;
 use std::time::Duration;
 
 #[global_allocator]

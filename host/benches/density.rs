@@ -18,8 +18,8 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use asya_host::component_cache::ComponentCache;
-use asya_host::local::{ActorDef, LocalHost};
+use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::runtime::component_cache::ComponentCache;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -8,8 +8,8 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use asya_host::local::{ActorDef, LocalHost};
-use asya_host::manifest;
+use asya_host::actor::manifest;
+use asya_host::app::local::{ActorDef, LocalHost};
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};

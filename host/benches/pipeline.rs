@@ -12,8 +12,8 @@ mod common;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use asya_host::executor::Executor;
-use asya_host::local::{ActorDef, LocalHost};
+use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::runtime::executor::Executor;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::process::Command;

@@ -6,10 +6,10 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use asya_host::executor::Executor;
-use asya_host::local::{ActorDef, LocalHost};
-use asya_host::python::{PythonRuntimeConfig, SpawnSpec};
-use asya_host::routing::Mode;
+use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::runtime::executor::Executor;
+use asya_host::runtime::executor::Mode;
+use asya_host::runtime::python::{PythonRuntimeConfig, SpawnSpec};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -4,26 +4,21 @@
 //! sidecar: it consumes each actor's queue, calls the component in-process, routes the result,
 //! retries, times out and dead-letters.
 //!
-//! Pure logic (envelope model, routing rules) lives apart from I/O (transports, executors).
+//! Layers, each depending only on those below it (the README's module map has a line per
+//! module):
+//!
+//! - [`app`]: the two ways to run (`serve`, `local`);
+//! - [`actor`]: one actor (manifest, builder, sidecar loop, end actors, fan-in);
+//! - [`runtime`]: where handlers run (wasm, python, sandbox, component cache, OCI, outbound HTTP);
+//! - [`transport`]: moving envelope bytes between queues, and where results are stored;
+//! - [`message`]: what happens to one envelope (pure: envelope, routing, flow, resiliency);
+//! - [`ops`]: metrics, tracing, CPU time.
+//!
+//! The AsyncActor contract itself (types, names, durations, quantities) is the `asya-spec` crate.
 
-pub mod component_cache;
-pub mod cpu_time;
-pub mod end_actors;
-pub mod envelope;
-pub mod executor;
-pub mod fanin;
-pub mod flow;
-pub mod local;
-pub mod manifest;
-pub mod metrics;
-pub mod oci;
-pub mod outbound;
-pub mod python;
-pub mod resiliency;
-pub mod routing;
-pub mod sandbox;
-pub mod serve;
-pub mod sidecar;
-pub mod trace;
+pub mod actor;
+pub mod app;
+pub mod message;
+pub mod ops;
+pub mod runtime;
 pub mod transport;
-pub mod wasm;

@@ -8,15 +8,15 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
-use asya_host::component_cache::{default_cache_dir, ComponentCache};
-use asya_host::end_actors::Finished;
-use asya_host::envelope::Route;
-use asya_host::envelope::{is_end_actor, Envelope, SUMP};
-use asya_host::local::{ActorDef, LocalHost};
-use asya_host::manifest;
-use asya_host::python::{PythonRuntimeConfig, SpawnSpec};
-use asya_host::serve::{self, RunConfig};
+use asya_host::actor::manifest;
+use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::app::serve::{self, RunConfig};
+use asya_host::message::envelope::Route;
+use asya_host::message::envelope::{is_end_actor, Envelope, SUMP};
+use asya_host::runtime::component_cache::{default_cache_dir, ComponentCache};
+use asya_host::runtime::python::{PythonRuntimeConfig, SpawnSpec};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
+use asya_host::transport::results::Finished;
 use asya_host::transport::{Outbound, Transport};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -252,7 +252,7 @@ async fn run(args: RunArgs) -> Result<i32> {
 async fn send(args: SendArgs) -> Result<i32> {
     let payload = parse_payload(&args.payload, "--payload")?;
     let route = Route::through(&args.route).context("--route is empty")?;
-    let envelope = Envelope::new(route, payload, &asya_host::envelope::now_rfc3339());
+    let envelope = Envelope::new(route, payload, &asya_host::message::envelope::now_rfc3339());
     let client = nats::connect(&args.nats).await?;
     let transport = NatsTransport::new(client, &args.namespace, NatsSettings::default()).await?;
     transport
@@ -279,7 +279,7 @@ async fn send(args: SendArgs) -> Result<i32> {
 
 async fn pull(reference: String, output: Option<PathBuf>) -> Result<i32> {
     let root = default_cache_dir().context("no cache directory (set ASYA_CACHE_DIR)")?;
-    let fetched = asya_host::oci::OciFetcher::new(&root)
+    let fetched = asya_host::runtime::oci::OciFetcher::new(&root)
         .fetch(&reference)
         .await?;
     if let Some(output) = &output {
@@ -300,7 +300,7 @@ async fn pull(reference: String, output: Option<PathBuf>) -> Result<i32> {
 }
 
 async fn inspect(component: PathBuf) -> Result<i32> {
-    let engine = asya_host::sandbox::SandboxEngine::new()?;
+    let engine = asya_host::runtime::sandbox::SandboxEngine::new()?;
     let loaded = ComponentCache::new(default_cache_dir()).load_file(engine.engine(), &component)?;
     let ty = loaded.component.component_type();
     let imports: Vec<String> = ty
@@ -311,11 +311,11 @@ async fn inspect(component: PathBuf) -> Result<i32> {
         .exports(engine.engine())
         .map(|(name, _)| name.to_owned())
         .collect();
-    let executor = asya_host::wasm::WasmExecutor::load(
+    let executor = asya_host::runtime::wasm::WasmExecutor::load(
         "inspect",
         engine.clone(),
         &loaded,
-        asya_host::sandbox::SandboxLimits::default(),
+        asya_host::runtime::sandbox::SandboxLimits::default(),
     )
     .await?;
     let d = executor.descriptor();

@@ -42,6 +42,7 @@ pub trait JetStreamAdmin: Send + Sync {
 
 /// The results bucket of a namespace's stream: `ASYA_RESULTS_<NS>` (what the host opens).
 pub fn results_bucket(stream: &str) -> String {
+    // The stream's own namespace suffix, as `asya_spec::names::results_bucket` derives it.
     format!("ASYA_RESULTS_{}", stream.trim_start_matches("ASYA_"))
 }
 
@@ -83,7 +84,7 @@ impl JetStreamAdmin for NatsAdmin {
                 subjects: spec.subjects.clone(),
                 storage: stream::StorageType::File,
                 // The same window the host uses for its Nats-Msg-Id deduplication.
-                duplicate_window: Duration::from_secs(120),
+                duplicate_window: asya_spec::names::DUPLICATE_WINDOW,
                 ..Default::default()
             })
             .await
@@ -104,9 +105,9 @@ impl JetStreamAdmin for NatsAdmin {
             durable_name: Some(spec.name.clone()),
             filter_subject: spec.filter_subject.clone(),
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(60),
+            ack_wait: asya_spec::names::DEFAULT_ACK_WAIT,
             max_deliver: -1,
-            max_ack_pending: 64,
+            max_ack_pending: asya_spec::names::max_ack_pending(asya_spec::names::DEFAULT_BATCH),
             ..Default::default()
         };
         stream

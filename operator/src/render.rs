@@ -33,7 +33,7 @@ pub const CACHE_DIR: &str = "/var/cache/asya";
 pub const TRIGGER_NAME: &str = "queue";
 /// The consumers of the host's built-in actors (end actors and the flow fan-in), which every
 /// host of a namespace reads from (with `--no-create` it expects them to exist).
-pub const BUILTIN_ACTORS: [&str; 3] = ["x-sink", "x-sump", "x-fanin"];
+pub const BUILTIN_ACTORS: [&str; 3] = asya_spec::names::RESERVED_NAMES;
 
 /// Cluster-wide settings of the operator (flags of `asya-operator run`, values of the chart).
 #[derive(Debug, Clone, PartialEq)]
@@ -116,12 +116,12 @@ impl Desired {
 
 /// The stream name of a namespace: `ASYA_<NAMESPACE>` (upper case, `-` and `.` as `_`).
 pub fn stream_name(namespace: &str) -> String {
-    format!("ASYA_{}", namespace.to_uppercase().replace(['-', '.'], "_"))
+    asya_spec::names::stream_name(namespace)
 }
 
 /// The subject of an actor's queue: `asya.<namespace>.<actor>`.
 pub fn subject(namespace: &str, actor: &str) -> String {
-    format!("asya.{namespace}.{actor}")
+    asya_spec::names::subject(namespace, actor)
 }
 
 /// The name of the ConfigMap holding an actor's manifest.
@@ -455,7 +455,7 @@ pub fn desired_objects(actor: &AsyncActor, spec: &AsyncActorSpec, settings: &Set
     .expect("a valid ConfigMap");
     let stream = StreamSpec {
         name: stream_name(&namespace),
-        subjects: vec![format!("asya.{namespace}.>")],
+        subjects: vec![asya_spec::names::stream_subjects(&namespace)],
     };
     let consumer_of = |actor: &str| ConsumerSpec {
         stream: stream.name.clone(),

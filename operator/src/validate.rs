@@ -1,44 +1,20 @@
-//! Checks of an actor's merged spec that the reconciler performs before it renders anything.
-//! They mirror the CRD's schema and CEL rules (which the API server applies to each object
-//! alone) and add what only the merged spec shows: a flavor may bring `runtime: python` without
-//! an image, or a formula whose target the actor forgot.
+//! Checks of an actor's merged spec that the reconciler performs before it renders anything:
+//! the shared contract's rules ([`asya_spec::check_spec`], which the CRD states too and the
+//! API server applies to each object alone) on the merged spec, where a flavor may bring a bad
+//! value the actor's own object did not show, and what only a cluster needs (a component from
+//! a registry, an image for `runtime: python`).
 
-use crate::crd::{AsyncActorSpec, Runtime, RESERVED_NAMES};
+use crate::crd::{AsyncActorSpec, Runtime};
 
 /// Everything wrong with an actor, one message per problem.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{}", .0.join("; "))]
 pub struct Invalid(pub Vec<String>);
 
-/// Whether `name` is a valid actor name ([`crate::crd::ACTOR_NAME_PATTERN`], at most 63
-/// characters, not an end actor's name).
+/// Whether `name` is a valid actor name (a DNS label of at most 63 characters, not a built-in
+/// actor's name), as the shared contract words it.
 pub fn actor_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !ok {
-        return Err(format!(
-            "actor name '{name}' is not valid: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ));
-    }
-    if RESERVED_NAMES.contains(&name) {
-        return Err(format!(
-            "actor name '{name}' is reserved for a built-in actor of the host"
-        ));
-    }
-    Ok(())
-}
-
-fn duration_ok(text: &str) -> bool {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    number.parse::<f64>().is_ok() && matches!(unit, "" | "ms" | "s" | "m" | "h")
+    asya_spec::names::check_actor_name(name).map_err(|e| e.to_string())
 }
 
 /// Validates an actor's merged spec.
@@ -68,83 +44,14 @@ pub fn actor(name: &str, spec: &AsyncActorSpec) -> Result<(), Invalid> {
             }
         }
     }
-    if let Some(scaling) = &spec.scaling {
-        for (canonical, alias, a, b) in [
-            (
-                "minReplicaCount",
-                "minReplicas",
-                scaling.min_replica_count,
-                scaling.min_replicas,
-            ),
-            (
-                "maxReplicaCount",
-                "maxReplicas",
-                scaling.max_replica_count,
-                scaling.max_replicas,
-            ),
-        ] {
-            if let (Some(a), Some(b)) = (a, b) {
-                if a != b {
-                    problems.push(format!(
-                        "scaling: {canonical} ({a}) and its alias {alias} ({b}) disagree; set one of them"
-                    ));
-                }
-            }
-        }
-        if let (Some(min), Some(max)) = (scaling.min(), scaling.max()) {
-            if min > max {
-                problems.push(format!(
-                    "scaling: minReplicaCount ({min}) is larger than maxReplicaCount ({max})"
-                ));
-            }
-        }
-        if let Some(advanced) = &scaling.advanced {
-            if advanced.formula.trim().is_empty() {
-                problems.push("scaling.advanced.formula is empty".into());
-            } else if advanced.target.trim().is_empty() {
-                problems.push(
-                    "scaling.advanced.formula needs scaling.advanced.target (the value the formula is scaled to)".into(),
-                );
-            }
-        }
+    // Every field rule of the shared contract (the host checks the same on start).
+    if let Err(problem) = asya_spec::check_spec(spec) {
+        problems.push(problem.to_string());
     }
-    let mut durations = Vec::new();
-    if let Some(resiliency) = &spec.resiliency {
-        durations.push(("resiliency.actorTimeout", resiliency.actor_timeout.clone()));
-        for policy in resiliency.policies.values() {
-            durations.push((
-                "resiliency.policies.*.initialInterval",
-                policy.initial_interval.clone(),
-            ));
-            durations.push((
-                "resiliency.policies.*.maxInterval",
-                policy.max_interval.clone(),
-            ));
-            durations.push((
-                "resiliency.policies.*.maxDuration",
-                policy.max_duration.clone(),
-            ));
-        }
-        for rule in &resiliency.rules {
-            if !resiliency.policies.contains_key(&rule.policy) {
-                problems.push(format!(
-                    "resiliency.rules names policy '{}', which is not in resiliency.policies",
-                    rule.policy
-                ));
-            }
-        }
-    }
-    if let Some(sandbox) = &spec.sandbox {
-        durations.push(("sandbox.cpuTimeout", sandbox.cpu_timeout.clone()));
-        durations.push(("sandbox.idleTimeout", sandbox.idle_timeout.clone()));
-    }
-    for (field, value) in durations {
-        if let Some(value) = value {
-            if !duration_ok(&value) {
-                problems.push(format!(
-                    "{field} '{value}' is not a duration like 500ms, 5s, 2m or 1h"
-                ));
-            }
+    // KEDA refuses an empty formula; only a cluster evaluates one.
+    if let Some(advanced) = spec.scaling.as_ref().and_then(|s| s.advanced.as_ref()) {
+        if advanced.formula.trim().is_empty() {
+            problems.push("spec.scaling.advanced.formula: must not be empty".into());
         }
     }
     if problems.is_empty() {
@@ -218,13 +125,22 @@ mod tests {
             &spec("component: oci://r/a:1\nscaling: {minReplicaCount: 3, minReplicas: 2, maxReplicaCount: 1}"),
         )
         .unwrap_err();
-        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.to_string().contains("minReplicas disagree"), "{err}");
         let err = actor(
             "a",
-            &spec("component: oci://r/a:1\nsandbox: {cpuTimeout: soon}\nresiliency: {rules: [{errors: [E], policy: p}]}"),
+            &spec("component: oci://r/a:1\nsandbox: {cpuTimeout: soon}"),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("cpuTimeout 'soon'"));
-        assert!(err.to_string().contains("policy 'p'"));
+        assert!(
+            err.to_string()
+                .contains("spec.sandbox.cpuTimeout: must be a duration"),
+            "{err}"
+        );
+        let err = actor(
+            "a",
+            &spec("component: oci://r/a:1\nresiliency: {rules: [{errors: [E], policy: p}]}"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("policy 'p'"), "{err}");
     }
 }

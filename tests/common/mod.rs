@@ -1,7 +1,7 @@
 //! Shared helpers of the host's integration tests: real components, built by `asya build`.
 #![allow(dead_code)]
 
-use asya_host::component_cache::{default_cache_dir, ComponentCache};
+use asya_host::runtime::component_cache::{default_cache_dir, ComponentCache};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! Transports move envelope bytes between actor queues. The sidecar logic ([`crate::sidecar`]) is
+//! Transports move envelope bytes between actor queues. The sidecar logic ([`crate::actor::sidecar`]) is
 //! written against this interface only, so the embedded in-process transport (the default, for
 //! development, tests and the demo) and NATS JetStream plug into the same routing code.
 //!
@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod nats;
+pub mod results;
 
 use anyhow::Result;
 use async_trait::async_trait;

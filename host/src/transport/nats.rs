@@ -4,9 +4,10 @@
 //! an input redelivered after a crash does not duplicate its outputs within the dedup window.
 
 use super::{Acker, Delivery, Outbound, Subscription, Transport};
-use crate::end_actors::ResultStore;
-use crate::envelope::Envelope;
+use crate::message::envelope::Envelope;
+use crate::transport::results::ResultStore;
 use anyhow::{Context, Result};
+use asya_spec::names;
 use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -29,9 +30,9 @@ impl Default for NatsSettings {
     fn default() -> Self {
         NatsSettings {
             create: true,
-            ack_wait: Duration::from_secs(60),
-            batch: 8,
-            duplicate_window: Duration::from_secs(120),
+            ack_wait: names::DEFAULT_ACK_WAIT,
+            batch: names::DEFAULT_BATCH,
+            duplicate_window: names::DUPLICATE_WINDOW,
         }
     }
 }
@@ -46,12 +47,12 @@ pub struct NatsTransport {
 
 /// The stream name of a namespace: `ASYA_<NAMESPACE>` (upper case, `-` and `.` as `_`).
 pub fn stream_name(namespace: &str) -> String {
-    format!("ASYA_{}", namespace.to_uppercase().replace(['-', '.'], "_"))
+    names::stream_name(namespace)
 }
 
 /// The subject of an actor's queue: `asya.<namespace>.<actor>`.
 pub fn subject(namespace: &str, actor: &str) -> String {
-    format!("asya.{namespace}.{actor}")
+    names::subject(namespace, actor)
 }
 
 /// Connects to NATS, retrying the first connection, reconnecting forever afterwards.
@@ -97,7 +98,7 @@ impl NatsTransport {
             self.js
                 .get_or_create_stream(stream::Config {
                     name: name.clone(),
-                    subjects: vec![format!("asya.{}.>", self.namespace)],
+                    subjects: vec![names::stream_subjects(&self.namespace)],
                     storage: stream::StorageType::File,
                     duplicate_window: self.settings.duplicate_window,
                     ..Default::default()
@@ -192,7 +193,7 @@ impl Transport for NatsTransport {
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.settings.ack_wait,
             max_deliver: -1,
-            max_ack_pending: (self.settings.batch * 8) as i64,
+            max_ack_pending: names::max_ack_pending(self.settings.batch),
             ..Default::default()
         };
         let consumer: consumer::PullConsumer = if self.settings.create {
@@ -239,16 +240,13 @@ impl Transport for NatsTransport {
 
 /// The key-value bucket of a namespace's final envelopes: `ASYA_RESULTS_<NAMESPACE>`.
 pub fn results_bucket(namespace: &str) -> String {
-    format!(
-        "ASYA_RESULTS_{}",
-        stream_name(namespace).trim_start_matches("ASYA_")
-    )
+    names::results_bucket(namespace)
 }
 
 /// The subjects every stored result is published on (`$KV.<bucket>.>`): a core NATS
 /// subscription on it sees each message end the moment it is stored.
 pub fn results_subject(namespace: &str) -> String {
-    format!("$KV.{}.>", results_bucket(namespace))
+    names::results_subject(namespace)
 }
 
 /// The key-value key of a message id: the id itself when it is a valid key, else `hex.<hex>`.

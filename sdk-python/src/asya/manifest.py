@@ -188,7 +188,7 @@ def load_actors(directory: Path) -> list[ActorManifest]:
             if not isinstance(name, str):  # the schema requires it; for the type checker
                 errors.append(f"{path}: {who}: metadata.name: is required")
                 continue
-            spec = doc["spec"]
+            spec = doc.get("spec") or {}
             handler = spec.get("handler")
             if not handler:
                 errors.append(f"{path}: {who}: spec.handler: is required to build the actor")

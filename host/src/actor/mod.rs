@@ -1,0 +1,9 @@
+//! One actor: its manifest ([`manifest`]), how it is assembled from a manifest and an executor
+//! ([`builder`]), its queue loop ([`sidecar`]), and the built-in actors every namespace has: the
+//! end actors ([`end_actors`]) and the flow fan-in ([`fanin`]).
+
+pub mod builder;
+pub mod end_actors;
+pub mod fanin;
+pub mod manifest;
+pub mod sidecar;

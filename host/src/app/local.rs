@@ -1,0 +1,274 @@
+//! A whole pipeline in one process on the embedded transport: every actor's sidecar, its WASM
+//! executor, and the end actors. This is what `asya dev` runs, and what tests and benchmarks
+//! drive.
+
+use crate::actor::builder::{self, HandlerSource, SidecarParts};
+use crate::actor::end_actors::run_end_actors;
+use crate::actor::manifest::{ActorSettings, AsyncActor};
+use crate::actor::sidecar::SidecarSettings;
+use crate::message::envelope::{now_rfc3339, Envelope, Route};
+use crate::message::resiliency::Resiliency;
+use crate::runtime::component_cache::ComponentCache;
+use crate::runtime::executor::Mode;
+use crate::runtime::python::{PythonExecutor, PythonRuntimeConfig};
+use crate::runtime::sandbox::{SandboxEngine, SandboxLimits};
+use crate::runtime::wasm::WasmExecutor;
+use crate::transport::embedded::{EmbeddedTransport, Hop};
+use crate::transport::results::{Finished, MemoryResults};
+use crate::transport::{Outbound, Transport};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// One actor to run: its name, component file and settings.
+#[derive(Debug, Clone)]
+pub struct ActorDef {
+    /// Actor (queue) name.
+    pub name: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// The mode the manifest declares, checked against the component's own.
+    pub mode: Option<Mode>,
+    /// Sandbox limits.
+    pub limits: SandboxLimits,
+    /// Sidecar settings.
+    pub settings: SidecarSettings,
+    /// Retry policies.
+    pub resiliency: Resiliency,
+    /// Run the handler in the native-Python runtime instead of the WASM component.
+    pub python: Option<PythonRuntimeConfig>,
+}
+
+impl ActorDef {
+    /// An actor with default limits.
+    pub fn new(name: impl Into<String>, component: impl Into<PathBuf>) -> Self {
+        ActorDef {
+            name: name.into(),
+            component: component.into(),
+            mode: None,
+            limits: SandboxLimits::default(),
+            settings: SidecarSettings::default(),
+            resiliency: Resiliency::default(),
+            python: None,
+        }
+    }
+
+    /// An actor from its manifest and a built component.
+    pub fn from_manifest(manifest: &AsyncActor, component: impl Into<PathBuf>) -> Result<Self> {
+        Ok(ActorDef {
+            name: manifest.name().to_owned(),
+            component: component.into(),
+            mode: manifest.spec.mode,
+            limits: manifest.sandbox_limits()?,
+            settings: manifest.sidecar_settings()?,
+            resiliency: manifest.resiliency()?,
+            python: None,
+        })
+    }
+}
+
+/// How one actor was loaded.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Actor name.
+    pub name: String,
+    /// Handler reference reported by the component.
+    pub handler: String,
+    /// Mode reported by the component.
+    pub mode: Mode,
+    /// Component digest.
+    pub digest: String,
+    /// Whether the compiled form came from the cache.
+    pub from_cache: bool,
+    /// Time to compile or load, and instantiate the first instance.
+    pub load_time: Duration,
+}
+
+/// A running pipeline host on the embedded transport.
+pub struct LocalHost {
+    transport: EmbeddedTransport,
+    results: mpsc::UnboundedReceiver<Finished>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<()>>,
+    executors: HashMap<String, Arc<WasmExecutor>>,
+    python_executors: HashMap<String, Arc<PythonExecutor>>,
+    /// How each actor was loaded.
+    pub loaded: Vec<LoadReport>,
+}
+
+impl LocalHost {
+    /// Loads every actor (compiling components, or loading them from `cache`) and starts their
+    /// sidecars and the end actors.
+    pub async fn start(actors: Vec<ActorDef>, cache: ComponentCache) -> Result<Self> {
+        let engine = SandboxEngine::new()?;
+        let transport = EmbeddedTransport::new();
+        let shared: Arc<dyn Transport> = Arc::new(transport.clone());
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let (store, results) = MemoryResults::new();
+        tasks.spawn(run_end_actors(shared.clone(), store, shutdown.clone()));
+        tasks.spawn(crate::actor::fanin::run_fanin(
+            shared.clone(),
+            Arc::new(crate::actor::fanin::MemoryFanIn::default()),
+            shutdown.clone(),
+        ));
+        let mut executors = HashMap::new();
+        let mut python_executors = HashMap::new();
+        let mut loaded = Vec::new();
+        for def in actors {
+            let source = match &def.python {
+                Some(config) => HandlerSource::Python(config.clone()),
+                None => HandlerSource::Component(def.component.clone()),
+            };
+            let built = builder::load_executor(
+                &engine,
+                &cache,
+                &def.name,
+                source,
+                def.limits.clone(),
+                def.mode,
+            )
+            .await?;
+            if let Some(wasm) = &built.wasm {
+                executors.insert(def.name.clone(), wasm.clone());
+            }
+            if let Some(python) = &built.python {
+                python_executors.insert(def.name.clone(), python.clone());
+            }
+            loaded.push(LoadReport {
+                name: def.name.clone(),
+                handler: built.descriptor.handler.clone(),
+                mode: built.descriptor.mode,
+                digest: built.digest.clone(),
+                from_cache: built.from_cache,
+                load_time: built.load_time,
+            });
+            let parts = SidecarParts {
+                settings: def.settings.clone(),
+                resiliency: def.resiliency.clone(),
+                ..SidecarParts::default()
+            };
+            let sidecar = Arc::new(builder::sidecar(
+                &def.name,
+                built.executor,
+                shared.clone(),
+                parts,
+            ));
+            tasks.spawn(sidecar.run(shutdown.clone()));
+        }
+        Ok(LocalHost {
+            transport,
+            results,
+            shutdown,
+            tasks,
+            executors,
+            python_executors,
+            loaded,
+        })
+    }
+
+    /// The executor of `actor` (pool statistics, descriptor).
+    pub fn executor(&self, actor: &str) -> Option<&Arc<WasmExecutor>> {
+        self.executors.get(actor)
+    }
+
+    /// The native-Python executor of `actor`, if it runs in one.
+    pub fn python_executor(&self, actor: &str) -> Option<&Arc<PythonExecutor>> {
+        self.python_executors.get(actor)
+    }
+
+    /// Copies every published message to the returned receiver (hop display, tests).
+    pub fn tap(&self) -> mpsc::UnboundedReceiver<Hop> {
+        self.transport.tap()
+    }
+
+    /// Sends `payload` along `route`; returns the new envelope's id.
+    pub async fn send(&self, route: &[String], payload: Value) -> Result<String> {
+        let route = Route::through(route).context("the route is empty")?;
+        let envelope = Envelope::new(route, payload, &now_rfc3339());
+        self.send_envelope(&envelope).await?;
+        Ok(envelope.id)
+    }
+
+    /// Sends a prepared envelope to its `route.curr`.
+    pub async fn send_envelope(&self, envelope: &Envelope) -> Result<()> {
+        self.send_raw(&envelope.route.curr, envelope.to_bytes())
+            .await
+    }
+
+    /// Puts raw bytes on `actor`'s queue (they need not be an envelope).
+    pub async fn send_raw(&self, actor: &str, bytes: Vec<u8>) -> Result<()> {
+        self.transport
+            .publish(
+                actor,
+                Outbound {
+                    bytes,
+                    dedup_id: uuid::Uuid::new_v4().to_string(),
+                },
+            )
+            .await
+    }
+
+    /// The next message to reach an end actor, waiting at most `timeout`.
+    pub async fn next_result(&mut self, timeout: Duration) -> Result<Finished> {
+        tokio::time::timeout(timeout, self.results.recv())
+            .await
+            .context("timed out waiting for a result")?
+            .context("the end actors stopped")
+    }
+
+    /// Runs every payload through `route`, at most `window` in flight, and returns the final
+    /// envelopes in input order.
+    pub async fn run_batch(
+        &mut self,
+        route: &[String],
+        payloads: Vec<Value>,
+        window: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Finished>> {
+        let total = payloads.len();
+        let mut order = HashMap::with_capacity(total);
+        let mut out: Vec<Option<Finished>> = vec![None; total];
+        let mut pending = payloads.into_iter().enumerate();
+        let mut in_flight = 0usize;
+        let mut done = 0usize;
+        while done < total {
+            while in_flight < window.max(1) {
+                let Some((index, payload)) = pending.next() else {
+                    break;
+                };
+                let id = self.send(route, payload).await?;
+                order.insert(id, index);
+                in_flight += 1;
+            }
+            let finished = self.next_result(timeout).await?;
+            if let Some(index) = order.remove(&finished.envelope.id) {
+                out[index] = Some(finished);
+                in_flight -= 1;
+                done += 1;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|f| f.expect("every index filled"))
+            .collect())
+    }
+
+    /// Stops pulling, lets in-flight messages finish, and stops every task.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        while let Some(joined) = self.tasks.join_next().await {
+            joined.context("a host task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// Loads an actor's component from a file or an `oci://` reference (the actor builder's).
+pub use crate::actor::builder::load_component as load_component_from;

@@ -1,0 +1,472 @@
+//! The long-running host on NATS JetStream (`asya-host run`): every actor of a directory of
+//! manifests, the end actors per namespace, and the HTTP endpoints `/metrics`, `/healthz` and
+//! `/readyz`. Shutdown is graceful: stop pulling, finish in-flight messages, ack, return.
+
+use crate::actor::builder::{self, HandlerSource, SidecarParts};
+use crate::actor::end_actors::run_end_actors;
+use crate::actor::manifest::{self, ActorSettings, AsyncActor, Runtime};
+use crate::actor::sidecar::Sidecar;
+use crate::ops::metrics::Metrics;
+use crate::runtime::component_cache::ComponentCache;
+use crate::runtime::python::PythonRuntimeConfig;
+use crate::runtime::sandbox::SandboxEngine;
+use crate::runtime::wasm::WasmExecutor;
+use crate::transport::nats::{connect, NatsResults, NatsSettings, NatsTransport};
+use crate::transport::Transport;
+use anyhow::{bail, Context, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `asya-host run` needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// Directory of AsyncActor manifests.
+    pub manifests: PathBuf,
+    /// Component files by actor name (override `spec.component`).
+    pub components: HashMap<String, PathBuf>,
+    /// JetStream settings.
+    pub nats: NatsSettings,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz` (none: no HTTP server).
+    pub http_addr: Option<SocketAddr>,
+    /// How long in-flight messages may take to finish after a shutdown signal.
+    pub grace: Duration,
+    /// Inputs larger than this are rejected (overrides the default per actor).
+    pub max_message_bytes: Option<usize>,
+    /// Compiled-component cache.
+    pub cache: ComponentCache,
+    /// Runtime sockets of `runtime: python` actors by name (default
+    /// `/var/run/asya/runtime.sock`, the shared emptyDir of the actor's pod).
+    pub python_sockets: HashMap<String, PathBuf>,
+    /// How often the manifest directory is checked for changes (`None`: never).
+    pub reload_interval: Option<Duration>,
+    /// Publish messages that end to the `x-sink` / `x-sump` queues for the end actors to store,
+    /// instead of storing them in the hop that ends them (the default, one queue hop less).
+    pub end_queues: bool,
+}
+
+/// Where a python actor's runtime listens unless told otherwise.
+pub const DEFAULT_RUNTIME_SOCKET: &str = "/var/run/asya/runtime.sock";
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn metrics_endpoint(
+    State(state): State<HttpState>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    (
+        StatusCode::OK,
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn ready_endpoint(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Where an actor's component comes from: `--component`, else a local `spec.component`.
+fn component_path(
+    actor: &AsyncActor,
+    overrides: &HashMap<String, PathBuf>,
+    base: &Path,
+) -> Result<PathBuf> {
+    if let Some(path) = overrides.get(actor.name()) {
+        return Ok(path.clone());
+    }
+    match actor.spec.component.as_deref() {
+        None => bail!(
+            "actor '{}' has no spec.component and no --component {0}=PATH",
+            actor.name()
+        ),
+        Some(reference) if reference.starts_with("oci://") => Ok(PathBuf::from(reference)),
+        Some(reference) => {
+            let path = PathBuf::from(reference.trim_start_matches("file://"));
+            Ok(if path.is_absolute() {
+                path
+            } else {
+                base.join(path)
+            })
+        }
+    }
+}
+
+/// Runs the host until `shutdown` is cancelled.
+///
+/// The manifest directory is re-read every `config.reload_interval`: actors that appear are
+/// started, actors whose manifest (or component file) changed are replaced in place (the queue's
+/// subscription stays open and switches to the new version once it has loaded; messages in
+/// flight finish on the old one), and actors that disappear finish
+/// their in-flight messages and stop. Other actors are not touched. A manifest that does not load
+/// is reported and the running set is kept.
+pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
+    let manifests = manifest::load_dir(&config.manifests)?;
+    if manifests.is_empty() {
+        bail!("no AsyncActor manifests in {}", config.manifests.display());
+    }
+    let metrics = Arc::new(Metrics::new());
+    metrics.know(manifests.iter().map(|(_, actor)| actor.name()));
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.http_addr {
+        let state = HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        let app = axum::Router::new()
+            .route("/metrics", get(metrics_endpoint))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(ready_endpoint))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP endpoint {addr}"))?;
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+    }
+
+    let client = connect(&config.nats_url).await?;
+    let workers = CancellationToken::new();
+    let mut fleet = Fleet {
+        engine: SandboxEngine::new()?,
+        client: client.clone(),
+        metrics: metrics.clone(),
+        workers: workers.clone(),
+        tasks: JoinSet::new(),
+        namespaces: HashMap::new(),
+        actors: BTreeMap::new(),
+        wasm: Arc::default(),
+    };
+    // The first load must succeed as a whole: a host that cannot start an actor does not start.
+    for (file, actor) in manifests {
+        fleet.start_actor(&config, file, actor).await?;
+    }
+    let mut listing = manifest_listing(&config);
+    {
+        let (metrics, stop, wasm) = (metrics.clone(), shutdown.clone(), fleet.wasm.clone());
+        tokio::spawn(async move {
+            loop {
+                let executors: Vec<_> = wasm
+                    .lock()
+                    .expect("executors")
+                    .iter()
+                    .map(|((_, name), executor)| (name.clone(), executor.clone()))
+                    .collect();
+                for (name, executor) in executors {
+                    let stats = executor.stats();
+                    let made = stats.instantiated.load(Ordering::Relaxed);
+                    metrics.pool(
+                        &name,
+                        made,
+                        made.saturating_sub(stats.discarded.load(Ordering::Relaxed)),
+                        stats.memory_peak_bytes.load(Ordering::Relaxed),
+                    );
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(actors = fleet.actors.len(), "asya host ready");
+
+    loop {
+        let tick = async {
+            match config.reload_interval {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick => {}
+        }
+        while let Some(joined) = fleet.tasks.try_join_next() {
+            if let Err(err) = joined.context("a host task panicked").and_then(|r| r) {
+                tracing::warn!(error = %format!("{err:#}"), "task ended with an error");
+            }
+        }
+        let now = manifest_listing(&config);
+        if now == listing {
+            continue;
+        }
+        listing = now;
+        fleet.reconcile(&config).await;
+    }
+
+    let mut tasks = std::mem::take(&mut fleet.tasks);
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!(grace = ?config.grace, "shutting down: no new messages, finishing in-flight ones");
+    workers.cancel();
+    let drained = tokio::time::timeout(config.grace, async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(err) = joined.context("a host task panicked").and_then(|r| r) {
+                tracing::warn!(error = %format!("{err:#}"), "task ended with an error");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        bail!("in-flight messages did not finish within the {:?} grace period; they will be redelivered", config.grace);
+    }
+    client.flush().await.ok();
+    tracing::info!("asya host stopped");
+    Ok(())
+}
+
+/// The file names, sizes and modification times of every manifest and component the host uses:
+/// the cheap check that decides whether a reload is needed.
+fn manifest_listing(config: &RunConfig) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if let Ok(meta) = entry.metadata() {
+                out.push((path, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&config.manifests, &mut out);
+    for path in config.components.values() {
+        if let Ok(meta) = std::fs::metadata(path) {
+            out.push((path.clone(), meta.len(), meta.modified().ok()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One namespace's shared parts: its transport, end actors and fan-in aggregator.
+struct NamespaceRuntime {
+    transport: Arc<dyn Transport>,
+    results: Arc<NatsResults>,
+}
+
+/// A running actor.
+struct RunningActor {
+    /// What it was started from; a different fingerprint means "changed".
+    fingerprint: String,
+    /// Cancels this actor's queue loop only.
+    stop: CancellationToken,
+    /// Hands the queue loop a replacement sidecar when the actor changes.
+    current: watch::Sender<Arc<Sidecar>>,
+}
+
+/// Every running actor of the host, keyed by (namespace, name).
+struct Fleet {
+    engine: Arc<SandboxEngine>,
+    client: async_nats::Client,
+    metrics: Arc<Metrics>,
+    workers: CancellationToken,
+    tasks: JoinSet<Result<()>>,
+    namespaces: HashMap<String, NamespaceRuntime>,
+    actors: BTreeMap<(String, String), RunningActor>,
+    wasm: Arc<std::sync::Mutex<HashMap<(String, String), Arc<WasmExecutor>>>>,
+}
+
+fn fingerprint(config: &RunConfig, file: &Path, actor: &AsyncActor) -> String {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let component = component_path(actor, &config.components, base).ok();
+    let stamp = component
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.len(), m.modified().ok()));
+    format!("{actor:?}|{component:?}|{stamp:?}")
+}
+
+impl Fleet {
+    async fn namespace(
+        &mut self,
+        config: &RunConfig,
+        namespace: &str,
+    ) -> Result<(Arc<dyn Transport>, Arc<NatsResults>)> {
+        if let Some(ns) = self.namespaces.get(namespace) {
+            return Ok((ns.transport.clone(), ns.results.clone()));
+        }
+        let transport =
+            NatsTransport::new(self.client.clone(), namespace, config.nats.clone()).await?;
+        let results = Arc::new(transport.results().await?);
+        let fanin =
+            Arc::new(crate::actor::fanin::NatsFanIn::open(transport.jetstream(), namespace).await?);
+        let shared: Arc<dyn Transport> = Arc::new(transport);
+        self.tasks.spawn(run_end_actors(
+            shared.clone(),
+            results.clone(),
+            self.workers.clone(),
+        ));
+        self.tasks.spawn(crate::actor::fanin::run_fanin(
+            shared.clone(),
+            fanin,
+            self.workers.clone(),
+        ));
+        self.namespaces.insert(
+            namespace.to_owned(),
+            NamespaceRuntime {
+                transport: shared.clone(),
+                results: results.clone(),
+            },
+        );
+        Ok((shared, results))
+    }
+
+    /// Loads and starts one actor (or, for a running one of the same name, loads the new version
+    /// and switches its queue over to it).
+    async fn start_actor(
+        &mut self,
+        config: &RunConfig,
+        file: PathBuf,
+        actor: AsyncActor,
+    ) -> Result<()> {
+        let namespace = actor.namespace().to_owned();
+        let key = (namespace.clone(), actor.name().to_owned());
+        let print = fingerprint(config, &file, &actor);
+        let (shared, results) = self.namespace(config, &namespace).await?;
+        let mut settings = actor.sidecar_settings()?;
+        if let Some(max) = config.max_message_bytes {
+            settings.max_message_bytes = max;
+        }
+        let limits = actor.sandbox_limits()?;
+        let source = if actor.spec.runtime.unwrap_or_default() == Runtime::Python {
+            let socket = config
+                .python_sockets
+                .get(actor.name())
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_SOCKET));
+            // The user's container runs the runtime; the host waits for it before pulling.
+            HandlerSource::Python(PythonRuntimeConfig {
+                socket,
+                spawn: None,
+                ready_timeout: Duration::from_secs(600),
+                max_in_flight: limits.max_instances,
+                max_output_bytes: limits.max_output_bytes,
+            })
+        } else {
+            let base = file.parent().unwrap_or(Path::new("."));
+            HandlerSource::Component(component_path(&actor, &config.components, base)?)
+        };
+        let built = builder::load_executor(
+            &self.engine,
+            &config.cache,
+            actor.name(),
+            source,
+            limits,
+            actor.spec.mode,
+        )
+        .await?;
+        tracing::info!(actor = actor.name(), namespace = %namespace,
+            handler = %built.descriptor.handler, digest = %built.digest,
+            cached = built.from_cache, "actor loaded");
+        if let Some(wasm) = &built.wasm {
+            self.wasm
+                .lock()
+                .expect("executors")
+                .insert(key.clone(), wasm.clone());
+        }
+        let parts = SidecarParts {
+            settings,
+            resiliency: actor.resiliency()?,
+            metrics: Some(self.metrics.clone()),
+            results: (!config.end_queues).then_some(results),
+        };
+        let sidecar = builder::sidecar(actor.name(), built.executor, shared, parts);
+        let sidecar = Arc::new(sidecar);
+        if let Some(running) = self.actors.get_mut(&key) {
+            // Changed: the running queue loop switches to the new sidecar; in-flight messages
+            // finish on the old one, and the subscription is never interrupted. (A loop that has
+            // ended, say its subscription failed, has dropped its receiver: start a new one.)
+            if !running.current.is_closed() {
+                running.current.send_replace(sidecar);
+                running.fingerprint = print;
+                return Ok(());
+            }
+        }
+        let stop = self.workers.child_token();
+        let (current, receiver) = watch::channel(sidecar);
+        self.tasks
+            .spawn(crate::actor::sidecar::serve_queue(receiver, stop.clone()));
+        self.actors.insert(
+            key,
+            RunningActor {
+                fingerprint: print,
+                stop,
+                current,
+            },
+        );
+        Ok(())
+    }
+
+    /// Brings the running set in line with the manifest directory.
+    async fn reconcile(&mut self, config: &RunConfig) {
+        let manifests = match manifest::load_dir(&config.manifests) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"),
+                    "manifests do not load; keeping the running actors as they are");
+                return;
+            }
+        };
+        let mut wanted = std::collections::HashSet::new();
+        for (file, actor) in manifests {
+            let key = (actor.namespace().to_owned(), actor.name().to_owned());
+            wanted.insert(key.clone());
+            let print = fingerprint(config, &file, &actor);
+            let change = match self.actors.get(&key) {
+                Some(running) if running.fingerprint == print => continue,
+                Some(_) => "changed",
+                None => "added",
+            };
+            match self.start_actor(config, file, actor).await {
+                Ok(()) => {
+                    tracing::info!(actor = %key.1, namespace = %key.0, change, "actor (re)started")
+                }
+                Err(err) => tracing::error!(actor = %key.1, namespace = %key.0, change,
+                    error = %format!("{err:#}"), "actor not started; the running version (if any) stays"),
+            }
+        }
+        let gone: Vec<_> = self
+            .actors
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(running) = self.actors.remove(&key) {
+                running.stop.cancel();
+                self.wasm.lock().expect("executors").remove(&key);
+                tracing::info!(actor = %key.1, namespace = %key.0, "actor removed");
+            }
+        }
+    }
+}
