@@ -18,6 +18,7 @@ use kube::api::{
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -53,9 +54,35 @@ pub enum Error {
     /// A JSON patch could not be built (a bug).
     #[error("building a JSON patch: {0}")]
     Patch(#[from] serde_json::Error),
+    /// Adding or removing [`FINALIZER`] failed (the controller retries).
+    #[error("AsyncActor {namespace}/{name}: {source}")]
+    Finalizer {
+        /// The actor's namespace.
+        namespace: String,
+        /// The actor's name.
+        name: String,
+        /// What the finalizer helper reported.
+        #[source]
+        source: Box<finalizer::Error<Error>>,
+    },
     /// The actor has no namespace.
     #[error("AsyncActor {0} has no namespace")]
     NoNamespace(String),
+}
+
+impl Error {
+    /// Unwraps the reconciler's own error from the finalizer helper's; the helper's own
+    /// failures (adding or removing the finalizer) keep the actor they concern.
+    fn from_finalizer(namespace: &str, name: &str, err: finalizer::Error<Error>) -> Self {
+        match err {
+            finalizer::Error::ApplyFailed(err) | finalizer::Error::CleanupFailed(err) => err,
+            other => Error::Finalizer {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source: Box::new(other),
+            },
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -163,8 +190,11 @@ pub fn actors_using(actors: &[Arc<AsyncActor>], flavor: &str) -> Vec<ObjectRef<A
 
 /// Reconciles one actor (the entry point the controller calls).
 ///
-/// The finalizer is added before anything is created; on deletion the consumer is deleted
-/// first and the finalizer removed after, so a consumer never outlives its actor.
+/// kube's [`finalizer()`] helper runs it: the reconcile that finds no [`FINALIZER`] only adds it
+/// (the patch triggers the next reconcile, which applies), so the finalizer is in place before
+/// anything is created; on deletion the consumer is deleted first and the finalizer removed
+/// after, so a consumer never outlives its actor. Both patches are guarded by a JSON patch
+/// `test` of the finalizers they change.
 pub async fn reconcile(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(actor, &ctx).await;
@@ -177,57 +207,19 @@ async fn reconcile_inner(actor: Arc<AsyncActor>, ctx: &Arc<Context>) -> Result<A
     let namespace = actor
         .namespace()
         .ok_or_else(|| Error::NoNamespace(actor.name_any()))?;
+    let name = actor.name_any();
     let api: Api<AsyncActor> = Api::namespaced(ctx.client.clone(), &namespace);
-    let index = actor.finalizers().iter().position(|f| f == FINALIZER);
-    let deleting = actor.metadata.deletion_timestamp.is_some();
-    match (index, deleting) {
-        (None, true) => Ok(Action::await_change()),
-        (Some(index), true) => {
-            cleanup(&actor, ctx).await?;
-            api.patch(
-                &actor.name_any(),
-                &PatchParams::default(),
-                &Patch::Json::<()>(remove_finalizer_patch(index)?),
-            )
-            .await?;
-            Ok(Action::await_change())
+    finalizer(&api, FINALIZER, actor, |event| async {
+        match event {
+            FinalizerEvent::Apply(actor) => apply(actor, ctx.clone()).await,
+            FinalizerEvent::Cleanup(actor) => {
+                cleanup(&actor, ctx).await?;
+                Ok(Action::await_change())
+            }
         }
-        (None, false) => {
-            let added = api
-                .patch(
-                    &actor.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Json::<()>(add_finalizer_patch(&actor)?),
-                )
-                .await?;
-            apply(Arc::new(added), ctx.clone()).await
-        }
-        (Some(_), false) => apply(actor, ctx.clone()).await,
-    }
-}
-
-/// Adds [`FINALIZER`], guarded by the object's `resourceVersion` (a concurrent change makes
-/// the patch fail and the reconcile retry).
-pub fn add_finalizer_patch(actor: &AsyncActor) -> Result<json_patch::Patch, serde_json::Error> {
-    let mut ops = Vec::new();
-    if let Some(version) = &actor.metadata.resource_version {
-        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": version}));
-    }
-    if actor.metadata.finalizers.is_none() {
-        ops.push(json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}));
-    } else {
-        ops.push(json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}));
-    }
-    serde_json::from_value(json!(ops))
-}
-
-/// Removes [`FINALIZER`] at `index`, failing if another finalizer is there by now.
-pub fn remove_finalizer_patch(index: usize) -> Result<json_patch::Patch, serde_json::Error> {
-    let path = format!("/metadata/finalizers/{index}");
-    serde_json::from_value(json!([
-        {"op": "test", "path": path, "value": FINALIZER},
-        {"op": "remove", "path": path},
-    ]))
+    })
+    .await
+    .map_err(|err| Error::from_finalizer(&namespace, &name, err))
 }
 
 /// What the controller does after a failed reconcile: log and retry in 30 s.

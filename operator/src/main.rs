@@ -120,9 +120,12 @@ struct RenderArgs {
 }
 
 fn main() -> Result<()> {
+    // kube-leader-election logs (through `log`) "lease is held by ..." at info on every round
+    // of every replica that does not lead; `leader` logs the changes.
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("ASYA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("ASYA_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,kube_leader_election=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -204,9 +207,8 @@ async fn run(args: RunArgs) -> Result<()> {
         holder,
         ttl: Duration::from_secs(args.lease_seconds.max(3)),
     };
-    let leases = kube::Api::namespaced(client, &settings.namespace);
     let (tx, mut leading) = tokio::sync::watch::channel(false);
-    tokio::spawn(leader::hold(leases, settings.clone(), tx));
+    tokio::spawn(leader::hold(client, settings.clone(), tx));
     tracing::info!(holder = %settings.holder, lease = %settings.name, "waiting for leadership");
     tokio::select! {
         _ = leading.wait_for(|l| *l) => {}

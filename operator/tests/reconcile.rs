@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Client, CustomResource, ResourceExt};
-use kube_fake_client::{interceptor, ClientBuilder};
+use kube_fake_client::{interceptor, ClientBuilder, PatchType};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -29,6 +29,26 @@ use std::sync::{Arc, Mutex};
 )]
 struct ScaledObjectSpec {
     triggers: Vec<serde_json::Value>,
+}
+
+/// An AsyncActor as the fake API server stores it, for `json_patch_as_the_api_server_does`
+/// (kube-fake-client reads objects into types that implement `Default`).
+mod stored {
+    use kube::CustomResource;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+    #[kube(
+        group = "asya.sh",
+        version = "v1alpha1",
+        kind = "AsyncActor",
+        plural = "asyncactors",
+        namespaced,
+        status = "serde_json::Value",
+        derive = "Default"
+    )]
+    pub struct AsyncActorSpec(serde_json::Value);
 }
 
 const NS: &str = "text-pipeline";
@@ -107,14 +127,18 @@ async fn harness(actors: Vec<AsyncActor>, flavors: Vec<Flavor>, keda: bool) -> H
             .collect(),
     ));
     let served = store.clone();
-    builder = builder.with_interceptor_funcs(interceptor::Funcs::new().get(move |ctx| {
-        if ctx.namespace.is_empty() {
-            if let Some(flavor) = served.lock().unwrap().get(ctx.name) {
-                return Ok(Some(flavor.clone()));
-            }
-        }
-        Ok(None)
-    }));
+    builder = builder.with_interceptor_funcs(
+        interceptor::Funcs::new()
+            .get(move |ctx| {
+                if ctx.namespace.is_empty() {
+                    if let Some(flavor) = served.lock().unwrap().get(ctx.name) {
+                        return Ok(Some(flavor.clone()));
+                    }
+                }
+                Ok(None)
+            })
+            .patch(json_patch_as_the_api_server_does),
+    );
     let client = builder.build().await.expect("fake client");
     let jetstream = Arc::new(MemoryJetStream::new());
     let ctx = Arc::new(Context::new(
@@ -133,6 +157,43 @@ async fn harness(actors: Vec<AsyncActor>, flavors: Vec<Flavor>, keda: bool) -> H
         jetstream,
         ctx,
     }
+}
+
+/// kube-fake-client 0.3 applies a JSON patch with the json-patch crate, whose `test` fails
+/// ("path is invalid", 422) on a path that does not exist; the API server (evanphx/json-patch)
+/// lets a `test` against `null` pass there. kube's finalizer helper relies on that: it adds the
+/// first finalizer with `[{"op": "test", "path": "/metadata/finalizers", "value": null},
+/// {"op": "add", ...}]`. Applies such a patch as the API server does. (The only JSON patches
+/// the reconciler sends are the finalizer helper's, on AsyncActors.)
+fn json_patch_as_the_api_server_does(
+    ctx: interceptor::PatchContext,
+) -> kube_fake_client::Result<Option<serde_json::Value>> {
+    let Some(ops) = ctx.patch.as_array() else {
+        return Ok(None);
+    };
+    if ctx.patch_type != PatchType::JsonPatch {
+        return Ok(None);
+    }
+    let stored: stored::AsyncActor = ctx.client.get(ctx.namespace, ctx.name)?;
+    let mut object = serde_json::to_value(&stored)?;
+    let absent_null_test = |op: &&serde_json::Value| {
+        op["op"] == "test"
+            && op["value"].is_null()
+            && op["path"]
+                .as_str()
+                .is_some_and(|path| object.pointer(path).is_none())
+    };
+    if !ops.iter().any(|op| absent_null_test(&op)) {
+        return Ok(None);
+    }
+    let kept: Vec<_> = ops.iter().filter(|op| !absent_null_test(op)).collect();
+    let kept: json_patch::Patch = serde_json::from_value(json!(kept))?;
+    json_patch::patch(&mut object, &kept)?;
+    let patched: stored::AsyncActor = serde_json::from_value(object)?;
+    let updated = ctx
+        .client
+        .update(ctx.namespace, &patched, &PostParams::default())?;
+    Ok(Some(serde_json::to_value(updated)?))
 }
 
 impl Harness {

@@ -97,7 +97,7 @@ def test_rbac_is_least_privilege(rendered):
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "create", "update"],
+            "verbs": ["get", "create", "patch"],
         }
     ]
 
