@@ -126,7 +126,7 @@ async fn an_exception_ends_at_the_sump_with_type_mro_and_traceback() {
     let err = status.error.unwrap();
     assert_eq!(err.kind, "KeyError");
     assert_eq!(err.message, "'lang'");
-    assert_eq!(err.mro, vec!["KeyError", "LookupError", "Exception"]);
+    assert_eq!(err.mro, vec!["LookupError", "Exception"]);
     let tb = err.traceback.unwrap();
     assert!(
         tb.contains("Traceback") && tb.contains("behaviours.py") && tb.contains("in behave"),
@@ -580,7 +580,7 @@ async fn allowed_hosts_let_http_out_to_granted_hosts_only() {
         assert!(status.attempt <= 1, "a refusal is not retried: {status:?}");
         let error = status.error.unwrap();
         assert!(
-            error.mro.contains(&"URLError".to_owned()),
+            error.mro.contains(&"urllib.error.URLError".to_owned()),
             "{:?}",
             error.mro
         );

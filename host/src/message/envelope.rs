@@ -236,14 +236,33 @@ pub struct ErrorInfo {
 impl ErrorInfo {
     /// A host-side error (no Python exception behind it): its MRO is just its own kind.
     pub fn host(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        let kind = kind.into();
         ErrorInfo {
-            mro: vec![kind.clone()],
-            kind,
+            // As Asya writes an MRO: the bases, without the class itself (nor `BaseException`).
+            mro: vec!["Exception".to_owned()],
+            kind: kind.into(),
             message: message.into(),
             traceback: None,
         }
     }
+
+    /// Whether this error is `name` or derives from it: its type or a base in its MRO names
+    /// the same class as `name`, in either of the forms Asya writes (`module.Qualname` or the
+    /// bare class name: `HTTPError` matches `requests.exceptions.HTTPError` and back).
+    pub fn is_a(&self, name: &str) -> bool {
+        std::iter::once(self.kind.as_str())
+            .chain(self.mro.iter().map(String::as_str))
+            .any(|own| same_class(own, name))
+    }
+}
+
+/// Whether two class names name the same class: equal, or one is the other's dotted suffix.
+pub fn same_class(a: &str, b: &str) -> bool {
+    fn suffix(long: &str, short: &str) -> bool {
+        long.len() > short.len()
+            && long.ends_with(short)
+            && long.as_bytes()[long.len() - short.len() - 1] == b'.'
+    }
+    !a.is_empty() && !b.is_empty() && (a == b || suffix(a, b) || suffix(b, a))
 }
 
 /// Processing state of an envelope, maintained by the host.

@@ -319,10 +319,7 @@ pub fn catch(env: &mut Envelope, now: &str) -> Option<Dispatch> {
             names.iter().filter_map(Value::as_str).any(|name| {
                 // Host failures (Timeout, MemoryLimit, ...) have no Python MRO: `except
                 // Exception` catches them like any handler error.
-                name == "*"
-                    || name == "Exception"
-                    || name == error.kind
-                    || error.mro.iter().any(|m| m == name)
+                name == "*" || name == "Exception" || error.is_a(name)
             })
         })
     })?;

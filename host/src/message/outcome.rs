@@ -38,7 +38,7 @@ impl Failure {
     /// The same failure reported as Python exception `kind` (MRO `[kind, Exception]`).
     pub fn with_type(mut self, kind: &str) -> Self {
         self.error.kind = kind.to_owned();
-        self.error.mro = vec![kind.to_owned(), "Exception".to_owned()];
+        self.error.mro = vec!["Exception".to_owned()];
         self
     }
 }

@@ -162,17 +162,15 @@ impl Resiliency {
     /// The policy for a failure: the first rule naming its type or an MRO ancestor, else the
     /// `default` policy.
     pub fn policy_for(&self, failure: &Failure) -> &Policy {
-        let names = error_names(failure);
         self.rules
             .iter()
-            .find(|(errors, _)| errors.iter().any(|e| names.contains(&e.as_str())))
+            .find(|(errors, _)| errors.iter().any(|e| names_failure(e, failure)))
             .map(|(_, p)| p)
             .unwrap_or(&self.default)
     }
 
     /// Decides what to do after `failure` on attempt `info.attempt`.
     pub fn decide(&self, failure: &Failure, info: AttemptInfo) -> Decision {
-        let names = error_names(failure);
         let sump = || vec![SUMP.to_owned()];
         // Route problems are the sender's fault, and a sandbox refusal is the same every time;
         // retrying cannot fix them.
@@ -180,12 +178,7 @@ impl Resiliency {
             failure.reason,
             Reason::RouteViolation | Reason::OutputTooLarge | Reason::SandboxDenied
         );
-        if never
-            || self
-                .non_retryable
-                .iter()
-                .any(|e| names.contains(&e.as_str()))
-        {
+        if never || self.non_retryable.iter().any(|e| names_failure(e, failure)) {
             let reason = if never {
                 failure.reason
             } else {
@@ -238,11 +231,10 @@ impl Resiliency {
     }
 }
 
-fn error_names(failure: &Failure) -> Vec<&str> {
-    let mut names: Vec<&str> = failure.error.mro.iter().map(String::as_str).collect();
-    names.push(failure.error.kind.as_str());
-    names.push(failure.reason.as_str());
-    names
+/// Whether `entry` (an error name of a rule) names the failure: its type or a base class (either
+/// naming form, see [`crate::message::envelope::ErrorInfo::is_a`]), or the host reason.
+fn names_failure(entry: &str, failure: &Failure) -> bool {
+    entry == failure.reason.as_str() || failure.error.is_a(entry)
 }
 
 #[cfg(test)]
@@ -303,6 +295,33 @@ nonRetryableErrors: [ValueError]
         ));
         assert_eq!(lin.base_delay(2), Duration::from_secs(1));
         assert_eq!(lin.base_delay(4), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn rules_match_either_naming_form() {
+        let r = spec(
+            "policies: {http: {maxAttempts: 5}}\nrules: [{errors: [HTTPError], policy: http}]",
+        );
+        let failure = py_error(
+            "requests.exceptions.HTTPError",
+            &[
+                "requests.exceptions.RequestException",
+                "OSError",
+                "Exception",
+            ],
+        );
+        assert_eq!(r.policy_for(&failure).name, "http");
+        let r = spec(
+            "policies: {io: {maxAttempts: 5}}\nrules: [{errors: [requests.exceptions.RequestException], policy: io}]",
+        );
+        let failure = py_error("HTTPError", &["RequestException", "Exception"]);
+        assert_eq!(r.policy_for(&failure).name, "io");
+        // A suffix must end at a dot: `Error` does not name `HTTPError`.
+        let r = spec("policies: {x: {maxAttempts: 5}}\nrules: [{errors: [Error], policy: x}]");
+        assert_ne!(
+            r.policy_for(&py_error("HTTPError", &["Exception"])).name,
+            "x"
+        );
     }
 
     #[test]
