@@ -63,7 +63,7 @@ pub enum Arrival {
     /// Stored; more parts are missing.
     Waiting,
     /// This arrival completed the fan-out: the parent and its children, in index order.
-    Complete(Envelope, Vec<Envelope>),
+    Complete(Box<Envelope>, Vec<Envelope>),
     /// The fan-out was already merged (a redelivered duplicate).
     AlreadyDone,
 }
@@ -108,7 +108,7 @@ impl FanInStore for MemoryFanIn {
             return Ok(Arrival::Waiting);
         }
         Ok(Arrival::Complete(
-            partial.parent.clone().expect("complete has a parent"),
+            Box::new(partial.parent.clone().expect("complete has a parent")),
             partial.children.values().cloned().collect(),
         ))
     }
@@ -192,7 +192,7 @@ impl FanInStore for NatsFanIn {
                 return Ok(Arrival::Waiting);
             }
             return Ok(Arrival::Complete(
-                partial.parent.expect("complete has a parent"),
+                Box::new(partial.parent.expect("complete has a parent")),
                 partial.children.into_values().collect(),
             ));
         }
@@ -263,7 +263,7 @@ pub async fn run_fanin(
         };
         match store.arrive(&parent_id, &role, env).await {
             Ok(Arrival::Complete(parent, children)) => {
-                let dispatch = flow::complete(parent, children, &now);
+                let dispatch = flow::complete(*parent, children, &now);
                 tracing::debug!(parent = %parent_id, to = %dispatch.destination, "fan-in complete");
                 let published = transport
                     .publish(

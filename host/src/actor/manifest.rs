@@ -25,12 +25,12 @@ pub type Quantity = asya_spec::Quantity;
 
 /// Parses a byte size (`256Mi`, `1Gi`, `500M`, `64k`, `1024`) of the shared grammar.
 pub fn parse_quantity(text: &str) -> Result<u64> {
-    Ok(asya_spec::quantity::parse_bytes(text).map_err(anyhow::Error::msg)?)
+    asya_spec::quantity::parse_bytes(text).map_err(anyhow::Error::msg)
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h30m`, `2d`, or a bare number of seconds (the shared grammar).
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    Ok(asya_spec::parse_duration(text).map_err(anyhow::Error::msg)?)
+    asya_spec::parse_duration(text).map_err(anyhow::Error::msg)
 }
 
 /// What the host reads from an actor's manifest, beyond the shared contract's checks.

@@ -284,6 +284,9 @@ struct RunningActor {
     current: watch::Sender<Arc<Sidecar>>,
 }
 
+/// The WASM executors of the running actors by (namespace, name), shared with the metrics task.
+type WasmExecutors = Arc<std::sync::Mutex<HashMap<(String, String), Arc<WasmExecutor>>>>;
+
 /// Every running actor of the host, keyed by (namespace, name).
 struct Fleet {
     engine: Arc<SandboxEngine>,
@@ -293,7 +296,7 @@ struct Fleet {
     tasks: JoinSet<Result<()>>,
     namespaces: HashMap<String, NamespaceRuntime>,
     actors: BTreeMap<(String, String), RunningActor>,
-    wasm: Arc<std::sync::Mutex<HashMap<(String, String), Arc<WasmExecutor>>>>,
+    wasm: WasmExecutors,
 }
 
 fn fingerprint(config: &RunConfig, file: &Path, actor: &AsyncActor) -> String {

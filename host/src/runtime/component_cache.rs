@@ -97,8 +97,11 @@ impl Reloadable {
 pub struct ComponentCache {
     root: Option<PathBuf>,
     dir: Option<PathBuf>,
-    loaded: Arc<Mutex<HashMap<String, (Engine, Weak<Component>)>>>,
+    loaded: Arc<Mutex<LoadedByDigest>>,
 }
+
+/// Components mapped in memory by digest, with the engine they were compiled for.
+type LoadedByDigest = HashMap<String, (Engine, Weak<Component>)>;
 
 impl std::fmt::Debug for ComponentCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
