@@ -27,7 +27,11 @@ for target in manifest duration quantity; do
   if ! cargo +nightly fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
     tail -40 "$log" >&2
-    echo "fuzz: $target failed (a crash is saved under fuzz/artifacts/$target)" >&2
+    if grep -q "failed to build fuzz script" "$log"; then
+      echo "fuzz: the $target target did not build" >&2
+    else
+      echo "fuzz: $target found a crash (saved under fuzz/artifacts/$target)" >&2
+    fi
     exit 1
   fi
   grep -E "^stat::(number_of_executed_units|new_units_added)|^Done " "$log" || tail -3 "$log"
