@@ -20,7 +20,7 @@ fi
 echo "== rust tests"
 cargo test --release --locked --workspace
 
-echo "== fuzz (short; long runs: scripts/fuzz.sh 600)"
+echo "== fuzz (short; long runs that keep what they find: scripts/fuzz.sh 600 --keep)"
 scripts/fuzz.sh 15
 
 echo "== python tests"
