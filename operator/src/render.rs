@@ -8,6 +8,8 @@
 //!   it as the sidecar; they share the emptyDir `/var/run/asya` where the runtime's socket lives.
 
 use crate::crd::{AsyncActor, AsyncActorSpec, Runtime, API_VERSION};
+/// Stream and subject names of a namespace, from the shared contract.
+pub use asya_spec::names::{stream_name, subject};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
@@ -112,16 +114,6 @@ impl Desired {
         out.extend(self.scaled_object.clone());
         out
     }
-}
-
-/// The stream name of a namespace: `ASYA_<NAMESPACE>` (upper case, `-` and `.` as `_`).
-pub fn stream_name(namespace: &str) -> String {
-    asya_spec::names::stream_name(namespace)
-}
-
-/// The subject of an actor's queue: `asya.<namespace>.<actor>`.
-pub fn subject(namespace: &str, actor: &str) -> String {
-    asya_spec::names::subject(namespace, actor)
 }
 
 /// The name of the ConfigMap holding an actor's manifest.

@@ -8,6 +8,8 @@ use crate::message::envelope::Envelope;
 use crate::transport::results::ResultStore;
 use anyhow::{Context, Result};
 use asya_spec::names;
+/// The namespace layout on JetStream (stream, subjects, results bucket), from the shared contract.
+pub use asya_spec::names::{results_bucket, results_subject, stream_name, subject};
 use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -43,16 +45,6 @@ pub struct NatsTransport {
     js: jetstream::Context,
     namespace: String,
     settings: NatsSettings,
-}
-
-/// The stream name of a namespace: `ASYA_<NAMESPACE>` (upper case, `-` and `.` as `_`).
-pub fn stream_name(namespace: &str) -> String {
-    names::stream_name(namespace)
-}
-
-/// The subject of an actor's queue: `asya.<namespace>.<actor>`.
-pub fn subject(namespace: &str, actor: &str) -> String {
-    names::subject(namespace, actor)
 }
 
 /// Connects to NATS, retrying the first connection, reconnecting forever afterwards.
@@ -236,17 +228,6 @@ impl Transport for NatsTransport {
             .map_err(|e| anyhow::anyhow!("JetStream did not confirm: {e}"))?;
         Ok(())
     }
-}
-
-/// The key-value bucket of a namespace's final envelopes: `ASYA_RESULTS_<NAMESPACE>`.
-pub fn results_bucket(namespace: &str) -> String {
-    names::results_bucket(namespace)
-}
-
-/// The subjects every stored result is published on (`$KV.<bucket>.>`): a core NATS
-/// subscription on it sees each message end the moment it is stored.
-pub fn results_subject(namespace: &str) -> String {
-    names::results_subject(namespace)
 }
 
 /// The key-value key of a message id: the id itself when it is a valid key, else `hex.<hex>`.
