@@ -35,10 +35,11 @@ fn crd_verdict(object: &Value) -> Result<(), Vec<String>> {
     }
 }
 
-/// What the host says when it loads the manifest.
+/// What the host says when it loads the manifest (Asya's forms resolved, as `load_file` does).
 fn host_verdict(object: &Value) -> Result<(), String> {
     let actor: AsyncActor = serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
     actor.validate().map_err(|e| format!("{e:#}"))?;
+    let actor = actor.resolved().map_err(|e| e.to_string())?;
     actor.sandbox_limits().map_err(|e| format!("{e:#}"))?;
     actor.sidecar_settings().map_err(|e| format!("{e:#}"))?;
     actor.resiliency().map_err(|e| format!("{e:#}"))?;
@@ -269,4 +270,133 @@ fn the_sdk_schema_is_generated_from_the_spec() {
         "{} is out of date: run `ASYA_BLESS=1 cargo test --release -p asya-host --test spec_contract`",
         path.display()
     );
+}
+
+/// The AsyncActor documents of a file of `tests/fixtures/asya-manifests` (Asya's manifests as
+/// its tutorial and blog write them).
+fn asya_manifests(file: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/asya-manifests")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            let value: serde_yaml_ng::Value = serde::Deserialize::deserialize(doc).unwrap();
+            serde_json::to_value(value).unwrap()
+        })
+        .filter(|doc| doc["kind"] == "AsyncActor")
+        .collect()
+}
+
+fn resolved(object: &Value) -> AsyncActor {
+    let actor: AsyncActor = serde_json::from_value(object.clone()).unwrap();
+    actor.resolved().unwrap()
+}
+
+#[test]
+fn the_blogs_manifests_are_accepted_as_written() {
+    for file in ["blog-my-model.yaml", "blog-model-caller.yaml"] {
+        for object in asya_manifests(file) {
+            assert_eq!(crd_verdict(&object), Ok(()), "{file}");
+            assert_eq!(host_verdict(&object), Ok(()), "{file}");
+            let actor = resolved(&object);
+            // `image` + `handler` without a component: the native runtime on that image.
+            assert_eq!(
+                asya_spec::workload::effective_runtime(&actor.spec),
+                asya_spec::Runtime::Python,
+                "{file}"
+            );
+            assert_eq!(
+                actor.spec.flavors.len(),
+                1,
+                "{file}: flavor is flavors: [x]"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_tutorials_manifests_resolve_and_name_their_transport() {
+    let mut seen = 0;
+    for file in [
+        "tutorial-text-processor.yaml",
+        "tutorial-flow-routers.yaml",
+        "tutorial-english-sentiment.yaml",
+    ] {
+        for mut object in asya_manifests(file) {
+            seen += 1;
+            // As written: `transport: sqs`, refused by both with the same rule, naming it.
+            let crd = crd_verdict(&object).unwrap_err().join("\n");
+            assert!(
+                crd.contains(asya_spec::crd_rules::TRANSPORT_RULE.1),
+                "{file}: {crd}"
+            );
+            let host = host_verdict(&object).unwrap_err();
+            assert!(
+                host.contains("spec.transport: must be nats") && host.contains("(got sqs)"),
+                "{file}: {host}"
+            );
+            // On this project's transport, everything else of the manifest is accepted.
+            object["spec"].as_object_mut().unwrap().remove("transport");
+            assert_eq!(crd_verdict(&object), Ok(()), "{file}");
+            assert_eq!(host_verdict(&object), Ok(()), "{file}");
+            let actor = resolved(&object);
+            assert_eq!(actor.spec.runtime, Some(asya_spec::Runtime::Python));
+            assert!(actor.spec.workload.is_none());
+            let workload = &object["spec"]["workload"]["template"]["spec"]["containers"][0];
+            assert_eq!(
+                actor.spec.image.as_deref(),
+                workload["image"].as_str(),
+                "{file}"
+            );
+            let handler = workload["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "ASYA_HANDLER")
+                .unwrap();
+            assert_eq!(actor.spec.handler.as_deref(), handler["value"].as_str());
+            // The other env (the routers' ASYA_HANDLER_<ACTOR> mappings) is the handler's env.
+            assert!(!actor.spec.env.contains_key("ASYA_HANDLER"));
+            if file == "tutorial-flow-routers.yaml" {
+                assert_eq!(actor.spec.mode, Some(asya_spec::Mode::Envelope));
+                assert_eq!(
+                    actor.spec.env["ASYA_HANDLER_CLEAN_TEXT"],
+                    "text_handlers.clean_text"
+                );
+                assert_eq!(
+                    actor
+                        .sandbox_limits()
+                        .unwrap()
+                        .env
+                        .iter()
+                        .find(|(k, _)| k == "ASYA_HANDLER_TOKENIZE")
+                        .map(|(_, v)| v.as_str()),
+                    Some("text_handlers.tokenize")
+                );
+            }
+        }
+    }
+    assert_eq!(seen, 4);
+}
+
+#[test]
+fn a_transport_asya_has_and_this_build_does_not_run_is_named() {
+    for transport in ["rabbitmq", "sqs", "pubsub"] {
+        let object = json!({
+            "apiVersion": "asya.sh/v1alpha1", "kind": "AsyncActor",
+            "metadata": {"name": "a"},
+            "spec": {"transport": transport, "component": "oci://r/c:1"},
+        });
+        let host = host_verdict(&object).unwrap_err();
+        assert!(host.contains(&format!("(got {transport})")), "{host}");
+        assert!(crd_verdict(&object).is_err());
+    }
+    // A transport nobody has is refused by the type, listing the known ones.
+    let object = json!({
+        "apiVersion": "asya.sh/v1alpha1", "kind": "AsyncActor",
+        "metadata": {"name": "a"}, "spec": {"transport": "kafka"},
+    });
+    let host = host_verdict(&object).unwrap_err();
+    assert!(host.contains("nats") && host.contains("sqs"), "{host}");
 }

@@ -8,7 +8,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
-use asya_host::actor::manifest;
+use asya_host::actor::{manifest, secrets};
 use asya_host::app::local::{ActorDef, LocalHost};
 use asya_host::app::serve::{self, RunConfig};
 use asya_host::message::envelope::Route;
@@ -53,6 +53,12 @@ enum Command {
         /// Also copy the component here.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// Write the native-Python runtime (standard library only) under DIR, for a user image to
+    /// run as `PYTHONPATH=DIR python3 -m asya.runtime` (the operator's init container does).
+    InstallRuntime {
+        /// Where to write the `asya` package.
+        dir: PathBuf,
     },
     /// Describe a component: handler, mode, SDK version, digest, WIT imports and exports (JSON).
     Inspect {
@@ -103,6 +109,10 @@ struct RunArgs {
     /// message; for deployments where something else consumes those queues).
     #[arg(long)]
     end_queues: bool,
+    /// Where the Secrets of `spec.secretRefs` are mounted, one directory per Secret and one
+    /// file per key (the operator mounts them here); a wasm handler sees their keys as env.
+    #[arg(long, env = "ASYA_SECRETS_DIR", default_value = asya_host::actor::secrets::DEFAULT_SECRETS_DIR)]
+    secrets_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -142,6 +152,10 @@ struct DevArgs {
     /// The Python interpreter for python actors (needs the asya SDK importable).
     #[arg(long, default_value = "python3")]
     python: PathBuf,
+    /// Where the Secrets of `spec.secretRefs` are, one directory per Secret and one file per
+    /// key; the handler sees their keys as env.
+    #[arg(long, env = "ASYA_SECRETS_DIR", default_value = asya_host::actor::secrets::DEFAULT_SECRETS_DIR)]
+    secrets_dir: PathBuf,
     /// The route every payload takes, comma-separated actor names.
     #[arg(long, value_delimiter = ',', required = true)]
     route: Vec<String>,
@@ -188,6 +202,11 @@ fn main() -> Result<()> {
             Command::Send(args) => send(args).await,
             Command::Pull { reference, output } => pull(reference, output).await,
             Command::Inspect { component } => inspect(component).await,
+            Command::InstallRuntime { dir } => {
+                asya_host::runtime::python_files::install(&dir)?;
+                eprintln!("asya runtime written to {}", dir.display());
+                Ok(0)
+            }
         }
     })?;
     std::process::exit(code);
@@ -244,6 +263,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             every => Some(manifest::parse_duration(every).context("--reload-interval")?),
         },
         end_queues: args.end_queues,
+        secrets_dir: args.secrets_dir,
     };
     serve::run(config, shutdown).await?;
     Ok(0)
@@ -382,9 +402,19 @@ async fn dev(args: DevArgs) -> Result<i32> {
         .collect::<Vec<_>>()
         .join(", ");
     let mut actors = Vec::new();
+    // The handler's env with the keys of its Secrets (never printed).
+    let from_manifest = |actor: &manifest::AsyncActor, component: PathBuf| -> Result<ActorDef> {
+        let mut def = ActorDef::from_manifest(actor, component)?;
+        if !actor.spec.secret_refs.is_empty() {
+            let secrets = secrets::read(&args.secrets_dir, &actor.spec.secret_refs)
+                .with_context(|| format!("actor '{}'", actor.name()))?;
+            def.limits.env = secrets::with_secrets(std::mem::take(&mut def.limits.env), secrets);
+        }
+        Ok(def)
+    };
     for (_, actor) in &manifests {
         if let Some(source_dir) = python_actors.remove(actor.name()) {
-            let mut def = ActorDef::from_manifest(actor, PathBuf::new())?;
+            let mut def = from_manifest(actor, PathBuf::new())?;
             let handler = actor
                 .spec
                 .handler
@@ -413,7 +443,7 @@ async fn dev(args: DevArgs) -> Result<i32> {
         let Some(path) = components.remove(actor.name()) else {
             continue;
         };
-        actors.push(ActorDef::from_manifest(actor, path)?);
+        actors.push(from_manifest(actor, path)?);
     }
     if let Some(name) = python_actors.keys().next() {
         bail!("--python-actor {name}=...: no AsyncActor named '{name}' in {manifest_dirs}");

@@ -297,9 +297,22 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
     let namespace = actor.namespace().unwrap_or_default();
     let client = &ctx.client;
 
-    // 1. Flavors, merged; then the merged spec validated.
-    let available = load_flavors(client, &actor.spec.flavors).await?;
-    let merged = match flavor::merge(&actor.spec, &available) {
+    // 1. Asya's forms (workload, flavor) resolved; flavors merged; the merged spec validated.
+    let own = match asya_spec::workload::resolve(&actor.spec) {
+        Ok(own) => own,
+        Err(err) => {
+            ctx.warn(&actor, "InvalidSpec", err.to_string()).await;
+            write_status(
+                &actor,
+                failed_status("InvalidSpec", err.to_string()),
+                client,
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let available = load_flavors(client, &own.flavors).await?;
+    let merged = match flavor::merge(&own, &available) {
         Ok(merged) => merged,
         Err(err) => {
             tracing::info!(actor = %name, %namespace, error = %err, "flavors do not merge");
@@ -460,8 +473,12 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
         replicas: Some(wanted),
         ready_replicas: Some(ready),
         observed_generation: None,
-        runtime: Some(merged.runtime.unwrap_or_default().as_str().to_owned()),
-        transport: Some("nats".to_owned()),
+        runtime: Some(
+            asya_spec::workload::effective_runtime(&merged)
+                .as_str()
+                .to_owned(),
+        ),
+        transport: Some(merged.transport.unwrap_or_default().as_str().to_owned()),
     };
     write_status(&actor, status, client).await?;
     Ok(if queue.is_err() || !all_true {

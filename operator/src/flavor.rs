@@ -178,11 +178,14 @@ pub fn merge_values(flavors: &[(String, Value)], actor: &Value) -> Result<Value,
 }
 
 /// The actor's effective spec: its flavors (looked up in `available` by name, in the order of
-/// `spec.flavors`) merged, then its own spec. `spec.flavors` is kept as written.
+/// `spec.flavors`) merged, then its own spec. `spec.flavors` is kept as written. Asya's forms
+/// of the actor (`workload`, `flavor`) are resolved first ([`asya_spec::workload::resolve`]).
 pub fn merge(
     actor: &AsyncActorSpec,
     available: &BTreeMap<String, FlavorSpec>,
 ) -> Result<AsyncActorSpec, MergeError> {
+    let actor =
+        &asya_spec::workload::resolve(actor).map_err(|e| MergeError::Invalid(e.to_string()))?;
     let mut layers = Vec::new();
     for name in &actor.flavors {
         let flavor = available

@@ -2,14 +2,20 @@
 //! spec into a ConfigMap (the manifest the host reads), a Deployment, a KEDA ScaledObject and the
 //! JetStream stream and consumer. Nothing here talks to a cluster or to NATS.
 //!
-//! - `runtime: wasm`: one container, the host image, running `asya-host run` on the manifest;
-//!   the host pulls the component from its `oci://` reference.
-//! - `runtime: python`: the user's image runs `python -m asya.runtime` and the host runs beside
-//!   it as the sidecar; they share the emptyDir `/var/run/asya` where the runtime's socket lives.
+//! - `runtime: wasm`: one container, `asya-sidecar` (the host image), running `asya-host run`
+//!   on the manifest; the host pulls the component from its `oci://` reference. The handler's
+//!   `spec.env` reaches it through the manifest, and its Secrets are mounted read-only at
+//!   `/var/run/asya/secrets/<secret>` for the host to read at start-up: their values are never
+//!   in the ConfigMap.
+//! - `runtime: python`: the user's image runs `python3 -m asya.runtime` in `asya-runtime` (an
+//!   init container of the host image writes the runtime's files first, as Asya injects its
+//!   runtime) and the host runs beside it as `asya-sidecar` (Asya's container names); they
+//!   share the emptyDir `/var/run/asya` where the runtime's socket lives.
 
 use crate::crd::{AsyncActor, AsyncActorSpec, Runtime, API_VERSION};
 /// Stream and subject names of a namespace, from the shared contract.
 pub use asya_spec::names::{stream_name, subject};
+use asya_spec::workload::{effective_runtime, RUNTIME_CONTAINER, SIDECAR_CONTAINER};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
@@ -29,6 +35,11 @@ pub const MANIFEST_DIR: &str = "/etc/asya/actors";
 pub const SOCKET_DIR: &str = "/var/run/asya";
 /// The python runtime's socket (the host's default).
 pub const RUNTIME_SOCKET: &str = "/var/run/asya/runtime.sock";
+/// Where the init container of a python actor writes the runtime's files, first on the
+/// `asya-runtime` container's `PYTHONPATH` (the user's image needs nothing from asya).
+pub const RUNTIME_FILES_DIR: &str = "/opt/asya";
+/// Where a wasm actor's Secrets are mounted (`<dir>/<secret>/<key>`), the host's default.
+pub const SECRETS_DIR: &str = "/var/run/asya/secrets";
 /// Where the host caches pulled and compiled components.
 pub const CACHE_DIR: &str = "/var/cache/asya";
 /// Name of the KEDA trigger; a scaling formula refers to it.
@@ -178,6 +189,7 @@ fn metadata(actor: &AsyncActor, name: &str) -> Value {
 pub fn host_manifest(actor: &AsyncActor, spec: &AsyncActorSpec) -> String {
     let mut spec = spec.clone();
     spec.flavors.clear();
+    spec.runtime = Some(effective_runtime(&spec));
     let doc = json!({
         "apiVersion": API_VERSION,
         "kind": "AsyncActor",
@@ -247,19 +259,20 @@ fn host_container(
     }
     let handler = spec.handler.clone().unwrap_or_default();
     let mode = spec.mode.unwrap_or_default().as_str().to_owned();
-    let empty = BTreeMap::new();
     let mut container = json!({
-        "name": "asya-host",
+        "name": SIDECAR_CONTAINER,
         "image": settings.host_image,
         "args": args,
+        // The handler's own env reaches a wasm handler through the manifest, not the host.
         "env": env_list(
             &[
                 ("ASYA_NATS_URL", settings.nats_url.clone()),
                 ("ASYA_CACHE_DIR", CACHE_DIR.to_owned()),
+                ("ASYA_SECRETS_DIR", SECRETS_DIR.to_owned()),
                 ("ASYA_HANDLER", handler),
                 ("ASYA_HANDLER_MODE", mode),
             ],
-            if python { &empty } else { &spec.env },
+            &BTreeMap::new(),
         ),
         "ports": [{"name": "http", "containerPort": settings.host_http_port, "protocol": "TCP"}],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
@@ -279,14 +292,25 @@ fn host_container(
             .expect("mounts")
             .push(json!({"name": "runtime-socket", "mountPath": SOCKET_DIR}));
     } else {
-        if !spec.secret_refs.is_empty() {
-            container["envFrom"] = secret_env(spec);
+        let mounts = container["volumeMounts"].as_array_mut().expect("mounts");
+        for (i, secret) in spec.secret_refs.iter().enumerate() {
+            mounts.push(json!({
+                "name": secret_volume(i),
+                "mountPath": format!("{SECRETS_DIR}/{secret}"),
+                "readOnly": true,
+            }));
         }
         if let Some(resources) = resources(spec) {
             container["resources"] = resources;
         }
     }
     container
+}
+
+/// The volume of the `i`th Secret of `spec.secretRefs` (by index: a Secret's name may be longer
+/// than a volume name may be).
+fn secret_volume(i: usize) -> String {
+    format!("secret-{i}")
 }
 
 fn secret_env(spec: &AsyncActorSpec) -> Value {
@@ -296,21 +320,46 @@ fn secret_env(spec: &AsyncActorSpec) -> Value {
         .collect()
 }
 
+/// The init container of a python actor: the host image writes the runtime's files (standard
+/// library only) where the user's container imports them from, as Asya injects its runtime.
+fn install_runtime_container(settings: &Settings) -> Value {
+    let mut container = json!({
+        "name": "asya-install-runtime",
+        "image": settings.host_image,
+        "args": ["install-runtime", RUNTIME_FILES_DIR],
+        "volumeMounts": [{"name": "runtime-files", "mountPath": RUNTIME_FILES_DIR}],
+        "securityContext": security_context(),
+    });
+    if let Some(policy) = &settings.image_pull_policy {
+        container["imagePullPolicy"] = json!(policy);
+    }
+    container
+}
+
 /// The user's container of a python actor: the native runtime on the shared socket.
 fn handler_container(spec: &AsyncActorSpec) -> Value {
+    // The runtime's files first; a PYTHONPATH of the user's own follows them.
+    let python_path = match spec.env.get("PYTHONPATH") {
+        Some(own) if !own.is_empty() => format!("{RUNTIME_FILES_DIR}:{own}"),
+        _ => RUNTIME_FILES_DIR.to_owned(),
+    };
     let mut container = json!({
-        "name": "handler",
+        "name": RUNTIME_CONTAINER,
         "image": spec.image.clone().unwrap_or_default(),
-        "command": ["python", "-m", "asya.runtime"],
+        "command": ["python3", "-m", "asya.runtime"],
         "env": env_list(
             &[
                 ("ASYA_HANDLER", spec.handler.clone().unwrap_or_default()),
                 ("ASYA_HANDLER_MODE", spec.mode.unwrap_or_default().as_str().to_owned()),
                 ("ASYA_RUNTIME_SOCKET", RUNTIME_SOCKET.to_owned()),
+                ("PYTHONPATH", python_path),
             ],
             &spec.env,
         ),
-        "volumeMounts": [{"name": "runtime-socket", "mountPath": SOCKET_DIR}],
+        "volumeMounts": [
+            {"name": "runtime-socket", "mountPath": SOCKET_DIR},
+            {"name": "runtime-files", "mountPath": RUNTIME_FILES_DIR, "readOnly": true},
+        ],
         "securityContext": security_context(),
     });
     if !spec.secret_refs.is_empty() {
@@ -329,7 +378,7 @@ fn deployment(
     manifest_hash: &str,
 ) -> Deployment {
     let name = actor.name_any();
-    let python = spec.runtime == Some(Runtime::Python);
+    let python = effective_runtime(spec) == Runtime::Python;
     let mut containers = Vec::new();
     if python {
         containers.push(handler_container(spec));
@@ -341,6 +390,11 @@ fn deployment(
     ];
     if python {
         volumes.push(json!({"name": "runtime-socket", "emptyDir": {}}));
+        volumes.push(json!({"name": "runtime-files", "emptyDir": {}}));
+    } else {
+        for (i, secret) in spec.secret_refs.iter().enumerate() {
+            volumes.push(json!({"name": secret_volume(i), "secret": {"secretName": secret}}));
+        }
     }
     let mut pod_spec = json!({
         "containers": containers,
@@ -348,6 +402,9 @@ fn deployment(
         // The host's grace period for in-flight messages is 30s.
         "terminationGracePeriodSeconds": 45,
     });
+    if python {
+        pod_spec["initContainers"] = json!([install_runtime_container(settings)]);
+    }
     if !spec.node_selector.is_empty() {
         pod_spec["nodeSelector"] = json!(spec.node_selector);
     }
@@ -519,7 +576,7 @@ spec:
             .unwrap();
         assert_eq!(pod.containers.len(), 1);
         let host = &pod.containers[0];
-        assert_eq!(host.name, "asya-host");
+        assert_eq!(host.name, "asya-sidecar");
         assert_eq!(
             host.args.as_ref().unwrap()[..4],
             ["run", "--manifests", MANIFEST_DIR, "--no-create"]
@@ -533,7 +590,11 @@ spec:
             .collect();
         assert_eq!(env["ASYA_HANDLER"], "preprocessor.process");
         assert_eq!(env["ASYA_HANDLER_MODE"], "payload");
-        assert_eq!(env["LOG_LEVEL"], "debug");
+        // The handler's env reaches it through the manifest, not the host's container.
+        assert!(!env.contains_key("LOG_LEVEL"));
+        assert!(
+            desired.config_map.data.as_ref().unwrap()["actor.yaml"].contains("LOG_LEVEL: debug")
+        );
         // KEDA owns the replica count.
         assert_eq!(desired.deployment.spec.as_ref().unwrap().replicas, None);
         let manifest = &desired.config_map.data.as_ref().unwrap()["actor.yaml"];
@@ -581,7 +642,7 @@ spec:
             .clone()
             .unwrap();
         let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["handler", "asya-host"]);
+        assert_eq!(names, ["asya-runtime", "asya-sidecar"]);
         let (handler, host) = (&pod.containers[0], &pod.containers[1]);
         assert_eq!(
             handler.image.as_deref(),

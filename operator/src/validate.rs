@@ -23,7 +23,7 @@ pub fn actor(name: &str, spec: &AsyncActorSpec) -> Result<(), Invalid> {
     if let Err(problem) = actor_name(name) {
         problems.push(problem);
     }
-    match spec.runtime.unwrap_or_default() {
+    match asya_spec::workload::effective_runtime(spec) {
         Runtime::Wasm => match spec.component.as_deref() {
             None => problems.push(
                 "runtime: wasm needs spec.component (oci://registry/repo:tag of the built component)".into(),
@@ -36,7 +36,7 @@ pub fn actor(name: &str, spec: &AsyncActorSpec) -> Result<(), Invalid> {
         Runtime::Python => {
             if spec.image.is_none() {
                 problems.push(
-                    "runtime: python needs spec.image (the user's image running python -m asya.runtime)".into(),
+                    "runtime: python needs spec.image (the user's image: Python and the handler's code; the operator adds the runtime)".into(),
                 );
             }
             if spec.handler.is_none() {

@@ -62,14 +62,39 @@ impl Mode {
     }
 }
 
-/// The message transport between actors.
+/// The message transport between actors. Every transport Asya's manifests name is a known
+/// value, so a manifest naming one this build does not run is refused with a message saying so
+/// ([`Transport::runs_here`]), not with "unknown variant".
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
-#[schemars(extend("x-asya-message" = "must be nats"))]
+#[schemars(extend("x-asya-message" = "must be nats, rabbitmq, sqs or pubsub"))]
 pub enum Transport {
-    /// NATS JetStream (the only transport a cluster runs on).
+    /// NATS JetStream.
     #[default]
     Nats,
+    /// RabbitMQ (Asya's; not run by this build yet).
+    Rabbitmq,
+    /// Amazon SQS (Asya's; not run by this build yet).
+    Sqs,
+    /// Google Pub/Sub (Asya's; not run by this build).
+    Pubsub,
+}
+
+impl Transport {
+    /// The name as manifests write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Nats => "nats",
+            Transport::Rabbitmq => "rabbitmq",
+            Transport::Sqs => "sqs",
+            Transport::Pubsub => "pubsub",
+        }
+    }
+
+    /// Whether this build runs actors on the transport.
+    pub fn runs_here(self) -> bool {
+        matches!(self, Transport::Nats)
+    }
 }
 
 /// Retry delay growth.
@@ -337,7 +362,8 @@ pub struct AsyncActorSpec {
     /// The user's image running `python -m asya.runtime`, for `runtime: python`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// `nats` (default).
+    /// `nats` (default); Asya's `rabbitmq`, `sqs` and `pubsub` are refused with a message
+    /// until this build runs them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
     /// KEDA autoscaling on the queue.
@@ -367,6 +393,14 @@ pub struct AsyncActorSpec {
     /// Flavors (cluster presets) merged in order before this spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flavors: Vec<String>,
+    /// Asya's one-flavor form: `flavor: x` means `flavors: [x]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<String>,
+    /// Asya's pod template: its `asya-runtime` container gives the image, the handler and mode
+    /// (`ASYA_HANDLER`, `ASYA_HANDLER_MODE` env), env and resources, and makes the actor
+    /// `runtime: python` (see [`crate::workload`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::workload::Workload>,
 }
 
 /// A status condition (`QueueReady`, `WorkloadReady`, `ScalingReady`, `SpecValid`).
@@ -443,7 +477,7 @@ pub struct FlavorSpec {
     /// Image for `runtime: python` actors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// `nats`.
+    /// `nats` (see [`AsyncActorSpec::transport`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
     /// KEDA autoscaling.
@@ -509,6 +543,17 @@ impl ActorDocument {
         self.metadata.namespace.as_deref().unwrap_or("default")
     }
 
+    /// The document with Asya's forms (`workload`, `flavor`) turned into this project's fields
+    /// ([`crate::workload::resolve`]) and then checked ([`ActorDocument::check`]).
+    pub fn resolved(&self) -> Result<ActorDocument, crate::SpecError> {
+        let resolved = ActorDocument {
+            spec: crate::workload::resolve(&self.spec)?,
+            ..self.clone()
+        };
+        resolved.check()?;
+        Ok(resolved)
+    }
+
     /// Checks the whole document: apiVersion, kind, name and every rule of the spec.
     pub fn check(&self) -> Result<(), crate::SpecError> {
         if self.api_version != API_VERSION {
@@ -524,6 +569,6 @@ impl ActorDocument {
             ));
         }
         crate::names::check_actor_name(self.name())?;
-        crate::check::check_spec(&self.spec)
+        crate::check::check_spec(&crate::workload::resolve(&self.spec)?)
     }
 }

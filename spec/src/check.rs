@@ -6,7 +6,7 @@
 //! Rules that hold only in a cluster (an `oci://` component, an image for `runtime: python`)
 //! are the CRD's alone: a local host may run a component file and spawn the runtime itself.
 
-use crate::actor::{AsyncActorSpec, Resiliency, Sandbox, Scaling};
+use crate::actor::{AsyncActorSpec, Resiliency, Sandbox, Scaling, Transport};
 use crate::duration::duration_at;
 use crate::names;
 use crate::quantity::bytes_at;
@@ -45,8 +45,11 @@ fn optional_duration(field: &str, value: &Option<String>) -> Result<(), SpecErro
         .map_or(Ok(()), |v| duration_at(field, v).map(|_| ()))
 }
 
-/// Checks a whole spec.
+/// Checks a whole spec (one with Asya's forms resolved, see [`crate::workload::resolve`]).
 pub fn check_spec(spec: &AsyncActorSpec) -> Result<(), SpecError> {
+    if let Some(transport) = spec.transport {
+        check_transport("spec.transport", transport)?;
+    }
     if let Some(scaling) = &spec.scaling {
         check_scaling("spec.scaling", scaling)?;
     }
@@ -67,6 +70,21 @@ pub fn check_spec(spec: &AsyncActorSpec) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// `spec.transport`: one this build runs.
+pub fn check_transport(at: &str, transport: Transport) -> Result<(), SpecError> {
+    if transport.runs_here() {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        at,
+        format!(
+            "{} (got {})",
+            crate::crd_rules::TRANSPORT_RULE.1,
+            transport.as_str()
+        ),
+    ))
 }
 
 /// `spec.scaling`.

@@ -56,6 +56,13 @@ fn add_resiliency_rules(spec_schema: &mut Value) {
     );
 }
 
+fn add_transport_rule(spec_schema: &mut Value) {
+    add_rules(
+        pointer_mut(spec_schema, "/properties/transport"),
+        vec![rule(crd_rules::TRANSPORT_RULE)],
+    );
+}
+
 /// A CEL string literal of `text` (raw, so regular expressions keep their backslashes).
 fn cel_raw(text: &str) -> String {
     assert!(!text.contains('\''), "pattern with a quote: {text}");
@@ -239,11 +246,20 @@ pub fn async_actor_crd() -> Value {
     let spec = pointer_mut(root, "/properties/spec");
     add_scaling_rules(spec);
     add_resiliency_rules(spec);
+    add_transport_rule(spec);
+    add_rules(
+        pointer_mut(
+            spec,
+            "/properties/workload/properties/template/properties/spec/properties/containers",
+        ),
+        vec![rule(crd_rules::WORKLOAD_CONTAINERS_RULE)],
+    );
     add_rules(
         spec,
         vec![
             rule(crd_rules::PYTHON_IMAGE_RULE),
             rule(crd_rules::OCI_COMPONENT_RULE),
+            rule(crd_rules::FLAVOR_ALIAS_RULE),
         ],
     );
     crd
@@ -257,6 +273,7 @@ pub fn flavor_crd() -> Value {
     field_rules_to_cel::<FlavorSpec>(spec);
     add_scaling_rules(spec);
     add_resiliency_rules(spec);
+    add_transport_rule(spec);
     crd
 }
 

@@ -39,10 +39,25 @@ pub const RESERVED_NAME_RULE: Rule = (
     "!(self.metadata.name in ['x-sink', 'x-sump', 'x-fanin'])",
     crate::names::RESERVED_RULE,
 );
-/// In a cluster, `runtime: python` runs the user's image.
+/// The transport is one this build runs (on `spec.transport`).
+pub const TRANSPORT_RULE: Rule = (
+    "self == 'nats'",
+    "must be nats: this build runs NATS JetStream; rabbitmq, sqs and pubsub are transports of Asya it does not run yet (README: Coming from Asya)",
+);
+/// `flavor` is the one-item form of `flavors`: not both.
+pub const FLAVOR_ALIAS_RULE: Rule = (
+    "!has(self.flavor) || !has(self.flavors) || size(self.flavors) == 0",
+    "spec.flavor is the one-item form of spec.flavors; set one of them",
+);
+/// Asya's workload runs one container, `asya-runtime` (on its `containers`).
+pub const WORKLOAD_CONTAINERS_RULE: Rule = (
+    "size(self) == 1 && self.all(c, c.name == 'asya-runtime')",
+    "must be exactly one container, named asya-runtime: the actor's pods run it and the asya-sidecar the operator adds, nothing else",
+);
+/// In a cluster, `runtime: python` runs the user's image (Asya's workload names it).
 pub const PYTHON_IMAGE_RULE: Rule = (
-    "!has(self.runtime) || self.runtime != 'python' || has(self.image)",
-    "runtime: python needs spec.image (the user's image running python -m asya.runtime)",
+    "!has(self.runtime) || self.runtime != 'python' || has(self.image) || has(self.workload)",
+    "runtime: python needs spec.image (the user's image: Python and the handler's code; the operator adds the runtime)",
 );
 /// In a cluster, components come from a registry.
 pub const OCI_COMPONENT_RULE: Rule = (

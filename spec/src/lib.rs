@@ -5,6 +5,8 @@
 //!
 //! - [`actor`]: the resource types (`AsyncActorSpec`, `FlavorSpec`, their parts) and the
 //!   manifest-file view [`actor::ActorDocument`];
+//! - [`workload`]: Asya's forms of an actor (`spec.workload`, `spec.flavor`) resolved into
+//!   this project's fields, and the runtime an actor runs on;
 //! - [`check`]: every rule the types do not enforce, checked once;
 //! - [`names`]: actor names, the reserved built-in actors, the JetStream layout and dedup ids;
 //! - [`duration`], [`quantity`], [`hosts`]: the grammars of durations, byte sizes and resource
@@ -28,6 +30,7 @@ pub mod hosts;
 pub mod names;
 pub mod quantity;
 pub mod schema;
+pub mod workload;
 
 pub use actor::*;
 pub use check::check_spec;

@@ -133,6 +133,17 @@ impl HostProcess {
         components: &[(&str, &Path)],
         extra: &[&str],
     ) -> Self {
+        Self::start_logging(nats_url, manifests, components, extra, None)
+    }
+
+    /// [`HostProcess::start`], with the host's log (at `debug`) written to `log` when given.
+    pub fn start_logging(
+        nats_url: &str,
+        manifests: &Path,
+        components: &[(&str, &Path)],
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
         let http_port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_asya-host"));
         cmd.args(["run", "--nats", nats_url, "--manifests"])
@@ -143,6 +154,10 @@ impl HostProcess {
         for (name, path) in components {
             cmd.arg("--component")
                 .arg(format!("{name}={}", path.display()));
+        }
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).expect("creating the host's log");
+            cmd.env("ASYA_LOG", "debug").stderr(file);
         }
         let child = cmd.spawn().expect("starting asya-host run");
         let host = HostProcess { child, http_port };

@@ -61,7 +61,7 @@ def test_wasm_actor_is_the_host_alone():
     (deployment,) = docs["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     (host,) = pod["containers"]
-    assert host["name"] == "asya-host"
+    assert host["name"] == "asya-sidecar"
     assert host["args"][:5] == [
         "run",
         "--manifests",
@@ -91,19 +91,24 @@ def test_python_actor_runs_the_runtime_with_the_host_as_sidecar():
     (deployment,) = docs["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     handler, host = pod["containers"]
-    assert (handler["name"], host["name"]) == ("handler", "asya-host")
+    assert (handler["name"], host["name"]) == ("asya-runtime", "asya-sidecar")
     assert handler["image"] == "registry.local/gpu-embedder:v1"
-    assert handler["command"] == ["python", "-m", "asya.runtime"]
+    assert handler["command"] == ["python3", "-m", "asya.runtime"]
+    # The runtime is written into the pod by the host image: the user's image needs no asya.
+    (install,) = pod["initContainers"]
+    assert install["args"] == ["install-runtime", "/opt/asya"]
+    assert install["image"] == host["image"]
     env = {e["name"]: e["value"] for e in handler["env"]}
     assert env["ASYA_RUNTIME_SOCKET"] == "/var/run/asya/runtime.sock"
+    assert env["PYTHONPATH"] == "/opt/asya"
     assert env["ASYA_HANDLER"] == "embedder.Embedder.process"
     mounts = {
         c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         for c in (handler, host)
     }
     assert (
-        mounts["handler"]["runtime-socket"]
-        == mounts["asya-host"]["runtime-socket"]
+        mounts["asya-runtime"]["runtime-socket"]
+        == mounts["asya-sidecar"]["runtime-socket"]
         == "/var/run/asya"
     )
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -167,7 +172,7 @@ def test_chart_flavors_merge_into_actors(tmp_path: Path, scaled_object_schema):
     validate_all(docs, scaled_object_schema)
     kinds = by_kind(docs)
     handler = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
-    assert handler["name"] == "handler"  # runtime: python came from gpu-inference
+    assert handler["name"] == "asya-runtime"  # runtime: python came from gpu-inference
     assert handler["resources"]["limits"]["nvidia.com/gpu"] == "1"
     manifest = yaml.safe_load(kinds["ConfigMap"][0]["data"]["actor.yaml"])
     assert manifest["spec"]["resiliency"]["actorTimeout"] == "120s"

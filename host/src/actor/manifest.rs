@@ -54,7 +54,10 @@ impl ActorSettings for AsyncActor {
     }
 
     fn sandbox_limits(&self) -> Result<SandboxLimits> {
-        let mut limits = SandboxLimits::default();
+        let mut limits = SandboxLimits {
+            env: handler_env(self)?,
+            ..SandboxLimits::default()
+        };
         let Some(spec) = &self.spec.sandbox else {
             return Ok(limits);
         };
@@ -75,11 +78,6 @@ impl ActorSettings for AsyncActor {
         if let Some(max) = &spec.max_output_bytes {
             limits.max_output_bytes = usize::try_from(bytes(max)?).unwrap_or(usize::MAX);
         }
-        limits.env = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         if let Some(warm) = spec.keep_warm {
             limits.keep_warm = warm;
         }
@@ -130,6 +128,24 @@ impl ActorSettings for AsyncActor {
     }
 }
 
+/// What the handler's `os.environ` holds (Secret keys aside, see [`crate::actor::secrets`]):
+/// `spec.env` (the handler's variables, as in Asya, where they are the runtime container's env)
+/// and `spec.sandbox.env`. A name in both must have one value.
+fn handler_env(actor: &AsyncActor) -> Result<Vec<(String, String)>> {
+    let mut env = actor.spec.env.clone();
+    for (name, value) in actor.spec.sandbox.iter().flat_map(|s| &s.env) {
+        if let Some(other) = env.insert(name.clone(), value.clone()) {
+            if other != *value {
+                bail!(
+                    "actor '{}': spec.sandbox.env.{name}: {value:?} disagrees with spec.env ({other:?}); set one of them",
+                    actor.name()
+                );
+            }
+        }
+    }
+    Ok(env.into_iter().collect())
+}
+
 /// Actor names are DNS labels (they become Kubernetes objects and queue names), and not a
 /// built-in actor's.
 pub fn validate_actor_name(name: &str) -> Result<()> {
@@ -150,10 +166,12 @@ pub fn load_file(path: &Path) -> Result<Vec<AsyncActor>> {
         }
         let actor: AsyncActor = serde_yaml_ng::from_value(value)
             .with_context(|| format!("reading the AsyncActor in {}", path.display()))?;
-        actor
-            .validate()
+        // Asya's forms (workload, flavor) become this project's fields here, once.
+        let resolved = actor
+            .resolved()
+            .map_err(|e| anyhow::anyhow!("actor '{}': {e}", actor.name()))
             .with_context(|| format!("in {}", path.display()))?;
-        actors.push(actor);
+        actors.push(resolved);
     }
     Ok(actors)
 }

@@ -1,4 +1,4 @@
-//! One actor: its manifest ([`manifest`]), how it is assembled from a manifest and an executor
+//! One actor: its manifest ([`manifest`]) and Secret keys ([`secrets`]), how it is assembled from a manifest and an executor
 //! ([`builder`]), its queue loop ([`sidecar`]), and the built-in actors every namespace has: the
 //! end actors ([`end_actors`]) and the flow fan-in ([`fanin`]).
 
@@ -6,4 +6,5 @@ pub mod builder;
 pub mod end_actors;
 pub mod fanin;
 pub mod manifest;
+pub mod secrets;
 pub mod sidecar;

@@ -5,6 +5,7 @@
 use crate::actor::builder::{self, HandlerSource, SidecarParts};
 use crate::actor::end_actors::run_end_actors;
 use crate::actor::manifest::{self, ActorSettings, AsyncActor, Runtime};
+use crate::actor::secrets;
 use crate::actor::sidecar::Sidecar;
 use crate::ops::metrics::Metrics;
 use crate::runtime::component_cache::ComponentCache;
@@ -54,6 +55,9 @@ pub struct RunConfig {
     /// Publish messages that end to the `x-sink` / `x-sump` queues for the end actors to store,
     /// instead of storing them in the hop that ends them (the default, one queue hop less).
     pub end_queues: bool,
+    /// Where the Secrets of `spec.secretRefs` are mounted (`<dir>/<secret>/<key>`), read when
+    /// a wasm actor starts for its handler's environment.
+    pub secrets_dir: PathBuf,
 }
 
 /// Where a python actor's runtime listens unless told otherwise.
@@ -360,8 +364,15 @@ impl Fleet {
         if let Some(max) = config.max_message_bytes {
             settings.max_message_bytes = max;
         }
-        let limits = actor.sandbox_limits()?;
-        let source = if actor.spec.runtime.unwrap_or_default() == Runtime::Python {
+        let mut limits = actor.sandbox_limits()?;
+        let python = asya_spec::workload::effective_runtime(&actor.spec) == Runtime::Python;
+        if !python && !actor.spec.secret_refs.is_empty() {
+            // A python actor's Secrets are its runtime container's env (the operator's envFrom).
+            let secrets = secrets::read(&config.secrets_dir, &actor.spec.secret_refs)
+                .with_context(|| format!("actor '{}'", actor.name()))?;
+            limits.env = secrets::with_secrets(limits.env, secrets);
+        }
+        let source = if python {
             let socket = config
                 .python_sockets
                 .get(actor.name())

@@ -159,6 +159,41 @@ def _problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted(set(problems))
 
 
+def resolve_workload(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fields `asya dev` reads from Asya's `spec.workload` form (its `asya-runtime`
+    container's image and `ASYA_HANDLER` / `ASYA_HANDLER_MODE` env), which makes the actor
+    `runtime: python`. The host resolves (and checks) the whole form the same way
+    (`asya_spec::workload::resolve`); a spec without it comes back unchanged."""
+    workload = spec.get("workload")
+    if not isinstance(workload, dict):
+        return spec
+    out = {k: v for k, v in spec.items() if k != "workload"}
+    containers = (workload.get("template") or {}).get("spec", {}).get("containers") or []
+    for container in containers:
+        if not isinstance(container, dict) or container.get("name") != "asya-runtime":
+            continue
+        if container.get("image"):
+            out.setdefault("image", container["image"])
+        for var in container.get("env") or []:
+            if var.get("name") == "ASYA_HANDLER":
+                out.setdefault("handler", var.get("value", ""))
+            elif var.get("name") == "ASYA_HANDLER_MODE":
+                out.setdefault("mode", var.get("value", ""))
+            else:
+                out.setdefault("env", {}).setdefault(var.get("name"), var.get("value", ""))
+    out.setdefault("runtime", "python")
+    return out
+
+
+def effective_runtime(spec: dict[str, Any]) -> str:
+    """`spec.runtime`, else `python` for an actor naming an image and no component (Asya's
+    `image` + `handler`), else `wasm`: the host's `effective_runtime`."""
+    runtime = spec.get("runtime")
+    if isinstance(runtime, str):
+        return runtime
+    return "python" if spec.get("image") and not spec.get("component") else "wasm"
+
+
 def load_actors(directory: Path) -> list[ActorManifest]:
     """Every AsyncActor in the YAML files under `directory`, sorted by file name.
 
@@ -188,7 +223,7 @@ def load_actors(directory: Path) -> list[ActorManifest]:
             if not isinstance(name, str):  # the schema requires it; for the type checker
                 errors.append(f"{path}: {who}: metadata.name: is required")
                 continue
-            spec = doc.get("spec") or {}
+            spec = resolve_workload(doc.get("spec") or {})
             handler = spec.get("handler")
             if not handler:
                 errors.append(f"{path}: {who}: spec.handler: is required to build the actor")
@@ -198,7 +233,7 @@ def load_actors(directory: Path) -> list[ActorManifest]:
                     name=name,
                     handler=handler,
                     mode=spec.get("mode") or "payload",
-                    runtime=spec.get("runtime") or "wasm",
+                    runtime=effective_runtime(spec),
                     path=path,
                 )
             )

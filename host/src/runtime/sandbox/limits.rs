@@ -7,8 +7,9 @@ use wasmtime::ResourceLimiter;
 
 use crate::runtime::outbound::HostAllowlist;
 
-/// Per-actor sandbox limits, from the manifest's `sandbox` section.
-#[derive(Debug, Clone, PartialEq)]
+/// Per-actor sandbox limits, from the manifest's `sandbox` section. Its `Debug` form names the
+/// env variables without their values (some come from Secrets).
+#[derive(Clone, PartialEq)]
 pub struct SandboxLimits {
     /// Cap on each linear memory of an instance, in bytes.
     pub memory_bytes: u64,
@@ -36,6 +37,26 @@ pub struct SandboxLimits {
     pub idle_timeout: std::time::Duration,
     /// Hosts the handler may reach over HTTP(S) (`sandbox.allowedHosts`); empty denies all.
     pub allowed_hosts: Arc<HostAllowlist>,
+}
+
+impl std::fmt::Debug for SandboxLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("SandboxLimits")
+            .field("memory_bytes", &self.memory_bytes)
+            .field("cpu_timeout", &self.cpu_timeout)
+            .field("max_instances", &self.max_instances)
+            .field("max_output_bytes", &self.max_output_bytes)
+            .field("max_log_bytes", &self.max_log_bytes)
+            .field("recycle_memory_bytes", &self.recycle_memory_bytes)
+            .field("recycle_after_calls", &self.recycle_after_calls)
+            .field("env (names only)", &env)
+            .field("keep_warm", &self.keep_warm)
+            .field("keep_loaded", &self.keep_loaded)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
 }
 
 impl Default for SandboxLimits {
