@@ -4,7 +4,12 @@
 //! flight and throughput with many, and their ratios (router hops are the difference).
 //!
 //! Run: `cargo bench -p asya-host --bench flow` (BENCH_MESSAGES sets the batch size).
-//! Target: none stated (the README describes it as a comparison).
+//! Target (issue 15): a router hop costs at most 2x a handler hop (p50, one message in flight).
+//! A router hop's cost is the flow's latency minus the static route's, divided by the number
+//! of router hops the flow's messages took (counted from their routes); a handler hop's is the
+//! static route's latency divided by its two hops. Where the time goes: each actor's executor
+//! call alone (the handler in its sandbox, JSON in and out) is timed on the inputs a real
+//! message gave it, and the rest of a hop (envelope check, routing, transport) is the difference.
 //!
 //! Both routes get the same concurrency: one message in flight for latency, `WINDOW` for
 //! throughput. Every figure counts only the messages that ended at `x-sink` with the expected
@@ -18,6 +23,7 @@ mod support;
 
 use asya_host::actor::manifest;
 use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::runtime::executor::Executor;
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -54,7 +60,9 @@ fn main() -> anyhow::Result<()> {
         &work.join("routers.wasm"),
     );
     let mut defs = Vec::new();
+    let mut router_names = std::collections::HashSet::new();
     for (_, actor) in manifest::load_dir(&compiled.join("actors"))? {
+        router_names.insert(actor.name().to_owned());
         defs.push(ActorDef::from_manifest(&actor, routers.clone())?);
     }
     for (_, actor) in manifest::load_dir(&example.join("actors"))? {
@@ -76,62 +84,115 @@ fn main() -> anyhow::Result<()> {
     let positive =
         |env: &asya_host::message::envelope::Envelope| env.payload["sentiment"] == "positive";
     let mut report = Report::new();
-    let (lat_flow, lat_fixed, tput_flow, tput_fixed) = runtime.block_on(async {
-        let mut host = LocalHost::start(defs, common::cache()).await?;
-        for route in [&flow, &fixed] {
-            let warm = host
-                .run_batch(
-                    route,
-                    vec![payload.clone(); 200],
-                    32,
-                    Duration::from_secs(60),
-                )
-                .await?;
-            support::check_warm_up(&warm)?;
-        }
-        let mut p50 = Vec::new();
-        for (name, route) in [("flow", &flow), ("static", &fixed)] {
-            let mut sent = Outcomes::new(format!("{name} messages, one in flight"));
-            let mut samples = Vec::new();
-            for _ in 0..(messages / 10).max(300) {
+    let (lat_flow, lat_fixed, tput_flow, tput_fixed, router_hops, calls) =
+        runtime.block_on(async {
+            let mut host = LocalHost::start(defs, common::cache()).await?;
+            for route in [&flow, &fixed] {
+                let warm = host
+                    .run_batch(
+                        route,
+                        vec![payload.clone(); 200],
+                        32,
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                support::check_warm_up(&warm)?;
+            }
+            let mut p50 = Vec::new();
+            for (name, route) in [("flow", &flow), ("static", &fixed)] {
+                let mut sent = Outcomes::new(format!("{name} messages, one in flight"));
+                let mut samples = Vec::new();
+                for _ in 0..(messages / 10).max(300) {
+                    let t = Instant::now();
+                    let done = support::round_trip(
+                        &mut host,
+                        route,
+                        payload.clone(),
+                        Duration::from_secs(10),
+                        &mut sent,
+                    )
+                    .await?;
+                    let took = t.elapsed();
+                    if done.is_some_and(|done| sent.finished_as(&done, positive)) {
+                        samples.push(took);
+                    }
+                }
+                p50.push(support::median_ms(samples) * 1e3);
+                report.outcomes(&sent);
+            }
+            let mut rate = Vec::new();
+            for (name, route) in [("flow", &flow), ("static", &fixed)] {
+                let mut batch = Outcomes::new(format!("{name} messages, {WINDOW} in flight"));
                 let t = Instant::now();
-                let done = support::round_trip(
-                    &mut host,
-                    route,
-                    payload.clone(),
-                    Duration::from_secs(10),
-                    &mut sent,
-                )
-                .await?;
-                let took = t.elapsed();
-                if done.is_some_and(|done| sent.finished_as(&done, positive)) {
-                    samples.push(took);
+                let results = host
+                    .run_batch(
+                        route,
+                        vec![payload.clone(); messages],
+                        WINDOW,
+                        Duration::from_secs(300),
+                    )
+                    .await?;
+                let elapsed = t.elapsed().as_secs_f64();
+                rate.push(batch.batch_as(&results, positive) as f64 / elapsed);
+                report.outcomes(&batch);
+            }
+            // The route one flow message took (router hops counted), and each hop's input.
+            let mut tap = host.tap();
+            let mut one = Outcomes::new("flow message for the hop breakdown");
+            let done = support::round_trip(
+                &mut host,
+                &flow,
+                payload.clone(),
+                Duration::from_secs(10),
+                &mut one,
+            )
+            .await?
+            .filter(|done| one.finished_as(done, positive))
+            .ok_or_else(|| anyhow::anyhow!("the breakdown's flow message did not succeed"))?;
+            let router_hops = done
+                .envelope
+                .route
+                .prev
+                .iter()
+                .filter(|a| router_names.contains(*a))
+                .count();
+            let mut inputs = Vec::new();
+            while let Ok(hop) = tap.try_recv() {
+                if let Some(executor) = host.executor(&hop.destination) {
+                    let env: asya_host::message::envelope::Envelope =
+                        serde_json::from_slice(&hop.bytes)?;
+                    let input = asya_host::message::routing::handler_input(executor.mode(), &env);
+                    inputs.push((hop.destination.clone(), input));
                 }
             }
-            p50.push(support::median_ms(samples) * 1e3);
-            report.outcomes(&sent);
-        }
-        let mut rate = Vec::new();
-        for (name, route) in [("flow", &flow), ("static", &fixed)] {
-            let mut batch = Outcomes::new(format!("{name} messages, {WINDOW} in flight"));
-            let t = Instant::now();
-            let results = host
-                .run_batch(
-                    route,
-                    vec![payload.clone(); messages],
-                    WINDOW,
-                    Duration::from_secs(300),
-                )
-                .await?;
-            let elapsed = t.elapsed().as_secs_f64();
-            rate.push(batch.batch_as(&results, positive) as f64 / elapsed);
-            report.outcomes(&batch);
-        }
-        host.shutdown().await?;
-        anyhow::Ok((p50[0], p50[1], rate[0], rate[1]))
-    })?;
+            drop(tap);
+            // Each executor call alone, on that input, one at a time.
+            let mut calls = Vec::new();
+            for (actor, input) in &inputs {
+                let executor = host.executor(actor).expect("executor");
+                let mut samples = Vec::new();
+                let mut ok = Outcomes::new(format!("{actor} executor calls"));
+                for _ in 0..300 {
+                    let t = Instant::now();
+                    let outcome = executor.call(input.clone(), Duration::from_secs(5)).await;
+                    let took = t.elapsed();
+                    if ok.call(&outcome) {
+                        samples.push(took);
+                    }
+                }
+                report.outcomes(&ok);
+                calls.push((
+                    actor.clone(),
+                    router_names.contains(actor),
+                    support::median_ms(samples) * 1e3,
+                    input.len(),
+                ));
+            }
+            host.shutdown().await?;
+            anyhow::Ok((p50[0], p50[1], rate[0], rate[1], router_hops, calls))
+        })?;
     println!(
-        "flow benchmark: review flow (2 actors + 2 router hops) vs the 2 actors on a static route"
+        "flow benchmark: review flow (2 actors + {router_hops} router hops) vs the 2 actors on a static route"
     );
     println!(
         "  concurrency: both routes 1 message in flight for latency, {WINDOW} in flight for throughput"
@@ -145,9 +206,37 @@ fn main() -> anyhow::Result<()> {
         "  throughput                         flow {tput_flow:>8.0} msg/s static {tput_fixed:>8.0} msg/s ratio {:.2}x",
         tput_fixed / tput_flow
     );
+    let router_hop = (lat_flow - lat_fixed) / router_hops.max(1) as f64;
+    let handler_hop = lat_fixed / 2.0;
+    println!("  handler hop (p50)                  {handler_hop:>8.1} us");
     println!(
-        "  cost of one router hop (p50)       {:>8.1} us",
-        (lat_flow - lat_fixed) / 2.0
+        "  router hop (p50)                   {router_hop:>8.1} us   ratio {:.2}x a handler hop",
+        router_hop / handler_hop
+    );
+    println!("  where a hop's time goes: the executor call alone (sandboxed handler, JSON in and out), p50 of 300:");
+    for (actor, is_router, call, bytes) in &calls {
+        let kind = if *is_router { "router " } else { "handler" };
+        println!("    {kind} {actor:<34} {call:>8.1} us  ({bytes} bytes in)");
+    }
+    let mean = |routers: bool| {
+        let picked: Vec<f64> = calls
+            .iter()
+            .filter(|c| c.1 == routers)
+            .map(|c| c.2)
+            .collect();
+        picked.iter().sum::<f64>() / picked.len().max(1) as f64
+    };
+    let (router_call, handler_call) = (mean(true), mean(false));
+    println!(
+        "    mean: router call {router_call:.1} us, handler call {handler_call:.1} us; the rest of a hop (check, route, transport): router {:.1} us, handler {:.1} us",
+        router_hop - router_call,
+        handler_hop - handler_call
+    );
+    report.at_most(
+        "router hop / handler hop (p50)",
+        2.0,
+        router_hop / handler_hop,
+        "x",
     );
     report.finish()
 }

@@ -553,6 +553,70 @@ async fn missing_flavor_and_invalid_merged_spec_are_reported() {
     assert!(h.deployment("preprocess").await.is_none());
 }
 
+/// Asya's tutorial actor (`tests/fixtures/asya-manifests`), in this test's namespace.
+fn tutorial_actor(keep_transport: bool) -> AsyncActor {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/asya-manifests/tutorial-text-processor.yaml"
+    );
+    let text: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|line| keep_transport || !line.trim_start().starts_with("transport:"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let mut actor = actor(&text);
+    actor.metadata.namespace = Some(NS.to_owned());
+    actor
+}
+
+#[tokio::test]
+async fn asyas_tutorial_actor_is_reconciled_as_written() {
+    // As written (`transport: sqs`): refused, naming the transport; nothing is rendered.
+    let h = harness(vec![tutorial_actor(true)], vec![], true).await;
+    h.settle("text-processor").await;
+    let status = h.status("text-processor").await;
+    let valid = cond(&status, conditions::SPEC_VALID);
+    assert_eq!(valid.reason.as_deref(), Some("InvalidSpec"));
+    let message = valid.message.as_deref().unwrap();
+    assert!(
+        message.contains("spec.transport: must be nats") && message.contains("(got sqs)"),
+        "{message}"
+    );
+    assert!(h.deployment("text-processor").await.is_none());
+    // On NATS: Asya's pod shape, the handler from ASYA_HANDLER, the tutorial's scaling.
+    let h = harness(vec![tutorial_actor(false)], vec![], true).await;
+    h.settle("text-processor").await;
+    let pod = h
+        .deployment("text-processor")
+        .await
+        .expect("deployment")
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let names: Vec<_> = pod.containers.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(names, ["asya-runtime", "asya-sidecar"]);
+    let runtime = &pod.containers[0];
+    assert_eq!(runtime.image.as_deref(), Some("my-processor:v1"));
+    let handler = runtime
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "ASYA_HANDLER")
+        .and_then(|e| e.value.clone());
+    assert_eq!(handler.as_deref(), Some("src.text_processor.process"));
+    let so = h
+        .scaled_object("text-processor")
+        .await
+        .expect("scaled object");
+    assert_eq!(so.data["spec"]["maxReplicaCount"], 50);
+    let status = h.status("text-processor").await;
+    assert_eq!(status.runtime.as_deref(), Some("python"));
+}
+
 #[tokio::test]
 async fn scaling_off_and_on_again() {
     let h = harness(vec![actor(WASM)], vec![], true).await;
@@ -623,7 +687,7 @@ async fn python_actor_with_a_flavor_gets_the_sidecar_pod() {
     let deployment = h.deployment("embed").await.expect("deployment");
     let pod = deployment.spec.unwrap().template.spec.unwrap();
     let names: Vec<_> = pod.containers.iter().map(|c| c.name.clone()).collect();
-    assert_eq!(names, ["handler", "asya-host"]);
+    assert_eq!(names, ["asya-runtime", "asya-sidecar"]);
     assert_eq!(
         pod.containers[0].image.as_deref(),
         Some("registry.local/gpu-embedder:v1")
