@@ -87,6 +87,16 @@ struct RunArgs {
     /// Messages fetched per pull.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// How long results stay in a namespace's results bucket (the bucket's max_age).
+    #[arg(long, default_value = "24h")]
+    results_ttl: String,
+    /// /healthz fails (so Kubernetes restarts the pod) once a queue loop, end actor or fan-in
+    /// has stayed down this long despite restarts.
+    #[arg(long, default_value = "60s")]
+    unhealthy_after: String,
+    /// The results TTL of one namespace, as NAMESPACE=DURATION (repeat for several).
+    #[arg(long = "results-ttl-for", value_name = "NAMESPACE=DURATION")]
+    results_ttl_for: Vec<String>,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, default_value = "127.0.0.1:9090")]
     http: String,
@@ -247,8 +257,23 @@ async fn run(args: RunArgs) -> Result<i32> {
             create: !args.no_create,
             ack_wait: manifest::parse_duration(&args.ack_wait).context("--ack-wait")?,
             batch: args.batch.max(1),
+            results_ttl: manifest::parse_duration(&args.results_ttl).context("--results-ttl")?,
             ..NatsSettings::default()
         },
+        unhealthy_after: manifest::parse_duration(&args.unhealthy_after)
+            .context("--unhealthy-after")?,
+        results_ttl_for: args
+            .results_ttl_for
+            .iter()
+            .map(|spec| {
+                let (namespace, ttl) = spec.split_once('=').with_context(|| {
+                    format!("--results-ttl-for '{spec}' is not NAMESPACE=DURATION")
+                })?;
+                let ttl = manifest::parse_duration(ttl)
+                    .with_context(|| format!("--results-ttl-for {spec}"))?;
+                Ok((namespace.to_owned(), ttl))
+            })
+            .collect::<Result<_>>()?,
         http_addr: Some(
             args.http
                 .parse()

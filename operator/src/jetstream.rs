@@ -85,6 +85,8 @@ impl JetStreamAdmin for NatsAdmin {
                 storage: stream::StorageType::File,
                 // The same window the host uses for its Nats-Msg-Id deduplication.
                 duplicate_window: asya_spec::names::DUPLICATE_WINDOW,
+                // See `asya_spec::names::STREAM_RETENTION`: acknowledged messages are removed.
+                retention: stream::RetentionPolicy::WorkQueue,
                 ..Default::default()
             })
             .await
@@ -120,12 +122,34 @@ impl JetStreamAdmin for NatsAdmin {
     async fn ensure_results_bucket(&self, spec: &StreamSpec) -> Result<(), QueueError> {
         let bucket = results_bucket(&spec.name);
         if self.js.get_key_value(&bucket).await.is_ok() {
+            // An existing bucket gets the configured TTL (its stream's max_age).
+            let name = format!("KV_{bucket}");
+            let operation = || format!("setting the results TTL of {bucket}");
+            let mut stream = self
+                .js
+                .get_stream(&name)
+                .await
+                .map_err(|e| err(operation(), e))?;
+            let mut config = stream
+                .info()
+                .await
+                .map_err(|e| err(operation(), e))?
+                .config
+                .clone();
+            if config.max_age != spec.results_ttl {
+                config.max_age = spec.results_ttl;
+                self.js
+                    .update_stream(config)
+                    .await
+                    .map_err(|e| err(operation(), e))?;
+            }
             return Ok(());
         }
         self.js
             .create_key_value(kv::Config {
                 bucket: bucket.clone(),
                 history: 1,
+                max_age: spec.results_ttl,
                 storage: stream::StorageType::File,
                 ..Default::default()
             })

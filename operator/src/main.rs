@@ -61,19 +61,45 @@ struct SettingsArgs {
     /// NATS account of the streams.
     #[arg(long, env = "ASYA_NATS_ACCOUNT", default_value = "$G")]
     nats_account: String,
+    /// How long results stay in a namespace's results bucket.
+    #[arg(long, env = "ASYA_RESULTS_TTL", default_value = "24h")]
+    results_ttl: String,
+    /// The results TTL of particular namespaces, as NAMESPACE=DURATION, comma-separated.
+    #[arg(
+        long,
+        env = "ASYA_RESULTS_TTL_FOR",
+        value_delimiter = ',',
+        value_name = "NAMESPACE=DURATION"
+    )]
+    results_ttl_for: Vec<String>,
 }
 
 impl SettingsArgs {
-    fn settings(&self) -> Settings {
+    fn settings(&self) -> anyhow::Result<Settings> {
         let defaults = Settings::default();
-        Settings {
+        let duration = |flag: &str, text: &str| {
+            asya_spec::parse_duration(text).map_err(|e| anyhow::anyhow!("{flag} {text}: {e}"))
+        };
+        let mut results_ttl_for = std::collections::BTreeMap::new();
+        for spec in self.results_ttl_for.iter().filter(|s| !s.trim().is_empty()) {
+            let (namespace, ttl) = spec.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--results-ttl-for '{spec}' is not NAMESPACE=DURATION")
+            })?;
+            results_ttl_for.insert(
+                namespace.trim().to_owned(),
+                duration("--results-ttl-for", ttl.trim())?,
+            );
+        }
+        Ok(Settings {
+            results_ttl: duration("--results-ttl", &self.results_ttl)?,
+            results_ttl_for,
             host_image: self.host_image.clone().unwrap_or(defaults.host_image),
             image_pull_policy: self.host_image_pull_policy.clone(),
             nats_url: self.nats_url.clone(),
             nats_monitoring_endpoint: self.nats_monitoring.clone(),
             nats_account: self.nats_account.clone(),
             host_http_port: defaults.host_http_port,
-        }
+        })
     }
 }
 
@@ -141,7 +167,7 @@ fn main() -> Result<()> {
             let docs = offline::read_files(&paths)?;
             let text = offline::render(
                 &docs,
-                &args.settings.settings(),
+                &args.settings.settings()?,
                 &args.namespace,
                 args.owner_uid.as_deref(),
             )?;
@@ -168,7 +194,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("asking the Kubernetes API for its version")?;
     metrics.set_ready(true);
-    let settings = args.settings.settings();
+    let settings = args.settings.settings()?;
     let jetstream = Arc::new(NatsAdmin::connect(&settings.nats_url).await?);
     let ctx = Arc::new(ReconcileContext::new(
         client.clone(),

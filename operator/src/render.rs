@@ -63,6 +63,20 @@ pub struct Settings {
     pub nats_account: String,
     /// Port of the host's `/metrics`, `/healthz`, `/readyz`.
     pub host_http_port: u16,
+    /// How long results stay in a namespace's results bucket.
+    pub results_ttl: std::time::Duration,
+    /// The results TTL of particular namespaces.
+    pub results_ttl_for: BTreeMap<String, std::time::Duration>,
+}
+
+impl Settings {
+    /// The results TTL of `namespace`.
+    pub fn results_ttl_of(&self, namespace: &str) -> std::time::Duration {
+        self.results_ttl_for
+            .get(namespace)
+            .copied()
+            .unwrap_or(self.results_ttl)
+    }
 }
 
 impl Default for Settings {
@@ -74,6 +88,8 @@ impl Default for Settings {
             nats_monitoring_endpoint: "nats.nats.svc:8222".into(),
             nats_account: "$G".into(),
             host_http_port: 9090,
+            results_ttl: asya_spec::names::DEFAULT_RESULTS_TTL,
+            results_ttl_for: BTreeMap::new(),
         }
     }
 }
@@ -85,6 +101,8 @@ pub struct StreamSpec {
     pub name: String,
     /// `asya.<namespace>.>`.
     pub subjects: Vec<String>,
+    /// How long results stay in the namespace's results bucket.
+    pub results_ttl: std::time::Duration,
 }
 
 /// A durable pull consumer of an actor.
@@ -505,6 +523,7 @@ pub fn desired_objects(actor: &AsyncActor, spec: &AsyncActorSpec, settings: &Set
     let stream = StreamSpec {
         name: stream_name(&namespace),
         subjects: vec![asya_spec::names::stream_subjects(&namespace)],
+        results_ttl: settings.results_ttl_of(&namespace),
     };
     let consumer_of = |actor: &str| ConsumerSpec {
         stream: stream.name.clone(),

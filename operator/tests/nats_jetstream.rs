@@ -68,6 +68,7 @@ async fn creates_and_deletes_what_the_host_reads() {
     let stream = StreamSpec {
         name: "ASYA_TEXT_PIPELINE".into(),
         subjects: vec!["asya.text-pipeline.>".into()],
+        results_ttl: std::time::Duration::from_secs(3600),
     };
     let consumer = ConsumerSpec {
         stream: stream.name.clone(),
@@ -87,6 +88,11 @@ async fn creates_and_deletes_what_the_host_reads() {
     let info = info.info().await.unwrap();
     assert_eq!(info.config.subjects, ["asya.text-pipeline.>"]);
     assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
+    // Acknowledged messages are removed (asya_spec::names::STREAM_RETENTION).
+    assert_eq!(
+        info.config.retention,
+        async_nats::jetstream::stream::RetentionPolicy::WorkQueue
+    );
     let stream_handle = js.get_stream("ASYA_TEXT_PIPELINE").await.unwrap();
     let mut pull: async_nats::jetstream::consumer::PullConsumer =
         stream_handle.get_consumer("preprocess").await.unwrap();
@@ -100,6 +106,22 @@ async fn creates_and_deletes_what_the_host_reads() {
     js.get_key_value("ASYA_RESULTS_TEXT_PIPELINE")
         .await
         .unwrap();
+    let mut bucket = js.get_stream("KV_ASYA_RESULTS_TEXT_PIPELINE").await.unwrap();
+    assert_eq!(
+        bucket.info().await.unwrap().config.max_age,
+        Duration::from_secs(3600),
+        "the results TTL"
+    );
+    // A changed TTL reaches the existing bucket.
+    let shorter = StreamSpec {
+        results_ttl: Duration::from_secs(600),
+        ..stream.clone()
+    };
+    admin.ensure_results_bucket(&shorter).await.unwrap();
+    assert_eq!(
+        bucket.info().await.unwrap().config.max_age,
+        Duration::from_secs(600)
+    );
 
     // A message published on the actor's subject waits in its consumer.
     js.publish("asya.text-pipeline.preprocess", "{}".into())

@@ -127,6 +127,14 @@ pub fn dedup_id(id: &str, hop: impl std::fmt::Display, destination: &str) -> Str
 
 /// Window in which equal `Nats-Msg-Id`s are dropped (stream and results bucket alike).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a result stays in a namespace's results bucket (the default; `--results-ttl` of
+/// the host and the operator, per namespace with `--results-ttl-for NS=DURATION`).
+pub const DEFAULT_RESULTS_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The namespace streams use work-queue retention: a message is removed once its actor's
+/// consumer acknowledges it, so a stream holds exactly the messages not yet processed (each
+/// actor's consumer filters its own subject, which work-queue streams require). Limits
+/// retention would keep every message ever sent.
+pub const STREAM_RETENTION: &str = "workqueue";
 /// A delivery not acknowledged within this time is delivered again (the default).
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(60);
 /// Messages a consumer's pull fetches at once (the default).

@@ -44,22 +44,40 @@ pub struct NatsServer {
     /// The client port.
     pub port: u16,
     store: tempfile::TempDir,
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts a server on a free port.
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Starts a server on a free port with `config` (nats-server configuration text, e.g.
+    /// `max_payload: 65536`) added.
+    pub fn start_with_config(config: &str) -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let config = (!config.is_empty()).then(|| {
+            let path = store.path().join("nats.conf");
+            std::fs::write(&path, config).unwrap();
+            path
+        });
         let mut server = NatsServer {
             child: None,
             port: free_port(),
-            store: tempfile::tempdir().unwrap(),
+            store,
+            config,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(nats_server_binary())
+        let mut command = Command::new(nats_server_binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",

@@ -28,3 +28,12 @@ app.kubernetes.io/component: operator
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* `ns=ttl,ns=ttl` from results.ttlByNamespace, sorted by namespace. */}}
+{{- define "asya.resultsTtlFor" -}}
+{{- $pairs := list -}}
+{{- range $namespace, $ttl := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $namespace $ttl) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

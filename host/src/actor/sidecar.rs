@@ -2,8 +2,11 @@
 //!
 //! It owns no routing rules itself (those are in [`crate::message::routing`] and
 //! [`crate::message::resiliency`]) and no transport details (those are behind
-//! [`crate::transport::Transport`]). A retry is a delayed redelivery of the input (a NAK with a
-//! delay), so nothing is published for it and the attempt number is the delivery count.
+//! [`crate::transport::Transport`]). A retry is a copy of the input published to the same actor
+//! with the next attempt number and the policy's backoff (`status.attempt`, `status.not_before`),
+//! and the input is then acknowledged: the attempt count lives in the envelope, so a
+//! redelivery after a crash, a shutdown or a failed publish costs no attempt, and `maxDuration`
+//! counts from the first attempt (`status.first_attempt_at`).
 
 use crate::message::envelope::{is_end_actor, now_rfc3339, Envelope, Reason, SINK, SUMP};
 use crate::message::resiliency::{AttemptInfo, Resiliency};
@@ -14,7 +17,7 @@ use crate::ops::trace;
 use crate::runtime::executor::CallOutcome;
 use crate::runtime::executor::Executor;
 use crate::transport::results::ResultStore;
-use crate::transport::{Delivery, Outbound, Transport};
+use crate::transport::{Delivery, Outbound, TooLarge, Transport};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,12 +50,11 @@ impl Default for SidecarSettings {
 pub enum Plan {
     /// Publish these envelopes, then acknowledge the input.
     Publish(Vec<Dispatch>),
-    /// Have the transport deliver the input again after `delay` (a retry).
+    /// A retry whose backoff has not passed: have the transport deliver the input again after
+    /// `delay`, without running the handler.
     Redeliver {
-        /// Backoff before the next attempt.
+        /// What is left of the backoff.
         delay: Duration,
-        /// The failure that caused the retry, for the log.
-        reason: Reason,
     },
 }
 
@@ -118,14 +120,9 @@ impl Sidecar {
     }
 
     /// Everything between receiving bytes and publishing: the decisions around one executor
-    /// call. `delivered` is the delivery count (the attempt number); `published` is when the
-    /// message first reached this queue (for `maxDuration`).
-    pub async fn plan(
-        &self,
-        bytes: &[u8],
-        delivered: u64,
-        published: Option<time::OffsetDateTime>,
-    ) -> Plan {
+    /// call. The attempt number and the time of the first attempt come from the envelope, not
+    /// from the transport's delivery count.
+    pub async fn plan(&self, bytes: &[u8]) -> Plan {
         let now = time::OffsetDateTime::now_utc();
         if bytes.len() > self.settings.max_message_bytes {
             let preview = &bytes[..bytes.len().min(1024)];
@@ -149,10 +146,24 @@ impl Sidecar {
                 return Plan::Publish(vec![dispatch]);
             }
         };
-        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
-        if let Some(status) = env.status.as_mut() {
-            status.attempt = attempt; // `accept` always leaves a status
+        let now_text = now_rfc3339();
+        let status = env.status_mut(&now_text); // `accept` always leaves one
+        let attempt = status.attempt.max(1);
+        if let Some(wait) = status
+            .not_before
+            .as_deref()
+            .and_then(crate::message::envelope::parse_rfc3339)
+            .filter(|at| *at > now)
+        {
+            return Plan::Redeliver {
+                delay: (wait - now).try_into().unwrap_or(Duration::ZERO),
+            };
         }
+        status.not_before = None;
+        let first_attempt = status
+            .first_attempt_at
+            .get_or_insert_with(|| now_text.clone())
+            .clone();
         let trace_id = trace::enter_hop(&mut env.headers);
         let mut timeout = self.settings.timeout;
         if let Some(deadline) = routing::deadline_of(&env) {
@@ -185,8 +196,8 @@ impl Sidecar {
             tracing::debug!(actor = %self.name, envelope = %env.id, reason = %failure.reason,
                 error = %failure.error.message, attempt, "handler failed");
         }
-        let elapsed = published
-            .map(|p| (now - p).try_into().unwrap_or(Duration::ZERO))
+        let elapsed = crate::message::envelope::parse_rfc3339(&first_attempt)
+            .map(|first| (now - first).try_into().unwrap_or(Duration::ZERO))
             .unwrap_or(Duration::ZERO);
         let mut retry = None;
         let mut max_attempts = 1;
@@ -206,14 +217,23 @@ impl Sidecar {
                 );
                 max_attempts = self.resiliency.policy_for(failure).max_attempts;
                 if let FailureAction::Retry { .. } = decision.action {
-                    retry = Some((decision.delay.unwrap_or_default(), failure.reason));
+                    retry = Some(decision.delay.unwrap_or_default());
                 }
                 decision.action
             },
-            &now_rfc3339(),
+            &now_text,
         );
-        if let Some((delay, reason)) = retry {
-            return Plan::Redeliver { delay, reason };
+        if let Some(delay) = retry {
+            // The retry is the copy routing addressed to this actor: it waits out the backoff.
+            let not_before = now + delay;
+            let mut dispatches = dispatches;
+            for dispatch in &mut dispatches {
+                if dispatch.destination == self.name {
+                    let status = dispatch.envelope.status_mut(&now_text);
+                    status.not_before = Some(crate::message::routing::format_time(not_before));
+                }
+            }
+            return Plan::Publish(dispatches);
         }
         Plan::Publish(
             dispatches
@@ -245,13 +265,29 @@ impl Sidecar {
     }
 
     async fn handle_inner(&self, delivery: Delivery) -> Result<()> {
-        match self
-            .plan(&delivery.bytes, delivery.delivered, delivery.published)
-            .await
-        {
-            Plan::Redeliver { delay, reason } => {
-                self.metrics.processed(&self.actor_metrics, "retried");
-                tracing::debug!(actor = %self.name, ?delay, %reason, "retrying later");
+        let plan = self.plan(&delivery.bytes);
+        let plan = match self.transport.progress_interval() {
+            None => plan.await,
+            Some(every) => {
+                // A handler may run longer than the transport's redelivery timer: report the
+                // message in progress meanwhile, so it is not delivered (and run) twice at once.
+                tokio::pin!(plan);
+                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        plan = &mut plan => break plan,
+                        _ = ticks.tick() => {
+                            if let Err(err) = delivery.acker.in_progress().await {
+                                tracing::debug!(actor = %self.name, error = %format!("{err:#}"), "in-progress report failed");
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match plan {
+            Plan::Redeliver { delay } => {
+                tracing::debug!(actor = %self.name, ?delay, "retry waits out its backoff");
                 delivery
                     .acker
                     .nak(Some(delay))
@@ -260,8 +296,26 @@ impl Sidecar {
             }
             Plan::Publish(dispatches) => {
                 for dispatch in dispatches {
-                    let destination = dispatch.destination.clone();
-                    if let Err(err) = self.send(dispatch).await {
+                    let mut destination = dispatch.destination.clone();
+                    let mut sent = self.send(dispatch).await;
+                    if let Some(too_large) = sent.as_ref().err().and_then(|e| e.downcast_ref::<TooLarge>()) {
+                        // Over the transport's limit: the same output would fail every time, so
+                        // the input ends here (OutputTooLarge) instead of coming back forever.
+                        let failure = routing::output_too_large(
+                            &self.name,
+                            &delivery.bytes,
+                            too_large.size,
+                            too_large.limit,
+                            time::OffsetDateTime::now_utc(),
+                        );
+                        tracing::warn!(actor = %self.name, size = too_large.size, limit = too_large.limit,
+                            to = %destination, "output over the transport's limit: the message fails with OutputTooLarge");
+                        self.metrics
+                            .failed(&self.actor_metrics, Reason::OutputTooLarge.as_str(), true);
+                        destination = failure.destination.clone();
+                        sent = self.send(failure).await;
+                    }
+                    if let Err(err) = sent {
                         delivery
                             .acker
                             .nak(Some(Duration::from_millis(500)))
@@ -270,6 +324,10 @@ impl Sidecar {
                         return Err(err);
                     }
                     self.metrics.sent(&self.actor_metrics, &destination);
+                    if destination == self.name {
+                        // A retry: the copy for the next attempt is on the queue.
+                        self.metrics.processed(&self.actor_metrics, "retried");
+                    }
                     if is_end_actor(&destination) {
                         let status = if destination == SINK {
                             "succeeded"
@@ -294,8 +352,18 @@ impl Sidecar {
         let env: &Envelope = &dispatch.envelope;
         // One output per hop of an envelope: a redelivered input republishes the same id, which
         // the transport's deduplication drops.
-        let dedup_id =
-            asya_spec::names::dedup_id(&env.id, env.route.prev.len(), &dispatch.destination);
+        // A retry (same hop, next attempt) gets its own id, or the stream would drop it as a
+        // repeat of the input.
+        let attempt = env.status.as_ref().map_or(1, |s| s.attempt);
+        let dedup_id = if attempt > 1 {
+            asya_spec::names::dedup_id(
+                &env.id,
+                format!("{}.{attempt}", env.route.prev.len()),
+                &dispatch.destination,
+            )
+        } else {
+            asya_spec::names::dedup_id(&env.id, env.route.prev.len(), &dispatch.destination)
+        };
         if let Some(results) = self
             .results
             .as_ref()
@@ -349,6 +417,8 @@ pub async fn serve_queue(
     let mut concurrency = current.borrow().settings.concurrency.max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut replaceable = true;
+    let mut failures = 0u32;
+    let mut ended = Ok(());
     loop {
         let wanted = current.borrow().settings.concurrency.max(1);
         if wanted > concurrency {
@@ -377,10 +447,22 @@ pub async fn serve_queue(
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => break,
             next = subscription.next() => match next {
-                Some(Ok(delivery)) => delivery,
+                Some(Ok(delivery)) => {
+                    failures = 0;
+                    delivery
+                }
                 Some(Err(err)) => {
-                    tracing::warn!(actor = %name, error = %format!("{err:#}"), "receive failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    failures += 1;
+                    tracing::warn!(actor = %name, error = %format!("{err:#}"), failures, "receive failed");
+                    if failures >= MAX_RECEIVE_FAILURES {
+                        // A subscription that only fails is given up: its supervisor starts a
+                        // new one (subscribing again) after a backoff.
+                        ended = Err(err.context(format!(
+                            "'{name}': {failures} receives in a row failed"
+                        )));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100) * failures).await;
                     continue;
                 }
                 None => break,
@@ -420,8 +502,11 @@ pub async fn serve_queue(
         .acquire_many(concurrency as u32)
         .await
         .expect("semaphore is never closed");
-    Ok(())
+    ended
 }
+
+/// Receives that fail in a row before a queue loop gives its subscription up.
+const MAX_RECEIVE_FAILURES: u32 = 10;
 
 /// A stopping sidecar collects late deliveries until none has arrived for this long...
 const STOP_DRAIN_QUIET: Duration = Duration::from_millis(50);
@@ -439,6 +524,7 @@ fn unit_random() -> f64 {
 mod tests {
     use super::*;
     use crate::message::envelope::Route;
+    use crate::message::status::Dispatch;
     use crate::runtime::executor::Mode;
     use crate::transport::embedded::EmbeddedTransport;
     use crate::transport::results::MemoryResults;
@@ -456,6 +542,111 @@ mod tests {
         async fn call(&self, input: String, _timeout: Duration) -> CallOutcome {
             CallOutcome::Returned(input)
         }
+    }
+
+    /// A handler that always raises `ValueError`.
+    struct Fails;
+
+    #[async_trait]
+    impl Executor for Fails {
+        fn mode(&self) -> Mode {
+            Mode::Payload
+        }
+        async fn call(&self, _input: String, _timeout: Duration) -> CallOutcome {
+            CallOutcome::Failed(
+                crate::message::outcome::Failure::host(Reason::HandlerError, "boom")
+                    .with_type("ValueError"),
+            )
+        }
+    }
+
+    fn failing(policy: &str) -> Sidecar {
+        let spec: asya_spec::Resiliency = serde_yaml_ng::from_str(policy).unwrap();
+        Sidecar::new(
+            "flaky",
+            Arc::new(Fails),
+            Arc::new(EmbeddedTransport::new()),
+            SidecarSettings::default(),
+        )
+        .with_resiliency(Resiliency::from_spec(&spec).unwrap())
+    }
+
+    fn input() -> Vec<u8> {
+        Envelope::new(
+            Route::through(&["flaky"]).unwrap(),
+            json!({"n": 1}),
+            "2026-11-25T00:00:00Z",
+        )
+        .to_bytes()
+    }
+
+    fn published(plan: Plan) -> Vec<Dispatch> {
+        match plan {
+            Plan::Publish(dispatches) => dispatches,
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn attempts_are_counted_in_the_envelope_not_by_deliveries() {
+        let sidecar = failing(
+            "policies: {default: {maxAttempts: 3, backoff: constant, initialInterval: 50ms}}",
+        );
+        let bytes = input();
+        // A retry is the input republished to the same actor with the next attempt number and
+        // its backoff; the same bytes delivered again (a shutdown return, a failed publish, a
+        // crash) make the same decision: redeliveries cost no attempt.
+        let first = published(sidecar.plan(&bytes).await);
+        for _ in 0..3 {
+            let again = published(sidecar.plan(&bytes).await);
+            assert_eq!(again[0].envelope.status.as_ref().unwrap().attempt, 2);
+        }
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].destination, "flaky");
+        let status = first[0].envelope.status.clone().unwrap();
+        assert_eq!((status.attempt, status.max_attempts), (2, 3));
+        assert_eq!(status.phase, crate::message::envelope::Phase::Retrying);
+        assert!(status.not_before.is_some() && status.first_attempt_at.is_some());
+        // Delivered before its backoff passed: waits, without running the handler.
+        let retry = first[0].envelope.to_bytes();
+        assert!(matches!(sidecar.plan(&retry).await, Plan::Redeliver { delay } if delay <= Duration::from_millis(50)));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let second = published(sidecar.plan(&retry).await);
+        let status = second[0].envelope.status.clone().unwrap();
+        assert_eq!(status.attempt, 3);
+        // The first attempt's time is kept across retries.
+        assert_eq!(status.first_attempt_at, first[0].envelope.status.clone().unwrap().first_attempt_at);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let last = published(sidecar.plan(&second[0].envelope.to_bytes()).await);
+        assert_eq!(last[0].destination, SUMP);
+        let status = last[0].envelope.status.clone().unwrap();
+        assert_eq!(status.reason, Some(Reason::MaxRetriesExhausted));
+        assert_eq!((status.attempt, status.max_attempts), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn max_duration_counts_from_the_first_attempt() {
+        let sidecar = failing(
+            "policies: {default: {maxAttempts: 10, backoff: constant, initialInterval: 10ms, maxDuration: 1s}}",
+        );
+        // A message that entered the mesh long ago still gets its retries here...
+        let mut env: Envelope = serde_json::from_slice(&input()).unwrap();
+        env.status.as_mut().unwrap().created_at = Some("2020-01-01T00:00:00Z".into());
+        let first = published(sidecar.plan(&env.to_bytes()).await);
+        assert_eq!(first[0].destination, "flaky", "retried");
+        // ...until a second has passed since its first attempt here.
+        let mut retry = first[0].envelope.clone();
+        let status = retry.status.as_mut().unwrap();
+        status.first_attempt_at = Some(crate::message::routing::format_time(
+            time::OffsetDateTime::now_utc() - time::Duration::seconds(2),
+        ));
+        status.not_before = None;
+        let last = published(sidecar.plan(&retry.to_bytes()).await);
+        assert_eq!(last[0].destination, SUMP);
+        assert_eq!(
+            last[0].envelope.status.clone().unwrap().reason,
+            Some(Reason::MaxRetriesExhausted)
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use crate::actor::manifest::{self, ActorSettings, AsyncActor, Runtime};
 use crate::actor::secrets;
 use crate::actor::sidecar::Sidecar;
 use crate::ops::metrics::Metrics;
+use crate::ops::supervisor::{supervise, Health};
 use crate::runtime::component_cache::ComponentCache;
 use crate::runtime::python::PythonRuntimeConfig;
 use crate::runtime::sandbox::SandboxEngine;
@@ -39,6 +40,10 @@ pub struct RunConfig {
     pub components: HashMap<String, PathBuf>,
     /// JetStream settings.
     pub nats: NatsSettings,
+    /// `/healthz` fails once a supervised task has been down this long.
+    pub unhealthy_after: Duration,
+    /// Results TTL of particular namespaces (others: `nats.results_ttl`).
+    pub results_ttl_for: HashMap<String, Duration>,
     /// Where to serve `/metrics`, `/healthz`, `/readyz` (none: no HTTP server).
     pub http_addr: Option<SocketAddr>,
     /// How long in-flight messages may take to finish after a shutdown signal.
@@ -67,6 +72,9 @@ pub const DEFAULT_RUNTIME_SOCKET: &str = "/var/run/asya/runtime.sock";
 struct HttpState {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    health: Arc<Health>,
+    nats: Arc<std::sync::OnceLock<async_nats::Client>>,
+    unhealthy_after: Duration,
 }
 
 async fn metrics_endpoint(
@@ -82,11 +90,39 @@ async fn metrics_endpoint(
     )
 }
 
-async fn ready_endpoint(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+/// Ready: started, connected to NATS, and every queue loop, end actor and fan-in running.
+async fn ready_endpoint(State(state): State<HttpState>) -> (StatusCode, String) {
+    if !state.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n".into());
+    }
+    let connected = state.nats.get().map(|c| c.connection_state());
+    if connected != Some(async_nats::connection::State::Connected) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: NATS is {connected:?}\n"),
+        );
+    }
+    let report = state.health.report(state.unhealthy_after);
+    if !report.all_up {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{}\n", report.down.join("\n")),
+        );
+    }
+    (StatusCode::OK, "ready\n".into())
+}
+
+/// Healthy unless a supervised task has stayed down past `--unhealthy-after` (then Kubernetes
+/// restarts the pod); a NATS outage alone is not unhealthy (the client reconnects by itself).
+async fn health_endpoint(State(state): State<HttpState>) -> (StatusCode, String) {
+    let report = state.health.report(state.unhealthy_after);
+    if report.failing.is_empty() {
+        (StatusCode::OK, "ok\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy:\n{}\n", report.failing.join("\n")),
+        )
     }
 }
 
@@ -132,14 +168,19 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.know(manifests.iter().map(|(_, actor)| actor.name()));
     let ready = Arc::new(AtomicBool::new(false));
+    let health = Health::new();
+    let nats = Arc::new(std::sync::OnceLock::new());
     if let Some(addr) = config.http_addr {
         let state = HttpState {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            health: health.clone(),
+            nats: nats.clone(),
+            unhealthy_after: config.unhealthy_after,
         };
         let app = axum::Router::new()
             .route("/metrics", get(metrics_endpoint))
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(health_endpoint))
             .route("/readyz", get(ready_endpoint))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind(addr)
@@ -155,8 +196,10 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
     }
 
     let client = connect(&config.nats_url).await?;
+    let _ = nats.set(client.clone());
     let workers = CancellationToken::new();
     let mut fleet = Fleet {
+        health,
         engine: SandboxEngine::new()?,
         client: client.clone(),
         metrics: metrics.clone(),
@@ -293,6 +336,7 @@ type WasmExecutors = Arc<std::sync::Mutex<HashMap<(String, String), Arc<WasmExec
 
 /// Every running actor of the host, keyed by (namespace, name).
 struct Fleet {
+    health: Arc<Health>,
     engine: Arc<SandboxEngine>,
     client: async_nats::Client,
     metrics: Arc<Metrics>,
@@ -322,21 +366,31 @@ impl Fleet {
         if let Some(ns) = self.namespaces.get(namespace) {
             return Ok((ns.transport.clone(), ns.results.clone()));
         }
-        let transport =
-            NatsTransport::new(self.client.clone(), namespace, config.nats.clone()).await?;
+        let mut settings = config.nats.clone();
+        if let Some(ttl) = config.results_ttl_for.get(namespace) {
+            settings.results_ttl = *ttl;
+        }
+        let transport = NatsTransport::new(self.client.clone(), namespace, settings).await?;
+        tracing::info!(namespace, max_message_bytes = ?Transport::max_message_bytes(&transport),
+            "namespace on NATS: messages over the server's max_payload end at x-sump (OutputTooLarge)");
         let results = Arc::new(transport.results().await?);
         let fanin =
             Arc::new(crate::actor::fanin::NatsFanIn::open(transport.jetstream(), namespace).await?);
         let shared: Arc<dyn Transport> = Arc::new(transport);
-        self.tasks.spawn(run_end_actors(
-            shared.clone(),
-            results.clone(),
+        // The end actors and the fan-in are supervised: restarted with backoff after an error.
+        let (transport, store, stop) = (shared.clone(), results.clone(), self.workers.clone());
+        self.tasks.spawn(supervise(
+            format!("{namespace}/end-actors"),
+            self.health.clone(),
             self.workers.clone(),
+            move || run_end_actors(transport.clone(), store.clone(), stop.clone()),
         ));
-        self.tasks.spawn(crate::actor::fanin::run_fanin(
-            shared.clone(),
-            fanin,
+        let (transport, stop) = (shared.clone(), self.workers.clone());
+        self.tasks.spawn(supervise(
+            format!("{namespace}/x-fanin"),
+            self.health.clone(),
             self.workers.clone(),
+            move || crate::actor::fanin::run_fanin(transport.clone(), fanin.clone(), stop.clone()),
         ));
         self.namespaces.insert(
             namespace.to_owned(),
@@ -365,6 +419,13 @@ impl Fleet {
             settings.max_message_bytes = max;
         }
         let mut limits = actor.sandbox_limits()?;
+        if let Some(max) = shared.max_message_bytes() {
+            // The server's limit (NATS max_payload) is the host's too, the smaller one winning:
+            // a result the transport cannot carry fails at once with OutputTooLarge instead of
+            // failing to publish.
+            limits.max_output_bytes = limits.max_output_bytes.min(max);
+            settings.max_message_bytes = settings.max_message_bytes.min(max);
+        }
         let python = asya_spec::workload::effective_runtime(&actor.spec) == Runtime::Python;
         if !python && !actor.spec.secret_refs.is_empty() {
             // A python actor's Secrets are its runtime container's env (the operator's envFrom).
@@ -428,8 +489,13 @@ impl Fleet {
         }
         let stop = self.workers.child_token();
         let (current, receiver) = watch::channel(sidecar);
-        self.tasks
-            .spawn(crate::actor::sidecar::serve_queue(receiver, stop.clone()));
+        let queue_stop = stop.clone();
+        self.tasks.spawn(supervise(
+            format!("{}/{}", key.0, key.1),
+            self.health.clone(),
+            stop.clone(),
+            move || crate::actor::sidecar::serve_queue(receiver.clone(), queue_stop.clone()),
+        ));
         self.actors.insert(
             key,
             RunningActor {

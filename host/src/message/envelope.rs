@@ -294,6 +294,13 @@ pub struct Status {
     /// The error that sent the message to `x-sump` (or to a retry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// When the first attempt at the current actor started (RFC 3339): `maxDuration` counts
+    /// from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt_at: Option<String>,
+    /// A retry is not attempted before this instant (RFC 3339), the policy's backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
 }
 
 fn one() -> u32 {
@@ -313,6 +320,8 @@ impl Status {
             updated_at: Some(now.to_owned()),
             deadline_at: None,
             error: None,
+            first_attempt_at: None,
+            not_before: None,
         }
     }
 }

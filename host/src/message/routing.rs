@@ -473,6 +473,45 @@ fn future_route(given: &Envelope, route: &Map<String, Value>) -> Result<Route, F
     })
 }
 
+/// What an output too large for the transport becomes: the input message (`input`, which fit),
+/// failed at `actor` with `OutputTooLarge` and sent to the innermost try frame that catches it,
+/// else the error end (a fan-out child reports to its aggregator). Retrying would produce the
+/// same size, so there is one attempt. When the input itself is within a few KiB of `limit`
+/// its payload is left out (and the error says so), so the failure always fits.
+pub fn output_too_large(
+    actor: &str,
+    input: &[u8],
+    size: usize,
+    limit: usize,
+    now: time::OffsetDateTime,
+) -> Dispatch {
+    let now_text = crate::message::envelope::now_rfc3339();
+    let mut message = format!(
+        "the output of {size} bytes is over the transport's limit of {limit} bytes (NATS max_payload); nothing was published"
+    );
+    let mut env = match accept(actor, input, now) {
+        Ok(env) => env,
+        Err(mut refused) => {
+            flow::redirect_child_end(&mut refused);
+            return refused;
+        }
+    };
+    if input.len() + FAILURE_ROOM > limit {
+        env.payload = Value::Null;
+        message.push_str("; the input payload is left out, as it is as large as the limit");
+    }
+    flow::fail(
+        env,
+        actor,
+        Reason::OutputTooLarge,
+        ErrorInfo::host("OutputTooLarge", message),
+        &now_text,
+    )
+}
+
+/// Room a failed envelope needs beyond its input (status, error message).
+const FAILURE_ROOM: usize = 4096;
+
 /// The `x-sump` envelope for bytes that are not an envelope. The original bytes are kept in the
 /// payload: as text under `raw` when they are UTF-8, otherwise base64 under `raw_base64`.
 pub fn parse_error_dispatch(actor: &str, bytes: &[u8], message: &str, now: &str) -> Dispatch {
@@ -505,7 +544,8 @@ pub fn parse_error_dispatch(actor: &str, bytes: &[u8], message: &str, now: &str)
     }
 }
 
-fn format_time(t: time::OffsetDateTime) -> String {
+/// An instant as RFC 3339 text, as envelopes carry times.
+pub fn format_time(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .expect("timestamps format")
 }

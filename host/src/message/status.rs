@@ -42,6 +42,8 @@ pub fn to_current_step(mut env: Envelope, now: &str) -> Dispatch {
     status.actor = Some(next_actor.clone());
     status.attempt = 1;
     status.max_attempts = 1;
+    status.first_attempt_at = None;
+    status.not_before = None;
     status.updated_at = Some(now.to_owned());
     Dispatch {
         destination: next_actor,
@@ -102,5 +104,7 @@ pub fn pending_again(status: &mut Status, now: &str) {
     status.phase = Phase::Pending;
     status.attempt = 1;
     status.max_attempts = 1;
+    status.first_attempt_at = None;
+    status.not_before = None;
     status.updated_at = Some(now.to_owned());
 }

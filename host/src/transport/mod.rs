@@ -24,13 +24,30 @@ pub struct Outbound {
     pub dedup_id: String,
 }
 
+/// A message the transport cannot carry: over its size limit (NATS: the server's
+/// `max_payload`). Returned by [`Transport::publish`] (and result stores) before anything is
+/// sent; retrying cannot help, so the sidecar ends the input with `OutputTooLarge` instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a message of {size} bytes is over the transport's limit of {limit} bytes")]
+pub struct TooLarge {
+    /// The message's size in bytes.
+    pub size: usize,
+    /// The most the transport carries.
+    pub limit: usize,
+}
+
 /// Acknowledges or rejects one received message.
 #[async_trait]
-pub trait Acker: Send {
+pub trait Acker: Send + Sync {
     /// The message is done: all its outputs are published.
     async fn ack(self: Box<Self>) -> Result<()>;
     /// The message could not be handled now; deliver it again (after `delay`, if given).
     async fn nak(self: Box<Self>, delay: Option<Duration>) -> Result<()>;
+    /// The message is still being worked on: do not deliver it again yet (restarts the
+    /// transport's redelivery timer). Transports without one do nothing.
+    async fn in_progress(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A message received from a queue.
@@ -58,8 +75,18 @@ pub trait Subscription: Send {
 pub trait Transport: Send + Sync {
     /// Starts consuming `actor`'s queue.
     async fn subscribe(&self, actor: &str) -> Result<Box<dyn Subscription>>;
-    /// Puts a message on `actor`'s queue; `Ok` means it is durably accepted.
+    /// Puts a message on `actor`'s queue; `Ok` means it is durably accepted. A message over
+    /// [`Transport::max_message_bytes`] fails with [`TooLarge`].
     async fn publish(&self, actor: &str, message: Outbound) -> Result<()>;
+    /// The largest message this transport carries (`None`: no limit of its own).
+    fn max_message_bytes(&self) -> Option<usize> {
+        None
+    }
+    /// How often a delivery still being handled must be reported in progress so the transport
+    /// does not deliver it again meanwhile (`None`: it never redelivers a message in flight).
+    fn progress_interval(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The next delivery of `subscription`, or `None` once `shutdown` is cancelled or the

@@ -3,7 +3,7 @@
 //! `asya.<namespace>.<actor>`). Publishes wait for JetStream's ack and carry a `Nats-Msg-Id`, so
 //! an input redelivered after a crash does not duplicate its outputs within the dedup window.
 
-use super::{Acker, Delivery, Outbound, Subscription, Transport};
+use super::{Acker, Delivery, Outbound, Subscription, TooLarge, Transport};
 use crate::message::envelope::Envelope;
 use crate::transport::results::ResultStore;
 use anyhow::{Context, Result};
@@ -26,6 +26,8 @@ pub struct NatsSettings {
     pub batch: usize,
     /// Window in which equal `Nats-Msg-Id`s are dropped.
     pub duplicate_window: Duration,
+    /// How long results stay in the namespace's results bucket.
+    pub results_ttl: Duration,
 }
 
 impl Default for NatsSettings {
@@ -35,6 +37,7 @@ impl Default for NatsSettings {
             ack_wait: names::DEFAULT_ACK_WAIT,
             batch: names::DEFAULT_BATCH,
             duplicate_window: names::DUPLICATE_WINDOW,
+            results_ttl: names::DEFAULT_RESULTS_TTL,
         }
     }
 }
@@ -45,6 +48,24 @@ pub struct NatsTransport {
     js: jetstream::Context,
     namespace: String,
     settings: NatsSettings,
+    max_bytes: usize,
+}
+
+/// Room kept under the server's `max_payload` for the headers the host adds (`Nats-Msg-Id`),
+/// which count against the same limit.
+const HEADER_ROOM: usize = 1024;
+
+/// The largest message (envelope bytes) the server `client` is connected to carries: its
+/// `max_payload` (NATS default 1 MiB), less room for the headers.
+pub fn max_message_bytes(client: &async_nats::Client) -> usize {
+    client.server_info().max_payload.saturating_sub(HEADER_ROOM)
+}
+
+fn check_size(size: usize, limit: usize) -> Result<()> {
+    if size > limit {
+        return Err(TooLarge { size, limit }.into());
+    }
+    Ok(())
 }
 
 /// Connects to NATS, retrying the first connection, reconnecting forever afterwards.
@@ -70,6 +91,7 @@ impl NatsTransport {
         settings: NatsSettings,
     ) -> Result<Self> {
         let transport = NatsTransport {
+            max_bytes: max_message_bytes(&client),
             js: jetstream::new(client),
             namespace: namespace.to_owned(),
             settings,
@@ -87,16 +109,25 @@ impl NatsTransport {
     pub async fn stream(&self) -> Result<stream::Stream> {
         let name = stream_name(&self.namespace);
         if self.settings.create {
-            self.js
+            let mut stream = self
+                .js
                 .get_or_create_stream(stream::Config {
                     name: name.clone(),
                     subjects: vec![names::stream_subjects(&self.namespace)],
                     storage: stream::StorageType::File,
                     duplicate_window: self.settings.duplicate_window,
+                    // See `asya_spec::names::STREAM_RETENTION`.
+                    retention: stream::RetentionPolicy::WorkQueue,
                     ..Default::default()
                 })
                 .await
-                .with_context(|| format!("creating stream {name}"))
+                .with_context(|| format!("creating stream {name}"))?;
+            let retention = stream.info().await.map(|i| i.config.retention).ok();
+            if retention.is_some_and(|r| r != stream::RetentionPolicy::WorkQueue) {
+                // Retention cannot be changed in place; an older stream keeps every message.
+                tracing::warn!(stream = %name, ?retention, "this stream keeps acknowledged messages (made by an older asya); recreate it with work-queue retention to bound it");
+            }
+            Ok(stream)
         } else {
             self.js
                 .get_stream(&name)
@@ -109,13 +140,19 @@ impl NatsTransport {
     pub async fn results(&self) -> Result<NatsResults> {
         let bucket = results_bucket(&self.namespace);
         let store = match self.js.get_key_value(&bucket).await {
-            Ok(store) => store,
+            Ok(store) => {
+                if self.settings.create {
+                    self.set_results_ttl(&bucket).await?;
+                }
+                store
+            }
             Err(_) if self.settings.create => self
                 .js
                 .create_key_value(kv::Config {
                     bucket: bucket.clone(),
                     history: 1,
                     storage: stream::StorageType::File,
+                    max_age: self.settings.results_ttl,
                     ..Default::default()
                 })
                 .await
@@ -127,7 +164,34 @@ impl NatsTransport {
         Ok(NatsResults {
             store,
             js: self.js.clone(),
+            max_bytes: self.max_bytes,
         })
+    }
+}
+
+impl NatsTransport {
+    /// Gives an existing results bucket the configured TTL (its stream's `max_age`).
+    async fn set_results_ttl(&self, bucket: &str) -> Result<()> {
+        let name = format!("KV_{bucket}");
+        let mut stream = self
+            .js
+            .get_stream(&name)
+            .await
+            .with_context(|| format!("opening stream {name}"))?;
+        let mut config = stream
+            .info()
+            .await
+            .with_context(|| format!("reading stream {name}"))?
+            .config
+            .clone();
+        if config.max_age != self.settings.results_ttl {
+            config.max_age = self.settings.results_ttl;
+            self.js
+                .update_stream(config)
+                .await
+                .with_context(|| format!("setting the results TTL of {bucket}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -151,6 +215,13 @@ impl Acker for NatsAcker {
             .ack_with(AckKind::Nak(delay))
             .await
             .map_err(|e| anyhow::anyhow!("nak failed: {e}"))
+    }
+
+    async fn in_progress(&self) -> Result<()> {
+        self.0
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| anyhow::anyhow!("in-progress ack failed: {e}"))
     }
 }
 
@@ -214,6 +285,7 @@ impl Transport for NatsTransport {
     }
 
     async fn publish(&self, actor: &str, message: Outbound) -> Result<()> {
+        check_size(message.bytes.len(), self.max_bytes)?;
         let ack = self
             .js
             .send_publish(
@@ -227,6 +299,15 @@ impl Transport for NatsTransport {
         ack.await
             .map_err(|e| anyhow::anyhow!("JetStream did not confirm: {e}"))?;
         Ok(())
+    }
+
+    fn max_message_bytes(&self) -> Option<usize> {
+        Some(self.max_bytes)
+    }
+
+    /// A third of the ack wait: two reports may be lost before the server redelivers.
+    fn progress_interval(&self) -> Option<Duration> {
+        Some(self.settings.ack_wait / 3)
     }
 }
 
@@ -250,6 +331,7 @@ pub fn result_key(id: &str) -> String {
 pub struct NatsResults {
     store: kv::Store,
     js: jetstream::Context,
+    max_bytes: usize,
 }
 
 impl NatsResults {
@@ -341,8 +423,10 @@ impl NatsResults {
 #[async_trait]
 impl ResultStore for NatsResults {
     async fn put(&self, _end_actor: &str, envelope: &Envelope) -> Result<()> {
+        let bytes = envelope.to_bytes();
+        check_size(bytes.len(), self.max_bytes)?;
         self.store
-            .put(result_key(&envelope.id), envelope.to_bytes().into())
+            .put(result_key(&envelope.id), bytes.into())
             .await
             .map_err(|e| anyhow::anyhow!("storing result {}: {e}", envelope.id))?;
         Ok(())
@@ -360,12 +444,14 @@ impl ResultStore for NatsResults {
             self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix),
             result_key(&envelope.id)
         );
+        let bytes = envelope.to_bytes();
+        check_size(bytes.len(), self.max_bytes)?;
         let ack = self
             .js
             .send_publish(
                 subject,
                 jetstream::message::PublishMessage::build()
-                    .payload(envelope.to_bytes().into())
+                    .payload(bytes.into())
                     .message_id(dedup_id),
             )
             .await
