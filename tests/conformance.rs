@@ -68,6 +68,8 @@ fn normalised(mut env: Envelope) -> Value {
     if let Some(status) = env.status.as_mut() {
         status.created_at = None;
         status.updated_at = None;
+        status.first_attempt_at = None;
+        status.not_before = None;
         if let Some(error) = status.error.as_mut() {
             error.message = error.message.replace(&id, "ID");
             // Same exception, same last line; file paths differ (/1/x.py in the component).

@@ -13,6 +13,7 @@ mod common;
 
 use asya_host::message::envelope::{Envelope, Phase, Reason, Route};
 use asya_host::transport::nats::{self, NatsResults, NatsSettings, NatsTransport};
+use asya_host::transport::results::ResultStore;
 use asya_host::transport::{Outbound, Transport};
 use common::nats::{http_get, HostProcess, NatsServer};
 use serde_json::{json, Value};
@@ -93,12 +94,24 @@ async fn a_result_over_the_servers_max_payload_ends_at_sump_after_one_attempt() 
     let whole = send(&transport, "big", json!({"do": "big", "bytes": 2_000_000})).await;
     // The result fits; the envelope around it does not (refused before publishing).
     let limit = MAX_PAYLOAD - 1024;
-    let edge = send(&transport, "big", json!({"do": "big", "bytes": limit - 100})).await;
-    for (id, what) in [(&whole, "result over the limit"), (&edge, "envelope over the limit")] {
+    let edge = send(
+        &transport,
+        "big",
+        json!({"do": "big", "bytes": limit - 100}),
+    )
+    .await;
+    for (id, what) in [
+        (&whole, "result over the limit"),
+        (&edge, "envelope over the limit"),
+    ] {
         let done = results.wait(id, Duration::from_secs(60)).await.unwrap();
         let status = done.status.clone().unwrap();
         assert_eq!(status.phase, Phase::Failed, "{what}: {status:?}");
-        assert_eq!(status.reason, Some(Reason::OutputTooLarge), "{what}: {status:?}");
+        assert_eq!(
+            status.reason,
+            Some(Reason::OutputTooLarge),
+            "{what}: {status:?}"
+        );
         assert_eq!(status.attempt, 1, "{what}: one attempt");
         let error = status.error.unwrap();
         assert_eq!(error.kind, "OutputTooLarge", "{what}");
@@ -153,7 +166,10 @@ async fn a_handler_running_three_times_the_ack_wait_is_processed_once() {
         "the message was delivered (and its handler run) once"
     );
     assert_eq!(
-        metric(&host, "asya_actor_handler_duration_seconds_count{actor=\"slow\"} "),
+        metric(
+            &host,
+            "asya_actor_handler_duration_seconds_count{actor=\"slow\"} "
+        ),
         1.0
     );
 }
@@ -198,7 +214,11 @@ async fn ten_thousand_messages_through_three_actors_leave_the_stream_as_it_was()
             let msg = async_nats::jetstream::message::PublishMessage::build()
                 .payload(env.to_bytes().into())
                 .message_id(format!("{}:client", env.id));
-            acks.push(js.send_publish(nats::subject(NS, "one"), msg).await.unwrap());
+            acks.push(
+                js.send_publish(nats::subject(NS, "one"), msg)
+                    .await
+                    .unwrap(),
+            );
         }
         for ack in acks {
             ack.await.unwrap();
@@ -239,7 +259,12 @@ async fn results_expire_after_their_namespaces_ttl() {
         &server.url(),
         dir.path(),
         &[("echo", component.as_path())],
-        &["--results-ttl", "1h", "--results-ttl-for", &format!("{NS}=2s")],
+        &[
+            "--results-ttl",
+            "1h",
+            "--results-ttl-for",
+            &format!("{NS}=2s"),
+        ],
     );
     let client = nats::connect(&server.url()).await.unwrap();
     // The host made the namespace's bucket with that TTL: open it without creating.
@@ -274,7 +299,13 @@ async fn a_nats_restart_under_load_loses_nothing_and_health_reports_it() {
         &server.url(),
         dir.path(),
         &[("echo", component.as_path())],
-        &["--ack-wait", "2s", "--end-queues", "--unhealthy-after", "60s"],
+        &[
+            "--ack-wait",
+            "2s",
+            "--end-queues",
+            "--unhealthy-after",
+            "60s",
+        ],
     );
     let (transport, results) = client(&server).await;
     let total = 3_000u64;
@@ -297,7 +328,10 @@ async fn a_nats_restart_under_load_loses_nothing_and_health_reports_it() {
             assert!(body.contains("not ready"), "{body}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "/readyz never reported the outage");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never reported the outage"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(http_get(host.http_port, "/healthz").unwrap().0, 200);
@@ -305,7 +339,10 @@ async fn a_nats_restart_under_load_loses_nothing_and_health_reports_it() {
     server.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while http_get(host.http_port, "/readyz").unwrap().0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "/readyz never recovered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never recovered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Every message ends, once.

@@ -106,7 +106,10 @@ async fn creates_and_deletes_what_the_host_reads() {
     js.get_key_value("ASYA_RESULTS_TEXT_PIPELINE")
         .await
         .unwrap();
-    let mut bucket = js.get_stream("KV_ASYA_RESULTS_TEXT_PIPELINE").await.unwrap();
+    let mut bucket = js
+        .get_stream("KV_ASYA_RESULTS_TEXT_PIPELINE")
+        .await
+        .unwrap();
     assert_eq!(
         bucket.info().await.unwrap().config.max_age,
         Duration::from_secs(3600),

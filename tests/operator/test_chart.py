@@ -131,3 +131,35 @@ def test_leader_election_off_means_one_replica():
         ]
         == "ops"
     )
+
+
+def test_results_ttl_reaches_the_operator_per_namespace():
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(
+        {
+            "results": {
+                "ttl": "12h",
+                "ttlByNamespace": {"team-b": "30m", "team-a": "1h"},
+            }
+        },
+        name="asya",
+        namespace="ops",
+    )
+    (deployment,) = documents(out["asya/templates/deployment.yaml"])
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["ASYA_RESULTS_TTL"] == "12h"
+    assert env["ASYA_RESULTS_TTL_FOR"] == "team-a=1h,team-b=30m"
+    # The operator reads the same setting, and refuses one it cannot parse.
+    example = str(CHART.parents[1] / "examples/text-pipeline/actors/classify.yaml")
+    ok = run_operator(
+        "render", "-f", example, "--results-ttl-for", "team-a=1h,team-b=30m"
+    )
+    assert ok.returncode == 0
+    bad = run_operator(
+        "render", "-f", example, "--results-ttl-for", "team-a=soon", check=False
+    )
+    assert bad.returncode != 0
+    assert "--results-ttl-for soon" in bad.stderr, bad.stderr

@@ -272,7 +272,8 @@ impl Sidecar {
                 // A handler may run longer than the transport's redelivery timer: report the
                 // message in progress meanwhile, so it is not delivered (and run) twice at once.
                 tokio::pin!(plan);
-                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tokio::select! {
                         plan = &mut plan => break plan,
@@ -298,7 +299,11 @@ impl Sidecar {
                 for dispatch in dispatches {
                     let mut destination = dispatch.destination.clone();
                     let mut sent = self.send(dispatch).await;
-                    if let Some(too_large) = sent.as_ref().err().and_then(|e| e.downcast_ref::<TooLarge>()) {
+                    if let Some(too_large) = sent
+                        .as_ref()
+                        .err()
+                        .and_then(|e| e.downcast_ref::<TooLarge>())
+                    {
                         // Over the transport's limit: the same output would fail every time, so
                         // the input ends here (OutputTooLarge) instead of coming back forever.
                         let failure = routing::output_too_large(
@@ -310,8 +315,11 @@ impl Sidecar {
                         );
                         tracing::warn!(actor = %self.name, size = too_large.size, limit = too_large.limit,
                             to = %destination, "output over the transport's limit: the message fails with OutputTooLarge");
-                        self.metrics
-                            .failed(&self.actor_metrics, Reason::OutputTooLarge.as_str(), true);
+                        self.metrics.failed(
+                            &self.actor_metrics,
+                            Reason::OutputTooLarge.as_str(),
+                            true,
+                        );
                         destination = failure.destination.clone();
                         sent = self.send(failure).await;
                     }
@@ -609,13 +617,18 @@ mod tests {
         assert!(status.not_before.is_some() && status.first_attempt_at.is_some());
         // Delivered before its backoff passed: waits, without running the handler.
         let retry = first[0].envelope.to_bytes();
-        assert!(matches!(sidecar.plan(&retry).await, Plan::Redeliver { delay } if delay <= Duration::from_millis(50)));
+        assert!(
+            matches!(sidecar.plan(&retry).await, Plan::Redeliver { delay } if delay <= Duration::from_millis(50))
+        );
         tokio::time::sleep(Duration::from_millis(60)).await;
         let second = published(sidecar.plan(&retry).await);
         let status = second[0].envelope.status.clone().unwrap();
         assert_eq!(status.attempt, 3);
         // The first attempt's time is kept across retries.
-        assert_eq!(status.first_attempt_at, first[0].envelope.status.clone().unwrap().first_attempt_at);
+        assert_eq!(
+            status.first_attempt_at,
+            first[0].envelope.status.clone().unwrap().first_attempt_at
+        );
         tokio::time::sleep(Duration::from_millis(60)).await;
         let last = published(sidecar.plan(&second[0].envelope.to_bytes()).await);
         assert_eq!(last[0].destination, SUMP);

@@ -93,7 +93,10 @@ async fn metrics_endpoint(
 /// Ready: started, connected to NATS, and every queue loop, end actor and fan-in running.
 async fn ready_endpoint(State(state): State<HttpState>) -> (StatusCode, String) {
     if !state.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n".into());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting\n".into(),
+        );
     }
     let connected = state.nats.get().map(|c| c.connection_state());
     if connected != Some(async_nats::connection::State::Connected) {

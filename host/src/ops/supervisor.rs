@@ -183,23 +183,31 @@ mod tests {
         let starts = Arc::new(AtomicU32::new(0));
         let task = {
             let (health, shutdown, starts) = (health.clone(), shutdown.clone(), starts.clone());
-            tokio::spawn(supervise("fanin".into(), health, shutdown.clone(), move || {
-                let (starts, shutdown) = (starts.clone(), shutdown.clone());
-                async move {
-                    // Fails three times, then runs until shutdown.
-                    if starts.fetch_add(1, Ordering::SeqCst) < 3 {
-                        anyhow::bail!("connection refused");
+            tokio::spawn(supervise(
+                "fanin".into(),
+                health,
+                shutdown.clone(),
+                move || {
+                    let (starts, shutdown) = (starts.clone(), shutdown.clone());
+                    async move {
+                        // Fails three times, then runs until shutdown.
+                        if starts.fetch_add(1, Ordering::SeqCst) < 3 {
+                            anyhow::bail!("connection refused");
+                        }
+                        shutdown.cancelled().await;
+                        Ok(())
                     }
-                    shutdown.cancelled().await;
-                    Ok(())
-                }
-            }))
+                },
+            ))
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         let report = health.report(Duration::from_secs(60));
         assert!(!report.all_up);
         assert!(report.down[0].contains("connection refused"), "{report:?}");
-        assert!(report.failing.is_empty(), "not down long enough to be unhealthy");
+        assert!(
+            report.failing.is_empty(),
+            "not down long enough to be unhealthy"
+        );
         assert!(!health.report(Duration::ZERO).failing.is_empty());
         // 200 + 400 + 800 ms of backoff later it runs.
         tokio::time::sleep(Duration::from_millis(2000)).await;

@@ -13,6 +13,8 @@ pub use asya_spec::names::{results_bucket, results_subject, stream_name, subject
 use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How the transport sets up and uses JetStream.
@@ -48,24 +50,53 @@ pub struct NatsTransport {
     js: jetstream::Context,
     namespace: String,
     settings: NatsSettings,
-    max_bytes: usize,
+    max_bytes: PayloadLimit,
 }
 
 /// Room kept under the server's `max_payload` for the headers the host adds (`Nats-Msg-Id`),
 /// which count against the same limit.
 const HEADER_ROOM: usize = 1024;
 
-/// The largest message (envelope bytes) the server `client` is connected to carries: its
-/// `max_payload` (NATS default 1 MiB), less room for the headers.
-pub fn max_message_bytes(client: &async_nats::Client) -> usize {
-    client.server_info().max_payload.saturating_sub(HEADER_ROOM)
+/// The largest message (envelope bytes) the server a client is connected to carries: its
+/// `max_payload` (NATS default 1 MiB), less room for the headers. Read from the server's INFO
+/// once known (a client that is still connecting has none yet) and kept.
+#[derive(Clone)]
+pub struct PayloadLimit {
+    client: async_nats::Client,
+    known: Arc<AtomicUsize>,
 }
 
-fn check_size(size: usize, limit: usize) -> Result<()> {
-    if size > limit {
-        return Err(TooLarge { size, limit }.into());
+impl PayloadLimit {
+    /// The limit of the server `client` talks to.
+    pub fn new(client: &async_nats::Client) -> Self {
+        PayloadLimit {
+            client: client.clone(),
+            known: Arc::default(),
+        }
     }
-    Ok(())
+
+    /// The limit, once the server has told it.
+    pub fn get(&self) -> Option<usize> {
+        match self.known.load(Ordering::Relaxed) {
+            0 => {
+                let max_payload = self.client.server_info().max_payload;
+                (max_payload > 0).then(|| {
+                    let limit = max_payload.saturating_sub(HEADER_ROOM);
+                    self.known.store(limit, Ordering::Relaxed);
+                    limit
+                })
+            }
+            limit => Some(limit),
+        }
+    }
+
+    /// `Err(TooLarge)` when `size` is over the limit.
+    fn check(&self, size: usize) -> Result<()> {
+        match self.get() {
+            Some(limit) if size > limit => Err(TooLarge { size, limit }.into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Connects to NATS, retrying the first connection, reconnecting forever afterwards.
@@ -91,7 +122,7 @@ impl NatsTransport {
         settings: NatsSettings,
     ) -> Result<Self> {
         let transport = NatsTransport {
-            max_bytes: max_message_bytes(&client),
+            max_bytes: PayloadLimit::new(&client),
             js: jetstream::new(client),
             namespace: namespace.to_owned(),
             settings,
@@ -164,7 +195,7 @@ impl NatsTransport {
         Ok(NatsResults {
             store,
             js: self.js.clone(),
-            max_bytes: self.max_bytes,
+            max_bytes: self.max_bytes.clone(),
         })
     }
 }
@@ -285,7 +316,7 @@ impl Transport for NatsTransport {
     }
 
     async fn publish(&self, actor: &str, message: Outbound) -> Result<()> {
-        check_size(message.bytes.len(), self.max_bytes)?;
+        self.max_bytes.check(message.bytes.len())?;
         let ack = self
             .js
             .send_publish(
@@ -302,7 +333,7 @@ impl Transport for NatsTransport {
     }
 
     fn max_message_bytes(&self) -> Option<usize> {
-        Some(self.max_bytes)
+        self.max_bytes.get()
     }
 
     /// A third of the ack wait: two reports may be lost before the server redelivers.
@@ -331,7 +362,7 @@ pub fn result_key(id: &str) -> String {
 pub struct NatsResults {
     store: kv::Store,
     js: jetstream::Context,
-    max_bytes: usize,
+    max_bytes: PayloadLimit,
 }
 
 impl NatsResults {
@@ -424,7 +455,7 @@ impl NatsResults {
 impl ResultStore for NatsResults {
     async fn put(&self, _end_actor: &str, envelope: &Envelope) -> Result<()> {
         let bytes = envelope.to_bytes();
-        check_size(bytes.len(), self.max_bytes)?;
+        self.max_bytes.check(bytes.len())?;
         self.store
             .put(result_key(&envelope.id), bytes.into())
             .await
@@ -445,7 +476,7 @@ impl ResultStore for NatsResults {
             result_key(&envelope.id)
         );
         let bytes = envelope.to_bytes();
-        check_size(bytes.len(), self.max_bytes)?;
+        self.max_bytes.check(bytes.len())?;
         let ack = self
             .js
             .send_publish(
