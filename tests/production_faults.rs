@@ -362,3 +362,94 @@ async fn a_nats_restart_under_load_loses_nothing_and_health_reports_it() {
     }
     assert_eq!(http_get(host.http_port, "/healthz").unwrap().0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_fan_in_stores_each_part_once_and_expires_open_fan_outs() {
+    use asya_host::actor::fanin::{Arrival, FanInStore, NatsFanIn};
+    use asya_host::message::flow::{self, CHILD_HEADER, FANIN, PARENT_HEADER};
+    let server = NatsServer::start();
+    let client = nats::connect(&server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let store = NatsFanIn::open(&js, NS).await.unwrap();
+    let count = 200;
+    let mut parent = Envelope::new(
+        Route::through(&[FANIN, "after"]).unwrap(),
+        json!({"q": "x"}),
+        "2026-12-02T00:00:00Z",
+    );
+    parent.headers.insert(
+        PARENT_HEADER.into(),
+        json!({"count": count, "target": ["r"]}),
+    );
+    let key = flow::fanout_key(&parent);
+    let child = |index: usize| {
+        let mut child = Envelope::new(
+            Route::through(&[FANIN]).unwrap(),
+            json!({"item": index, "pad": "x".repeat(2000)}),
+            "2026-12-02T00:00:00Z",
+        );
+        child.headers.insert(
+            CHILD_HEADER.into(),
+            json!({"key": key, "index": index, "count": count}),
+        );
+        child
+    };
+    // Children in reverse order, concurrently in pairs, each one delivered twice.
+    let mut completes = 0;
+    for index in (0..count).rev() {
+        let env = child(index);
+        let role = flow::fanin_role(&env).unwrap();
+        let (a, b) = tokio::join!(
+            store.arrive(&key, &role, env.clone()),
+            store.arrive(&key, &role, env)
+        );
+        for arrival in [a.unwrap(), b.unwrap()] {
+            assert!(matches!(arrival, Arrival::Waiting), "no parent yet");
+        }
+    }
+    // Before the parent arrives the fan-out is open; with a zero timeout it counts as expired.
+    let open = store.expired(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        (open.len(), open[0].arrived, open[0].count),
+        (1, count, count)
+    );
+    assert!(open[0].parent.is_none());
+    // The index holds a few bytes per child, never the children: no O(n^2) rewriting.
+    let kv = js
+        .get_key_value(asya_spec::names::fanin_bucket(NS))
+        .await
+        .unwrap();
+    let index_key = format!("{}.i", nats::result_key(&key));
+    let index = kv.get(&index_key).await.unwrap().unwrap();
+    assert!(
+        index.len() < 8 * count + 200,
+        "index of {} bytes",
+        index.len()
+    );
+    match store
+        .arrive(&key, &flow::fanin_role(&parent).unwrap(), parent.clone())
+        .await
+        .unwrap()
+    {
+        Arrival::Complete(merged_parent, children) => {
+            completes += 1;
+            assert_eq!(merged_parent.id, parent.id);
+            let items: Vec<_> = children.iter().map(|c| c.payload["item"].clone()).collect();
+            assert_eq!(items, (0..count).map(|i| json!(i)).collect::<Vec<_>>());
+        }
+        other => panic!("expected the fan-out complete, got {other:?}"),
+    }
+    assert_eq!(completes, 1);
+    store.finish(&key).await.unwrap();
+    // Merged: its parts are gone, a late duplicate is dropped, nothing is open.
+    assert!(kv.get(&index_key).await.unwrap().is_none());
+    let late = child(3);
+    assert!(matches!(
+        store
+            .arrive(&key, &flow::fanin_role(&late).unwrap(), late)
+            .await
+            .unwrap(),
+        Arrival::AlreadyDone
+    ));
+    assert!(store.expired(Duration::ZERO).await.unwrap().is_empty());
+}

@@ -346,16 +346,16 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-async fn count_on(stream: &stream::Stream, subject: &str) -> Result<usize> {
-    let mut info = stream.info_with_subjects(subject).await?;
-    let mut total = 0;
-    while let Some(entry) = info.next().await {
-        let (s, n) = entry?;
-        if s == subject {
-            total += n;
-        }
-    }
-    Ok(total)
+/// How many messages have arrived on an end actor's subject: what its consumer has been
+/// delivered plus what waits for it (with work-queue retention the stream removes what the
+/// end actor acknowledged, so the stream's count of the subject is no measure).
+async fn arrived_at(stream: &stream::Stream, subject: &str) -> Result<usize> {
+    let name = subject.rsplit('.').next().unwrap_or(subject);
+    let Ok(mut consumer) = stream.get_consumer::<consumer::pull::Config>(name).await else {
+        return Ok(0);
+    };
+    let info = consumer.info().await?;
+    Ok(info.delivered.consumer_sequence as usize + info.num_pending as usize)
 }
 
 /// Polls `done` every 5 ms until it returns a value; an error after 300 s, naming `what`.
@@ -440,6 +440,9 @@ async fn raw_loop(
         .get_or_create_stream(stream::Config {
             name: prefix.to_uppercase(),
             subjects: vec![format!("{prefix}.>")],
+            // The retention asya's namespace streams use (acknowledged messages removed), so
+            // both sides pay the same server work.
+            retention: stream::RetentionPolicy::WorkQueue,
             ..Default::default()
         })
         .await?;
@@ -455,6 +458,10 @@ async fn raw_loop(
     // Messages that failed before reaching the sink subject, and those that failed to be stored.
     let lost_in_hops = Arc::new(AtomicUsize::new(0));
     let lost_at_sink = Arc::new(AtomicUsize::new(0));
+    // Messages the last hop put on the sink subject (counted as they are confirmed: with
+    // work-queue retention the sink stage removes what it acknowledges, so the stream's count
+    // of the subject is no measure).
+    let reached_sink = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Outcomes::default()));
     let started = Instant::now();
     let cpu_started = cpu_seconds();
@@ -493,8 +500,14 @@ async fn raw_loop(
         } else {
             lost_at_sink.clone()
         };
-        let (js, stop, results, failures) =
-            (js.clone(), stop.clone(), results.clone(), failures.clone());
+        let (js, stop, results, failures, reached_sink) = (
+            js.clone(),
+            stop.clone(),
+            results.clone(),
+            failures.clone(),
+            reached_sink.clone(),
+        );
+        let to_sink = hop == "c";
         tokio::spawn(async move {
             let fail = move |failures: &Mutex<Outcomes>, kind: String| {
                 failures
@@ -516,12 +529,13 @@ async fn raw_loop(
                         None => break,
                     },
                 };
-                let (js, results, next, failures, lost) = (
+                let (js, results, next, failures, lost, reached_sink) = (
                     js.clone(),
                     results.clone(),
                     next.clone(),
                     failures.clone(),
                     lost.clone(),
+                    reached_sink.clone(),
                 );
                 tokio::spawn(async move {
                     let forwarded: std::result::Result<(), String> = async {
@@ -533,6 +547,9 @@ async fn raw_loop(
                                     .map_err(|e| format!("publish: {e}"))?;
                                 ack.await
                                     .map_err(|e| format!("publish not confirmed: {e}"))?;
+                                if to_sink {
+                                    reached_sink.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                             None => {
                                 let seq = msg
@@ -569,9 +586,9 @@ async fn raw_loop(
     let arrived = wait_until(
         &format!("{messages} messages to reach {sink} or fail"),
         || {
-            let (stream, sink, lost) = (&stream, &sink, &lost_in_hops);
+            let (reached, lost) = (&reached_sink, &lost_in_hops);
             async move {
-                let arrived = count_on(stream, sink).await?;
+                let arrived = reached.load(Ordering::Relaxed);
                 Ok((arrived + lost.load(Ordering::Relaxed) >= messages).then_some(arrived))
             }
         },
@@ -742,8 +759,8 @@ async fn asya_pipeline(
         let at_sink = wait_until(&format!("{messages} messages at {sink} or {sump}"), || {
             let (stream, sink, sump) = (&asya.stream, &sink, &sump);
             async move {
-                let at_sink = count_on(stream, sink).await?;
-                let ended = at_sink + count_on(stream, sump).await?;
+                let at_sink = arrived_at(stream, sink).await?;
+                let ended = at_sink + arrived_at(stream, sump).await?;
                 Ok((ended >= messages).then_some(at_sink))
             }
         })

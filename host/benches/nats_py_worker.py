@@ -22,7 +22,7 @@ import time
 
 import nats
 import nats.errors
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 
 url, stream, prefix, total, handlers = sys.argv[1:6]
 total = int(total)
@@ -119,7 +119,10 @@ async def hop(js, name: str, nxt: str, tally: Tally) -> None:
 async def main() -> int:
     nc = await nats.connect(url)
     js = nc.jetstream()
-    await js.add_stream(name=stream, subjects=[f"{prefix}.>"])
+    # The retention asya's namespace streams use, so both sides pay the same server work.
+    await js.add_stream(
+        name=stream, subjects=[f"{prefix}.>"], retention=RetentionPolicy.WORK_QUEUE
+    )
     for i in range(total):
         envelope = {
             "id": str(i),

@@ -90,6 +90,10 @@ struct RunArgs {
     /// How long results stay in a namespace's results bucket (the bucket's max_age).
     #[arg(long, default_value = "24h")]
     results_ttl: String,
+    /// A fan-out whose children have not all reached the aggregator this long after its first
+    /// part did ends at x-sump (or its try frame) with FanInTimeout.
+    #[arg(long, default_value = "1h")]
+    fanin_timeout: String,
     /// /healthz fails (so Kubernetes restarts the pod) once a queue loop, end actor or fan-in
     /// has stayed down this long despite restarts.
     #[arg(long, default_value = "60s")]
@@ -260,6 +264,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             results_ttl: manifest::parse_duration(&args.results_ttl).context("--results-ttl")?,
             ..NatsSettings::default()
         },
+        fanin_timeout: manifest::parse_duration(&args.fanin_timeout).context("--fanin-timeout")?,
         unhealthy_after: manifest::parse_duration(&args.unhealthy_after)
             .context("--unhealthy-after")?,
         results_ttl_for: args

@@ -116,6 +116,7 @@ impl LocalHost {
         tasks.spawn(crate::actor::fanin::run_fanin(
             shared.clone(),
             Arc::new(crate::actor::fanin::MemoryFanIn::default()),
+            crate::actor::fanin::DEFAULT_FANIN_TIMEOUT,
             shutdown.clone(),
         ));
         let mut executors = HashMap::new();

@@ -40,6 +40,9 @@ pub struct RunConfig {
     pub components: HashMap<String, PathBuf>,
     /// JetStream settings.
     pub nats: NatsSettings,
+    /// A fan-out whose children have not all arrived this long after its first part ends
+    /// with `FanInTimeout`.
+    pub fanin_timeout: Duration,
     /// `/healthz` fails once a supervised task has been down this long.
     pub unhealthy_after: Duration,
     /// Results TTL of particular namespaces (others: `nats.results_ttl`).
@@ -389,11 +392,19 @@ impl Fleet {
             move || run_end_actors(transport.clone(), store.clone(), stop.clone()),
         ));
         let (transport, stop) = (shared.clone(), self.workers.clone());
+        let fanin_timeout = config.fanin_timeout;
         self.tasks.spawn(supervise(
             format!("{namespace}/x-fanin"),
             self.health.clone(),
             self.workers.clone(),
-            move || crate::actor::fanin::run_fanin(transport.clone(), fanin.clone(), stop.clone()),
+            move || {
+                crate::actor::fanin::run_fanin(
+                    transport.clone(),
+                    fanin.clone(),
+                    fanin_timeout,
+                    stop.clone(),
+                )
+            },
         ));
         self.namespaces.insert(
             namespace.to_owned(),

@@ -188,6 +188,8 @@ pub enum Reason {
     NonRetryable,
     /// `status.deadline_at` passed before the handler was called.
     DeadlineExpired,
+    /// A fan-out's children did not all arrive at the aggregator within `--fanin-timeout`.
+    FanInTimeout,
 }
 
 impl Reason {
@@ -207,6 +209,7 @@ impl Reason {
             Reason::MaxRetriesExhausted => "MaxRetriesExhausted",
             Reason::NonRetryable => "NonRetryable",
             Reason::DeadlineExpired => "DeadlineExpired",
+            Reason::FanInTimeout => "FanInTimeout",
         }
     }
 }

@@ -283,6 +283,28 @@ pub fn complete(mut parent: Envelope, children: Vec<Envelope>, now: &str) -> Dis
     to_current_step(parent, now)
 }
 
+/// Ends a parked `parent` whose fan-out did not complete within `timeout`: `arrived` of
+/// `count` children had reached the aggregator. It fails at the aggregator with `FanInTimeout`
+/// (to a try frame that catches it, else `x-sump`).
+pub fn timed_out(
+    mut parent: Envelope,
+    arrived: usize,
+    count: usize,
+    timeout: std::time::Duration,
+    now: &str,
+) -> Dispatch {
+    parent.headers.remove(PARENT_HEADER);
+    parent.route.curr = FANIN.to_owned();
+    let error = ErrorInfo::host(
+        "FanInTimeout",
+        format!(
+            "{arrived} of {count} fan-out results arrived within {}",
+            humantime::format_duration(timeout)
+        ),
+    );
+    fail(parent, FANIN, Reason::FanInTimeout, error, now)
+}
+
 /// Sends `env` to the error end after `actor` failed for good: to the innermost try frame that
 /// catches the error, else `x-sump`.
 pub fn fail(
