@@ -148,13 +148,13 @@ async fn fan_in_is_durable_across_a_host_crash() {
             json!((0..n).map(|j| j * j).sum::<i64>())
         );
     }
+    // Every fan-out completed: what is left of each is its `.done` marker (its parts and index
+    // were purged when it merged).
     let mut keys = fanin.keys().await.unwrap();
     let mut tombstones = 0;
     while let Some(key) = futures::StreamExt::next(&mut keys).await {
         let key = key.unwrap();
-        let entry = fanin.get(&key).await.unwrap().unwrap();
-        let state: Value = serde_json::from_slice(&entry).unwrap();
-        assert_eq!(state["done"], json!(true), "fan-in {key} never completed");
+        assert!(key.ends_with(".done"), "fan-in part {key} left behind");
         tombstones += 1;
     }
     // Each message fans out three times (squares, the gather pair, an empty check list merges

@@ -252,6 +252,31 @@ impl NatsFanIn {
         crate::transport::nats::result_key(parent_id)
     }
 
+    /// Purges a merged fan-out's parts and index (the index last, so a purge cut short is
+    /// found again). What a failure leaves behind expires with the bucket.
+    async fn purge_parts(&self, base: &str) {
+        let Ok(Some((index, _))) = self.index(base).await else {
+            return;
+        };
+        let mut keys = vec![format!("{base}.p")];
+        keys.extend(index.children.iter().map(|i| format!("{base}.c{i}")));
+        keys.push(format!("{base}.i"));
+        for key in keys {
+            if let Err(err) = self.store.purge(&key).await {
+                tracing::debug!(%key, error = %err, "purging a fan-in part failed");
+            }
+        }
+    }
+
+    async fn is_done(&self, base: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .get(format!("{base}.done"))
+            .await
+            .map_err(|e| anyhow::anyhow!("reading fan-in {base}: {e}"))?
+            .is_some())
+    }
+
     async fn get_envelope(&self, key: &str) -> Result<Option<Envelope>> {
         let value = self
             .store
@@ -340,13 +365,9 @@ impl NatsFanIn {
 impl FanInStore for NatsFanIn {
     async fn arrive(&self, parent_id: &str, role: &FanInRole, env: Envelope) -> Result<Arrival> {
         let base = Self::base(parent_id);
-        if self
-            .store
-            .get(format!("{base}.done"))
-            .await
-            .map_err(|e| anyhow::anyhow!("reading fan-in {parent_id}: {e}"))?
-            .is_some()
-        {
+        if self.is_done(&base).await? {
+            // A merge whose purge a crash cut short leaves its parts: drop them now.
+            self.purge_parts(&base).await;
             return Ok(Arrival::AlreadyDone);
         }
         // The part first (a redelivery writes the same again), then the index.
@@ -360,6 +381,14 @@ impl FanInStore for NatsFanIn {
             .map_err(|e| anyhow::anyhow!("storing fan-in part {part}: {e}"))?;
         let index = self.record(&base, parent_id, role).await?;
         if !index.complete() {
+            // A late duplicate racing the merge: `finish` marks the fan-out done before it
+            // purges, so a part written meanwhile is seen here and purged too.
+            if self.is_done(&base).await? {
+                for key in [part, format!("{base}.i")] {
+                    let _ = self.store.purge(&key).await;
+                }
+                return Ok(Arrival::AlreadyDone);
+            }
             return Ok(Arrival::Waiting);
         }
         let parent = self
@@ -383,16 +412,7 @@ impl FanInStore for NatsFanIn {
             .put(format!("{base}.done"), "1".into())
             .await
             .map_err(|e| anyhow::anyhow!("finishing fan-in {parent_id}: {e}"))?;
-        // The parts go now (what a failure here leaves behind expires with the bucket).
-        if let Ok(Some((index, _))) = self.index(&base).await {
-            let mut keys = vec![format!("{base}.p"), format!("{base}.i")];
-            keys.extend(index.children.iter().map(|i| format!("{base}.c{i}")));
-            for key in keys {
-                if let Err(err) = self.store.purge(&key).await {
-                    tracing::debug!(%key, error = %err, "purging a fan-in part failed");
-                }
-            }
-        }
+        self.purge_parts(&base).await;
         Ok(())
     }
 
