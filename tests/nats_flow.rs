@@ -10,62 +10,9 @@ use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
 use common::nats::{HostProcess, NatsServer};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const NS: &str = "default";
-
-/// Compiles `tests/fixtures/flows/flows.py` and builds the `fan` flow's routers and handlers;
-/// returns the manifests directory and the (actor, component) pairs.
-fn fan_flow() -> (PathBuf, Vec<(String, PathBuf)>) {
-    let fixture = common::repo_root().join("tests/fixtures/flows");
-    let work = common::repo_root().join("target/asya-fixtures/nats-flow");
-    let compiled = work.join("compiled");
-    let manifests = work.join("manifests");
-    let _ = std::fs::remove_dir_all(&manifests);
-    std::fs::create_dir_all(&manifests).unwrap();
-    let status = Command::new(common::asya_cli())
-        .args(["flow", "compile"])
-        .arg(fixture.join("flows.py"))
-        .arg("--output-dir")
-        .arg(&compiled)
-        .arg("--actors")
-        .arg(fixture.join("actors"))
-        .arg("--overwrite")
-        .status()
-        .unwrap();
-    assert!(status.success(), "asya flow compile failed");
-    std::fs::copy(compiled.join("actors/fan.yaml"), manifests.join("fan.yaml")).unwrap();
-    let mut components = Vec::new();
-    let routers = common::component_from(
-        &compiled,
-        "routers.dispatch",
-        "envelope",
-        &work.join("routers.wasm"),
-    );
-    let text = std::fs::read_to_string(manifests.join("fan.yaml")).unwrap();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let value = <Value as serde::Deserialize>::deserialize(doc).unwrap();
-        if let Some(name) = value["metadata"]["name"].as_str() {
-            components.push((name.to_owned(), routers.clone()));
-        }
-    }
-    for handler in ["square", "english", "spanish"] {
-        std::fs::copy(
-            fixture.join(format!("actors/{handler}.yaml")),
-            manifests.join(format!("{handler}.yaml")),
-        )
-        .unwrap();
-        let wasm = common::component_from(
-            &fixture,
-            &format!("handlers.{handler}"),
-            "payload",
-            &work.join(format!("{handler}.wasm")),
-        );
-        components.push((handler.to_owned(), wasm));
-    }
-    (manifests, components)
-}
 
 fn start(server: &NatsServer, manifests: &Path, components: &[(String, PathBuf)]) -> HostProcess {
     let pairs: Vec<(&str, &Path)> = components
@@ -77,7 +24,7 @@ fn start(server: &NatsServer, manifests: &Path, components: &[(String, PathBuf)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_in_is_durable_across_a_host_crash() {
-    let (manifests, components) = fan_flow();
+    let (manifests, components) = common::fan_flow("nats-flow");
     let server = NatsServer::start();
     let host = start(&server, &manifests, &components);
     let client = nats::connect(&server.url()).await.unwrap();

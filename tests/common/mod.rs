@@ -78,3 +78,55 @@ pub fn cache() -> ComponentCache {
     ComponentCache::new(default_cache_dir())
 }
 pub mod nats;
+
+/// Compiles `tests/fixtures/flows/flows.py` and builds the `fan` flow's routers and handlers;
+/// returns the manifests directory (under `target/asya-fixtures/<work>`) and the (actor, component) pairs.
+pub fn fan_flow(work: &str) -> (PathBuf, Vec<(String, PathBuf)>) {
+    let fixture = repo_root().join("tests/fixtures/flows");
+    let work = repo_root().join("target/asya-fixtures").join(work);
+    let compiled = work.join("compiled");
+    let manifests = work.join("manifests");
+    let _ = std::fs::remove_dir_all(&manifests);
+    std::fs::create_dir_all(&manifests).unwrap();
+    let status = Command::new(asya_cli())
+        .args(["flow", "compile"])
+        .arg(fixture.join("flows.py"))
+        .arg("--output-dir")
+        .arg(&compiled)
+        .arg("--actors")
+        .arg(fixture.join("actors"))
+        .arg("--overwrite")
+        .status()
+        .unwrap();
+    assert!(status.success(), "asya flow compile failed");
+    std::fs::copy(compiled.join("actors/fan.yaml"), manifests.join("fan.yaml")).unwrap();
+    let mut components = Vec::new();
+    let routers = component_from(
+        &compiled,
+        "routers.dispatch",
+        "envelope",
+        &work.join("routers.wasm"),
+    );
+    let text = std::fs::read_to_string(manifests.join("fan.yaml")).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value = <serde_json::Value as serde::Deserialize>::deserialize(doc).unwrap();
+        if let Some(name) = value["metadata"]["name"].as_str() {
+            components.push((name.to_owned(), routers.clone()));
+        }
+    }
+    for handler in ["square", "english", "spanish"] {
+        std::fs::copy(
+            fixture.join(format!("actors/{handler}.yaml")),
+            manifests.join(format!("{handler}.yaml")),
+        )
+        .unwrap();
+        let wasm = component_from(
+            &fixture,
+            &format!("handlers.{handler}"),
+            "payload",
+            &work.join(format!("{handler}.wasm")),
+        );
+        components.push((handler.to_owned(), wasm));
+    }
+    (manifests, components)
+}

@@ -95,6 +95,11 @@ impl NatsServer {
         wait_for_port(self.port, Duration::from_secs(10));
     }
 
+    /// Where JetStream stores its data.
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
