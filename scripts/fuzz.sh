@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the parsers of the shared AsyncActor contract (fuzz/: manifest, duration, quantity) with
+# Fuzzes the parsers of the shared AsyncActor contract (fuzz/: manifest, duration, quantity) and
+# the host's message logic (envelope, route_check, fanin_header) with
 # cargo fuzz (libFuzzer, nightly Rust). The corpus in fuzz/corpus/<target> is the seed set and
 # grows with what the run finds; a crash is saved under fuzz/artifacts/<target> and fails the run.
 #
@@ -23,7 +24,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 
-for target in manifest duration quantity; do
+for target in manifest duration quantity envelope route_check fanin_header; do
   echo "== fuzz $target (${seconds}s)"
   mkdir -p "fuzz/corpus/$target"
   log="$(mktemp)"

@@ -173,3 +173,38 @@ async fn python_runtime_timeouts_and_crashes_are_reported_and_recovered() {
     );
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_crash_under_several_calls_restarts_the_runtime_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut def = python_def("work", "behaviours.behave", Mode::Payload, dir.path());
+    def.settings.timeout = Duration::from_secs(20);
+    def.settings.concurrency = 4;
+    let mut host = LocalHost::start(vec![def], common::cache()).await.unwrap();
+    let route = vec!["work".to_owned()];
+    // Three calls in flight on their own connections, then one that kills the runtime.
+    for _ in 0..3 {
+        host.send(&route, json!({"do": "sleep", "seconds": 5}))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    host.send(&route, json!({"do": "exit"})).await.unwrap();
+    for _ in 0..4 {
+        let done = host.next_result(WAIT).await.unwrap();
+        assert_eq!(done.end_actor, SUMP);
+        assert_eq!(done.envelope.status.unwrap().reason, Some(Reason::Trap));
+    }
+    let restarts = host
+        .python_executor("work")
+        .unwrap()
+        .restarts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        restarts, 2,
+        "started once, restarted once for the four failed calls"
+    );
+    let (end, _) = run(&mut host, &["work"], &json!({"text": "after"})).await;
+    assert_eq!(end, SINK);
+    host.shutdown().await.unwrap();
+}

@@ -146,7 +146,7 @@ impl PythonExecutor {
             next_id: AtomicU64::new(1),
             restarts: AtomicU64::new(0),
         };
-        executor.start_process().await?;
+        executor.start_process(None).await?;
         let (conn, hello) = executor
             .connect_ready()
             .await
@@ -166,11 +166,17 @@ impl PythonExecutor {
         &self.descriptor
     }
 
-    async fn start_process(&self) -> Result<()> {
+    /// Starts (or restarts) the runtime this host spawns. With `replacing`, only if the running
+    /// runtime is still that generation: of several calls that fail on one crashed runtime, the
+    /// first restarts it and the others find it restarted.
+    async fn start_process(&self, replacing: Option<u64>) -> Result<()> {
         let Some(spec) = &self.config.spawn else {
             return Ok(());
         };
         let mut guard = self.process.lock().await;
+        if replacing.is_some_and(|g| g != self.generation.load(Ordering::SeqCst)) {
+            return Ok(());
+        }
         if let Some(mut old) = guard.take() {
             let _ = old.kill().await;
         }
@@ -267,15 +273,18 @@ impl PythonExecutor {
         }
     }
 
-    async fn recover(&self, reason: &str) {
+    /// Restarts the runtime of `generation` after `reason` (once, however many calls failed
+    /// on it); returns whether this host restarts runtimes at all.
+    async fn recover(&self, reason: &str, generation: u64) -> bool {
         if self.config.spawn.is_none() {
-            return;
+            return false;
         }
         tracing::warn!(actor = %self.actor, reason, "restarting the python runtime");
-        if let Err(err) = self.start_process().await {
+        if let Err(err) = self.start_process(Some(generation)).await {
             tracing::error!(actor = %self.actor, error = %format!("{err:#}"), "could not restart the python runtime");
         }
         self.idle.lock().expect("pool lock").clear();
+        true
     }
 
     async fn exchange(&self, conn: &mut Conn, input: String) -> Result<Response> {
@@ -302,31 +311,50 @@ impl Executor for PythonExecutor {
             idle.retain(|c| c.generation == generation);
             idle.pop()
         };
+        // Waiting for the runtime to accept a connection counts against the call's timeout.
+        let started = Instant::now();
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => match self.connect_ready().await {
-                Ok((conn, _)) => conn,
-                Err(err) => {
+            None => match tokio::time::timeout(timeout, self.connect_ready()).await {
+                Ok(Ok((conn, _))) => conn,
+                Ok(Err(err)) => {
                     return CallOutcome::Failed(Failure::host(
                         Reason::Trap,
                         format!("python runtime unavailable: {err:#}"),
                     ))
                 }
+                Err(_) => {
+                    return CallOutcome::Failed(Failure::host(
+                        Reason::Timeout,
+                        format!(
+                            "the python runtime did not accept a connection within {} ms",
+                            timeout.as_millis()
+                        ),
+                    ))
+                }
             },
         };
-        let response = match tokio::time::timeout(timeout, self.exchange(&mut conn, input)).await {
+        let left = timeout.saturating_sub(started.elapsed());
+        let response = match tokio::time::timeout(left, self.exchange(&mut conn, input)).await {
             Err(_) => {
-                self.recover("a call timed out").await;
+                let stopped = self.recover("a call timed out", generation).await;
+                let what = if stopped {
+                    "the python runtime was restarted"
+                } else {
+                    // The runtime runs in the user's container: its connection is closed, and
+                    // the handler's thread there runs on until the handler returns.
+                    "its connection to the python runtime was closed"
+                };
                 return CallOutcome::Failed(Failure::host(
                     Reason::Timeout,
                     format!(
-                        "handler did not return within {} ms; the python runtime was stopped",
+                        "handler did not return within {} ms; {what}",
                         timeout.as_millis()
                     ),
                 ));
             }
             Ok(Err(err)) => {
-                self.recover("the connection failed").await;
+                self.recover("the connection failed", generation).await;
                 return CallOutcome::Failed(Failure::host(
                     Reason::Trap,
                     format!("python runtime connection lost (did it crash?): {err:#}"),
