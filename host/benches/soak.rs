@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
             }
             sent.push((env.id.clone(), i, at));
             next_send += interval;
-            if sent.len() % (rate as usize * 30) == 0 {
+            if sent.len().is_multiple_of(rate as usize * 30) {
                 let disk = dir_bytes(server.store_dir());
                 peak_disk = peak_disk.max(disk);
                 println!(
