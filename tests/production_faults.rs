@@ -453,3 +453,100 @@ async fn nats_fan_in_stores_each_part_once_and_expires_open_fan_outs() {
     ));
     assert!(store.expired(Duration::ZERO).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_while_fan_ins_are_open_loses_nothing() {
+    let (manifests, components) = common::fan_flow("production-faults");
+    let mut server = NatsServer::start();
+    let pairs: Vec<(&str, &Path)> = components
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    // The end actors consume their queues too (--end-queues): fan-in and end actors are busy
+    // when the server goes away.
+    let host = HostProcess::start(
+        &server.url(),
+        &manifests,
+        &pairs,
+        &["--ack-wait", "3s", "--end-queues"],
+    );
+    let client = nats::connect(&server.url()).await.unwrap();
+    let transport = NatsTransport::new(client, "default", NatsSettings::default())
+        .await
+        .unwrap();
+    let results = transport.results().await.unwrap();
+    let messages = 40usize;
+    let mut ids = Vec::new();
+    for i in 0..messages {
+        let items: Vec<usize> = (0..(i % 5 + 20)).collect();
+        let env = Envelope::new(
+            Route::through(&["start-fan"]).unwrap(),
+            json!({"text": format!("m{i}"), "items": items, "i": i}),
+            "2026-12-02T00:00:00Z",
+        );
+        ids.push((env.id.clone(), i));
+        transport
+            .publish(
+                "start-fan",
+                Outbound {
+                    bytes: env.to_bytes(),
+                    dedup_id: format!("{}:client", env.id),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // Once some have ended (so fan-ins are open and the end actors storing), NATS goes away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while results.stored().await.unwrap() < 3 {
+        assert!(std::time::Instant::now() < deadline, "nothing ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        (results.stored().await.unwrap() as usize) < messages,
+        "the restart must happen mid-run"
+    );
+    server.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while http_get(host.http_port, "/readyz").unwrap().0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never reported the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while http_get(host.http_port, "/readyz").unwrap().0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_transport, results) = client_in(&server, "default").await;
+    for (id, i) in &ids {
+        let env = results.wait(id, Duration::from_secs(120)).await.unwrap();
+        let status = env.status.as_ref().unwrap();
+        assert_eq!(status.phase, Phase::Succeeded, "{id}: {status:?}");
+        let squares: Vec<Value> = (0..(i % 5 + 20))
+            .map(|j| json!({"item": j, "square": j * j}))
+            .collect();
+        assert_eq!(env.payload["squares"], Value::Array(squares), "message {i}");
+    }
+    assert_eq!(
+        results.accepted().await.unwrap() as usize,
+        messages,
+        "each stored once"
+    );
+    assert_eq!(http_get(host.http_port, "/healthz").unwrap().0, 200);
+}
+
+async fn client_in(server: &NatsServer, namespace: &str) -> (NatsTransport, NatsResults) {
+    let client = nats::connect(&server.url()).await.unwrap();
+    let transport = NatsTransport::new(client, namespace, NatsSettings::default())
+        .await
+        .unwrap();
+    let results = transport.results().await.unwrap();
+    (transport, results)
+}
