@@ -400,3 +400,45 @@ fn a_transport_asya_has_and_this_build_does_not_run_is_named() {
     let host = host_verdict(&object).unwrap_err();
     assert!(host.contains("nats") && host.contains("sqs"), "{host}");
 }
+
+#[test]
+fn a_cpu_deadline_past_the_call_timeout_is_refused_by_both() {
+    // (cpuTimeout, actorTimeout, accepted): the CRD's CEL converts the shared grammar to whole
+    // microseconds, the host compares durations; they must agree at the edges.
+    let cases = [
+        ("90s", "1.5m", true),
+        ("1.5m", "90s", true),
+        ("100", "1m40s", true),
+        ("1m0.001s", "60s", false),
+        ("60000ms", "1m", true),
+        ("60000.001ms", "1m", false),
+        ("2d", "47h", false),
+        ("47h", "2d", true),
+        ("0.999s", "999ms", true),
+        ("1s1s1s", "3", true),
+        ("1s1s1s", "2", false),
+    ];
+    for (cpu, call, accepted) in cases {
+        let object = json!({
+            "apiVersion": "asya.sh/v1alpha1", "kind": "AsyncActor",
+            "metadata": {"name": "a"},
+            "spec": {"sandbox": {"cpuTimeout": cpu}, "resiliency": {"actorTimeout": call}},
+        });
+        let crd = crd_verdict(&object);
+        let host = host_verdict(&object);
+        assert_eq!(crd.is_ok(), accepted, "CRD on {cpu} vs {call}: {crd:?}");
+        assert_eq!(host.is_ok(), accepted, "host on {cpu} vs {call}: {host:?}");
+        if !accepted {
+            assert!(
+                crd.unwrap_err()
+                    .join(" ")
+                    .contains(asya_spec::crd_rules::TIMEOUTS_RULE.1),
+                "{cpu} vs {call}"
+            );
+            assert!(
+                host.unwrap_err().contains("spec.sandbox.cpuTimeout"),
+                "{cpu} vs {call}"
+            );
+        }
+    }
+}

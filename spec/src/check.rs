@@ -59,6 +59,7 @@ pub fn check_spec(spec: &AsyncActorSpec) -> Result<(), SpecError> {
     if let Some(sandbox) = &spec.sandbox {
         check_sandbox("spec.sandbox", sandbox)?;
     }
+    check_timeouts(spec)?;
     if let Some(resources) = &spec.resources {
         for (side, map) in [
             ("limits", &resources.limits),
@@ -68,6 +69,31 @@ pub fn check_spec(spec: &AsyncActorSpec) -> Result<(), SpecError> {
                 quantity.check_resource(&format!("spec.resources.{side}.{name}"))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Timeouts that can be honoured together: `sandbox.cpuTimeout` not longer than
+/// `resiliency.actorTimeout` (when both are set), see [`crate::crd_rules::TIMEOUTS_RULE`].
+pub fn check_timeouts(spec: &AsyncActorSpec) -> Result<(), SpecError> {
+    let cpu = spec.sandbox.as_ref().and_then(|s| s.cpu_timeout.as_deref());
+    let call = spec
+        .resiliency
+        .as_ref()
+        .and_then(|r| r.actor_timeout.as_deref());
+    let (Some(cpu), Some(call)) = (cpu, call) else {
+        return Ok(());
+    };
+    let cpu_value = duration_at("spec.sandbox.cpuTimeout", cpu)?;
+    let call_value = duration_at("spec.resiliency.actorTimeout", call)?;
+    if cpu_value > call_value {
+        return Err(SpecError::new(
+            "spec.sandbox.cpuTimeout",
+            format!(
+                "{} (got cpuTimeout {cpu}, actorTimeout {call})",
+                crate::crd_rules::TIMEOUTS_RULE.1
+            ),
+        ));
     }
     Ok(())
 }

@@ -260,6 +260,7 @@ pub fn async_actor_crd() -> Value {
             rule(crd_rules::PYTHON_IMAGE_RULE),
             rule(crd_rules::OCI_COMPONENT_RULE),
             rule(crd_rules::FLAVOR_ALIAS_RULE),
+            json!({"rule": crd_rules::TIMEOUTS_RULE.0, "message": crd_rules::TIMEOUTS_RULE.1}),
         ],
     );
     crd

@@ -39,6 +39,53 @@ pub const RESERVED_NAME_RULE: Rule = (
     "!(self.metadata.name in ['x-sink', 'x-sump', 'x-fanin'])",
     crate::names::RESERVED_RULE,
 );
+/// CEL: the duration at `field` (a string of the shared grammar, see [`crate::duration`]) in
+/// whole microseconds (exact: the grammar has at most 3 decimals, in ms, s and m).
+pub fn duration_micros_cel(field: &str) -> String {
+    let number = |n: &str, scale: u64| {
+        format!(
+            "({n}.contains('.') ? int({n}.split('.')[0]) * {scale} + int(({n}.split('.')[1] + '00').substring(0, 3)) * {} : int({n}) * {scale})",
+            scale / 1000
+        )
+    };
+    let part = [
+        ("ms", 2, 1_000u64),
+        ("s", 1, 1_000_000),
+        ("m", 1, 60_000_000),
+        ("h", 1, 3_600_000_000),
+    ]
+    .iter()
+    .rev()
+    .fold(
+        number("p.substring(0, size(p) - 1)", 86_400_000_000),
+        |otherwise, (unit, len, scale)| {
+            format!(
+                "p.endsWith('{unit}') ? {} : ({otherwise})",
+                number(&format!("p.substring(0, size(p) - {len})"), *scale)
+            )
+        },
+    );
+    format!(
+        "({field}.matches('^[0-9]+$') ? int({field}) * 1000000 : {field}.findAll('[0-9.]+(ms|s|m|h|d)').map(p, {part}).sum())"
+    )
+}
+
+/// The CPU deadline is not longer than the call's timeout: `sandbox.cpuTimeout` could never be
+/// reached, the call being stopped at `resiliency.actorTimeout` first (checked when both are
+/// set; a flavor may bring one of them, so the merged spec is checked again).
+pub static TIMEOUTS_RULE: std::sync::LazyLock<(String, &'static str)> = std::sync::LazyLock::new(
+    || {
+        (
+            format!(
+                "!has(self.sandbox) || !has(self.sandbox.cpuTimeout) || !has(self.resiliency) || !has(self.resiliency.actorTimeout) || {} <= {}",
+                duration_micros_cel("self.sandbox.cpuTimeout"),
+                duration_micros_cel("self.resiliency.actorTimeout")
+            ),
+            "sandbox.cpuTimeout must not be longer than resiliency.actorTimeout: the call is stopped at actorTimeout first, so the longer CPU deadline could never apply",
+        )
+    },
+);
+
 /// The transport is one this build runs (on `spec.transport`).
 pub const TRANSPORT_RULE: Rule = (
     "self == 'nats'",
