@@ -36,12 +36,7 @@ fn write_manifest(dir: &Path, name: &str, spec: &str) {
 }
 
 async fn client(server: &NatsServer) -> (NatsTransport, NatsResults) {
-    let client = nats::connect(&server.url()).await.unwrap();
-    let transport = NatsTransport::new(client, NS, NatsSettings::default())
-        .await
-        .unwrap();
-    let results = transport.results().await.unwrap();
-    (transport, results)
+    client_in(server, NS).await
 }
 
 async fn send(transport: &NatsTransport, actor: &str, payload: Value) -> String {

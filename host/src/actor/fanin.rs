@@ -450,6 +450,19 @@ impl FanInStore for NatsFanIn {
     }
 }
 
+/// Publishes `dispatch` under its hop's dedup id (a repeat by another aggregator is dropped).
+async fn publish(transport: &dyn Transport, dispatch: &Dispatch) -> Result<()> {
+    transport
+        .publish(
+            &dispatch.destination,
+            Outbound {
+                bytes: dispatch.envelope.to_bytes(),
+                dedup_id: publish_dedup_id(dispatch),
+            },
+        )
+        .await
+}
+
 fn publish_dedup_id(d: &Dispatch) -> String {
     asya_spec::names::dedup_id(&d.envelope.id, d.envelope.route.prev.len(), &d.destination)
 }
@@ -475,15 +488,7 @@ async fn end_expired(transport: &dyn Transport, store: &dyn FanInStore, timeout:
                 flow::timed_out(parent, open.arrived, open.count, timeout, &now_rfc3339());
             tracing::warn!(parent = %open.parent_id, arrived = open.arrived, count = open.count,
                 to = %dispatch.destination, "fan-in timed out");
-            let published = transport
-                .publish(
-                    &dispatch.destination,
-                    Outbound {
-                        bytes: dispatch.envelope.to_bytes(),
-                        dedup_id: publish_dedup_id(&dispatch),
-                    },
-                )
-                .await;
+            let published = publish(transport, &dispatch).await;
             if let Err(err) = published {
                 tracing::warn!(parent = %open.parent_id, error = %format!("{err:#}"),
                     "publishing a timed-out fan-in failed; trying again at the next sweep");
@@ -538,15 +543,7 @@ pub async fn run_fanin(
                 // Not something the aggregator can merge: keep it at the error end.
                 let dispatch =
                     routing::parse_error_dispatch(FANIN, &delivery.bytes, &message, &now);
-                transport
-                    .publish(
-                        &dispatch.destination,
-                        Outbound {
-                            bytes: dispatch.envelope.to_bytes(),
-                            dedup_id: publish_dedup_id(&dispatch),
-                        },
-                    )
-                    .await?;
+                publish(transport.as_ref(), &dispatch).await?;
                 delivery.acker.ack().await?;
                 continue;
             }
@@ -559,15 +556,7 @@ pub async fn run_fanin(
             Ok(Arrival::Complete(parent, children)) => {
                 let dispatch = flow::complete(*parent, children, &now);
                 tracing::debug!(parent = %parent_id, to = %dispatch.destination, "fan-in complete");
-                let published = transport
-                    .publish(
-                        &dispatch.destination,
-                        Outbound {
-                            bytes: dispatch.envelope.to_bytes(),
-                            dedup_id: publish_dedup_id(&dispatch),
-                        },
-                    )
-                    .await;
+                let published = publish(transport.as_ref(), &dispatch).await;
                 // A second host merging the same fan-out publishes the same dedup id, which
                 // JetStream drops; the merged parent is never lost, at worst sent twice.
                 let published = match published {
