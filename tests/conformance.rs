@@ -208,3 +208,74 @@ async fn one_crash_under_several_calls_restarts_the_runtime_once() {
     assert_eq!(end, SINK);
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_async_calls_share_one_runtime_and_a_timeout_cancels_only_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut def = python_def("wait", "waits.wait", Mode::Payload, dir.path());
+    def.settings.timeout = Duration::from_millis(1500);
+    def.settings.concurrency = 16;
+    def.python.as_mut().unwrap().max_in_flight = 16;
+    let mut host = LocalHost::start(vec![def], common::cache()).await.unwrap();
+    let route = vec!["wait".to_owned()];
+    let started = std::time::Instant::now();
+    let stuck = host.send(&route, json!({"sleep": 30})).await.unwrap();
+    for i in 0..10 {
+        host.send(&route, json!({"i": i, "sleep": 0.5}))
+            .await
+            .unwrap();
+    }
+    let mut finished = 0;
+    for _ in 0..11 {
+        let done = host.next_result(WAIT).await.unwrap();
+        if done.envelope.id == stuck {
+            assert_eq!(done.end_actor, SUMP);
+            let status = done.envelope.status.unwrap();
+            assert_eq!(status.reason, Some(Reason::Timeout));
+            let message = status.error.unwrap().message;
+            assert!(message.contains("cancelled"), "{message}");
+        } else {
+            assert_eq!(done.end_actor, SINK);
+            finished += 1;
+        }
+    }
+    assert_eq!(finished, 10);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ten calls of 0.5 s in flight together took {:?}",
+        started.elapsed()
+    );
+    let restarts = host
+        .python_executor("wait")
+        .unwrap()
+        .restarts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        restarts, 1,
+        "an async call is cancelled, not the runtime restarted"
+    );
+    let (end, _) = run(&mut host, &["wait"], &json!({"sleep": 0})).await;
+    assert_eq!(end, SINK);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_result_over_max_output_bytes_is_refused_and_the_runtime_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut def = python_def("wait", "waits.wait", Mode::Payload, dir.path());
+    def.python.as_mut().unwrap().max_output_bytes = 64 << 10;
+    let mut host = LocalHost::start(vec![def], common::cache()).await.unwrap();
+    let (end, env) = run(&mut host, &["wait"], &json!({"big": 4 << 20})).await;
+    assert_eq!(end, SUMP);
+    let status = env.status.unwrap();
+    assert_eq!(status.reason, Some(Reason::OutputTooLarge));
+    assert!(status
+        .error
+        .unwrap()
+        .message
+        .contains("more than the allowed 65536"));
+    let (end, env) = run(&mut host, &["wait"], &json!({"big": 1000})).await;
+    assert_eq!(end, SINK);
+    assert_eq!(env.payload["text"].as_str().unwrap().len(), 1000);
+    host.shutdown().await.unwrap();
+}
