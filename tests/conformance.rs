@@ -265,7 +265,7 @@ async fn a_native_result_over_max_output_bytes_is_refused_and_the_runtime_serves
     let mut def = python_def("wait", "waits.wait", Mode::Payload, dir.path());
     def.python.as_mut().unwrap().max_output_bytes = 64 << 10;
     let mut host = LocalHost::start(vec![def], common::cache()).await.unwrap();
-    let (end, env) = run(&mut host, &["wait"], &json!({"big": 4 << 20})).await;
+    let (end, env) = run(&mut host, &["wait"], &json!({"do": "big", "size": 4 << 20})).await;
     assert_eq!(end, SUMP);
     let status = env.status.unwrap();
     assert_eq!(status.reason, Some(Reason::OutputTooLarge));
@@ -274,7 +274,7 @@ async fn a_native_result_over_max_output_bytes_is_refused_and_the_runtime_serves
         .unwrap()
         .message
         .contains("more than the allowed 65536"));
-    let (end, env) = run(&mut host, &["wait"], &json!({"big": 1000})).await;
+    let (end, env) = run(&mut host, &["wait"], &json!({"do": "big", "size": 1000})).await;
     assert_eq!(end, SINK);
     assert_eq!(env.payload["text"].as_str().unwrap().len(), 1000);
     host.shutdown().await.unwrap();

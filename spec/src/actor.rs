@@ -256,10 +256,17 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024), extend("x-asya-message" = "must be between 1 and 1024"))]
     pub max_instances: Option<i32>,
-    /// Messages in flight at most (received, not yet acknowledged); default `maxInstances`.
+    /// Messages in flight at most (received, not yet acknowledged); default `maxInstances`, or
+    /// `maxInstances` × `maxConcurrency` for an `async def` handler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536), extend("x-asya-message" = "must be between 1 and 65536"))]
     pub max_in_flight: Option<i32>,
+    /// Calls running at once in one instance of an `async def` handler (default 64): each
+    /// awaits on its own asyncio task inside the instance. Plain functions run one call per
+    /// instance and ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000), extend("x-asya-message" = "must be between 1 and 10000"))]
+    pub max_concurrency: Option<i32>,
     /// Largest handler result in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::quantity::bytes_schema")]

@@ -207,6 +207,12 @@ pub fn check_sandbox(at: &str, sandbox: &Sandbox) -> Result<(), SpecError> {
     optional(&f("maxInstances"), sandbox.max_instances, 1, Some(1024))?;
     optional(&f("maxInFlight"), sandbox.max_in_flight, 1, Some(65536))?;
     optional(
+        &f("maxConcurrency"),
+        sandbox.max_concurrency,
+        1,
+        Some(10000),
+    )?;
+    optional(
         &f("recycleAfterCalls"),
         sandbox.recycle_after_calls,
         1,

@@ -75,6 +75,9 @@ impl ActorSettings for AsyncActor {
         if let Some(n) = spec.max_instances {
             limits.max_instances = n.max(1) as usize;
         }
+        if let Some(n) = spec.max_concurrency {
+            limits.max_concurrency = n.max(1) as usize;
+        }
         if let Some(max) = &spec.max_output_bytes {
             limits.max_output_bytes = usize::try_from(bytes(max)?).unwrap_or(usize::MAX);
         }

@@ -14,6 +14,7 @@ from .handling import BUILD_ERROR_MARKER
 
 __all__ = [
     "ADAPTER_MODULE",
+    "ASYNC_MODULE",
     "BUILD_ERROR_MARKER",
     "ERROR_CLASS",
     "HANDLING_MODULE",
@@ -29,6 +30,9 @@ HANDLING_MODULE = "_asya_handling"
 
 #: The name `asya.guest_sandbox` (outbound HTTP, sandbox refusals) has inside a component.
 SANDBOX_MODULE = "_asya_sandbox"
+
+#: The name `asya.guest_async` (asyncio timers, awaitable HTTP) has inside an async component.
+ASYNC_MODULE = "_asya_async"
 
 #: The exception class raised for load-time errors (see `asya.handling`).
 ERROR_CLASS = "LoadError"
@@ -59,22 +63,41 @@ class WitWorld(_wit_world.WitWorld):
         mode = _types.Mode.ENVELOPE if _MODE == "envelope" else _types.Mode.PAYLOAD
         return _types.Descriptor(handler=_HANDLER, mode=mode, sdk_version=_SDK_VERSION)
 
-    def handle(self, input):
+    {async_}def handle(self, input):
         try:
-            return _h.encode_result(_h.call(_handler, _h.parse_input(input)))
+            return _h.encode_result({call})
         except _h.HandlerFailure as failure:
             denied = _sandbox.denial(failure.original)
             raise _Err(_types.HandlerError(**failure.fields, denied=denied)) from None
 """
 
+# An `async def` handler's component (world `actor-async`): asyncio timers on WASI 0.3 clocks,
+# and `asya.http` over wasi:http 0.3. Every call of `handle` is a task on one event loop.
+_ASYNC_SETUP = """
+import _asya_async as _async
 
-def render(ref: HandlerRef, mode: str, sdk_version: str) -> str:
-    """The adapter module's source for `ref` in `mode` (`payload` or `envelope`)."""
-    return _TEMPLATE.format(
+_async.install()
+"""
+
+
+def render(ref: HandlerRef, mode: str, sdk_version: str, is_async: bool = False) -> str:
+    """The adapter module's source for `ref` in `mode` (`payload` or `envelope`); `is_async`
+    for an `async def` handler (the `actor-async` world)."""
+    source = _TEMPLATE.format(
         handler=ref.text,
         module=ref.module,
         cls=ref.cls,
         func=ref.func,
         mode=mode,
         sdk_version=sdk_version,
+        async_="async " if is_async else "",
+        call=(
+            "await _h.call_async(_handler, _h.parse_input(input))"
+            if is_async
+            else "_h.call(_handler, _h.parse_input(input))"
+        ),
     )
+    if is_async:
+        marker = "_sandbox.install()\n"
+        source = source.replace(marker, marker + _ASYNC_SETUP, 1)
+    return source

@@ -22,16 +22,22 @@ from pathlib import Path
 from . import __version__
 from .adapter import (
     ADAPTER_MODULE,
+    ASYNC_MODULE,
     BUILD_ERROR_MARKER,
     ERROR_CLASS,
     HANDLING_MODULE,
     SANDBOX_MODULE,
     render,
 )
-from .handler_ref import BuildError, check_source, resolve
+from .handler_ref import BuildError, check_source, is_async_handler, resolve
 
 MODES = ("payload", "envelope")
 WORLD = "actor"
+#: The world of an `async def` handler: `handle` is a component-model async export.
+ASYNC_WORLD = "actor-async"
+# `asya` inside a component: only `asya.http`, which an `async def` handler may import.
+_COMPONENT_ASYA_INIT = '''"""asya inside a component: only `asya.http` (awaitable outbound HTTP)."""
+'''
 _SKIP_DIRS = {"__pycache__", ".git", ".asya", ".venv", "node_modules", "target"}
 _CACHE_FORMAT = "1"
 
@@ -75,6 +81,16 @@ def wit_text() -> str:
 def guest_sandbox_source() -> str:
     """The in-component outbound-HTTP and sandbox-refusal module, copied into every component."""
     return resources.files("asya").joinpath("guest_sandbox.py").read_text(encoding="utf-8")
+
+
+def guest_async_source() -> str:
+    """The in-component asyncio timers and wasi:http 0.3 module, copied into async components."""
+    return resources.files("asya").joinpath("guest_async.py").read_text(encoding="utf-8")
+
+
+def http_source() -> str:
+    """`asya.http`, copied into every component (it works in async ones)."""
+    return resources.files("asya").joinpath("http.py").read_text(encoding="utf-8")
 
 
 def handling_source() -> str:
@@ -144,29 +160,36 @@ def build(
         raise BuildError(f"source directory {source_dir} does not exist")
     ref, path = resolve(handler, source_dir)
     check_source(ref, path)
-    adapter = render(ref, mode, __version__)
+    is_async = is_async_handler(ref, path)
+    adapter = render(ref, mode, __version__, is_async)
     handling = handling_source()
     sandbox = guest_sandbox_source()
+    extra = {"asya/__init__.py": _COMPONENT_ASYA_INIT, "asya/http.py": http_source()}
+    if is_async:
+        extra[f"{ASYNC_MODULE}.py"] = guest_async_source()
     wit = wit_text()
-    key = content_key(source_dir, adapter + handling + sandbox, wit)
+    key = content_key(source_dir, adapter + handling + sandbox + "".join(extra.values()), wit)
     cached = cache_dir() / "components" / f"{key}.wasm"
     output.parent.mkdir(parents=True, exist_ok=True)
     if use_cache and cached.is_file():
         _copy(cached, output)
         return BuildResult(output, sha256_file(output), True, time.monotonic() - started, key)
     if on_start is not None:
-        on_start(f"componentize-py {ref.text} ({mode})")
+        on_start(f"componentize-py {ref.text} ({mode}{', async' if is_async else ''})")
     with tempfile.TemporaryDirectory(prefix="asya-build-") as tmp:
         work = Path(tmp)
         (work / f"{ADAPTER_MODULE}.py").write_text(adapter, encoding="utf-8")
         (work / f"{HANDLING_MODULE}.py").write_text(handling, encoding="utf-8")
         (work / f"{SANDBOX_MODULE}.py").write_text(sandbox, encoding="utf-8")
+        for name, text in extra.items():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_text(text, encoding="utf-8")
         wit_dir = work / "wit"
         for name, text in wit_files().items():
             (wit_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (wit_dir / name).write_text(text, encoding="utf-8")
         built = work / "component.wasm"
-        _componentize(wit_dir, work, source_dir, built)
+        _componentize(wit_dir, work, source_dir, built, ASYNC_WORLD if is_async else WORLD)
         cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(f".{os.getpid()}.tmp")
         shutil.copyfile(built, partial)
@@ -187,12 +210,12 @@ def _copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _componentize(wit_dir: Path, work: Path, source_dir: Path, out: Path) -> None:
+def _componentize(wit_dir: Path, work: Path, source_dir: Path, out: Path, world: str) -> None:
     exe = shutil.which("componentize-py") or str(Path(sys.executable).parent / "componentize-py")
     cmd = [
         exe,
         "-d", str(wit_dir),
-        "-w", WORLD,
+        "-w", world,
         "componentize", ADAPTER_MODULE,
         "-p", str(work),
         "-p", str(source_dir),

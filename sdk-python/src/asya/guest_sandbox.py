@@ -28,7 +28,11 @@ from urllib.parse import urlsplit
 
 from componentize_py_types import Err
 from wit_world.imports import outgoing_handler, streams
-from wit_world.imports import wasi_http_types as wasi_http
+
+try:
+    from wit_world.imports import wasi_http_types as wasi_http
+except ImportError:  # the `actor-async` world imports two wasi:http versions: names say which
+    from wit_world.imports import wasi_http_types_0_2_12 as wasi_http
 
 __all__ = ["SandboxDenied", "denial", "install", "send"]
 

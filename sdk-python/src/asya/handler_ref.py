@@ -144,3 +144,21 @@ def required_init_params(init: ast.FunctionDef | ast.AsyncFunctionDef) -> list[s
     missing = [a.arg for i, a in enumerate(positional) if i < defaults_from]
     missing += [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None]
     return missing
+
+
+def is_async_handler(ref: HandlerRef, path: Path) -> bool:
+    """Whether the handler is an `async def` function or method, read from the source (the
+    build picks the component's world from it before anything is imported). A handler bound
+    dynamically (an import or an assignment) counts as a plain function."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    scope: list[ast.stmt] = tree.body
+    if ref.cls is not None:
+        classes = [s for s in tree.body if isinstance(s, ast.ClassDef) and s.name == ref.cls]
+        if not classes:
+            return False
+        scope = classes[-1].body
+    found: ast.stmt | None = None
+    for stmt in scope:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name == ref.func:
+            found = stmt
+    return isinstance(found, ast.AsyncFunctionDef)

@@ -125,6 +125,14 @@ impl SandboxEngine {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .anyhow()
             .context("linking wasi:http")?;
+        // WASI 0.3 for `async def` handlers (world `actor-async`): clocks that await, and
+        // wasi:http 0.3 behind the same allowlist hook as 0.2.
+        wasmtime_wasi::p3::add_to_linker(&mut linker)
+            .anyhow()
+            .context("linking WASI 0.3")?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+            .anyhow()
+            .context("linking wasi:http 0.3")?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();

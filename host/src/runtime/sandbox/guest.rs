@@ -20,6 +20,13 @@ pub struct GuestState {
     pub deadline: Instant,
     /// Set by the epoch callback when the deadline stopped the guest.
     pub timed_out: bool,
+    /// For an instance running many async calls: how long guest code may run without
+    /// awaiting (see [`configure_concurrent_store`]); `None` for one call at a time.
+    pub slice_budget: Option<std::time::Duration>,
+    /// When the guest's current run of code began (async instances).
+    pub slice_started: Instant,
+    /// When the epoch callback last ran (async instances).
+    pub last_tick: Instant,
     /// stdout and stderr of the current call.
     pub output: CapturedOutput,
     http: WasiHttpCtx,
@@ -67,6 +74,9 @@ impl GuestState {
             limiter: MemoryLimiter::with_cap(limits.memory_bytes),
             deadline: Instant::now() + limits.cpu_timeout,
             timed_out: false,
+            slice_budget: None,
+            slice_started: Instant::now(),
+            last_tick: Instant::now(),
             output,
             http: WasiHttpCtx::new(),
             outbound: OutboundHttp::new(limits.allowed_hosts.clone()),
@@ -87,6 +97,42 @@ pub fn configure_store(store: &mut wasmtime::Store<GuestState>) {
         if Instant::now() >= state.deadline {
             state.timed_out = true;
             return Err(wasmtime::format_err!("asya: CPU deadline exceeded"));
+        }
+        Ok(wasmtime::UpdateDeadline::Yield(YIELD_EVERY_TICKS))
+    });
+}
+
+/// A gap this long between two epoch callbacks means the guest was not running in between
+/// (every call in the instance was awaiting); its next run of code starts a new slice.
+const SLICE_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Installs the limiter and the CPU policy on the store of an instance that runs many async
+/// calls at once. A wall-clock deadline per call cannot apply: calls overlap, and most of a call
+/// is spent awaiting, when no guest code runs. What is bounded is a *slice*: guest code running
+/// without awaiting. While it runs, the epoch callback fires every few milliseconds; a gap
+/// longer than [`SLICE_GAP`] since the previous one means the guest was idle in between. A slice
+/// longer than `budget` (a handler that spins, or blocks in a synchronous call, after an await)
+/// stops the instance, and with it every call in flight there.
+pub fn configure_concurrent_store(
+    store: &mut wasmtime::Store<GuestState>,
+    budget: std::time::Duration,
+) {
+    store.limiter(|state| &mut state.limiter);
+    store.data_mut().slice_budget = Some(budget);
+    store.set_epoch_deadline(YIELD_EVERY_TICKS);
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        let now = Instant::now();
+        if now.duration_since(state.last_tick) > SLICE_GAP {
+            state.slice_started = now;
+        }
+        state.last_tick = now;
+        let budget = state.slice_budget.unwrap_or(std::time::Duration::MAX);
+        if now.duration_since(state.slice_started) >= budget {
+            state.timed_out = true;
+            return Err(wasmtime::format_err!(
+                "asya: CPU deadline exceeded (guest code ran without awaiting)"
+            ));
         }
         Ok(wasmtime::UpdateDeadline::Yield(YIELD_EVERY_TICKS))
     });

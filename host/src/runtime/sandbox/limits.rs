@@ -17,6 +17,8 @@ pub struct SandboxLimits {
     pub cpu_timeout: Duration,
     /// Instances that may run at once (and so messages in flight for this actor).
     pub max_instances: usize,
+    /// Calls running at once in one instance of an `async def` handler (`sandbox.maxConcurrency`).
+    pub max_concurrency: usize,
     /// Largest accepted handler result, in bytes of JSON.
     pub max_output_bytes: usize,
     /// Largest stdout + stderr one call may write before it is stopped.
@@ -46,6 +48,7 @@ impl std::fmt::Debug for SandboxLimits {
             .field("memory_bytes", &self.memory_bytes)
             .field("cpu_timeout", &self.cpu_timeout)
             .field("max_instances", &self.max_instances)
+            .field("max_concurrency", &self.max_concurrency)
             .field("max_output_bytes", &self.max_output_bytes)
             .field("max_log_bytes", &self.max_log_bytes)
             .field("recycle_memory_bytes", &self.recycle_memory_bytes)
@@ -65,6 +68,7 @@ impl Default for SandboxLimits {
             memory_bytes: 256 << 20,
             cpu_timeout: Duration::from_secs(30),
             max_instances: 4,
+            max_concurrency: 64,
             max_output_bytes: 8 << 20,
             max_log_bytes: 1 << 20,
             recycle_memory_bytes: 192 << 20,

@@ -8,6 +8,12 @@
 //! compiled component either: it is *parked*, costing the host a few kilobytes, and maps the
 //! artifact again on its next message. `sandbox.keepLoaded` keeps the compiled component mapped;
 //! `sandbox.keepWarm` keeps it and one instance.
+//!
+//! A plain function's component runs one call per instance. An `async def` handler's component
+//! (world `actor-async`, its `handle` a component-model async export) runs many calls in each
+//! instance at once: see [`concurrent`].
+
+mod concurrent;
 
 use crate::message::envelope::{ErrorInfo, Reason};
 use crate::runtime::component_cache::{LoadedComponent, Reloadable};
@@ -86,7 +92,28 @@ struct Guest {
 struct Resident {
     // Holding the component keeps it shared in the cache's map while this actor uses it.
     _component: Arc<wasmtime::component::Component>,
-    pre: bindings::ActorPre<GuestState>,
+    linked: Linked,
+}
+
+/// A linked component, by how its `handle` export is called.
+#[derive(Clone)]
+enum Linked {
+    /// World `actor`: one call per instance at a time.
+    Sync(bindings::ActorPre<GuestState>),
+    /// World `actor-async`: `handle` is an async export, many calls per instance.
+    Concurrent(wasmtime::component::InstancePre<GuestState>),
+}
+
+/// Whether the component's `handle` export is a component-model async function.
+fn exports_async_handle(
+    engine: &SandboxEngine,
+    component: &wasmtime::component::Component,
+) -> bool {
+    let ty = component.component_type();
+    matches!(
+        ty.get_export(engine.engine(), "handle").map(|e| e.ty),
+        Some(wasmtime::component::types::ComponentItem::ComponentFunc(f)) if f.async_()
+    )
 }
 
 /// The instance pool of one actor's component.
@@ -102,7 +129,9 @@ pub struct WasmExecutor {
     descriptor: Descriptor,
     idle: Mutex<Vec<Guest>>,
     permits: Semaphore,
-    stats: PoolStats,
+    stats: Arc<PoolStats>,
+    /// The instances of an `async def` handler; `None` for a plain function.
+    concurrent: Option<concurrent::ConcurrentPool>,
 }
 
 fn link(actor: &str, engine: &SandboxEngine, component: &LoadedComponent) -> Result<Resident> {
@@ -116,12 +145,20 @@ fn link(actor: &str, engine: &SandboxEngine, component: &LoadedComponent) -> Res
                  (was it built by `asya build`?)"
             )
         })?;
-    let pre = bindings::ActorPre::new(instance_pre)
-        .anyhow()
-        .with_context(|| format!("actor '{actor}': the component lacks asya:actor exports"))?;
+    let linked = if exports_async_handle(engine, &component.component) {
+        Linked::Concurrent(instance_pre)
+    } else {
+        Linked::Sync(
+            bindings::ActorPre::new(instance_pre)
+                .anyhow()
+                .with_context(|| {
+                    format!("actor '{actor}': the component lacks asya:actor exports")
+                })?,
+        )
+    };
     Ok(Resident {
         _component: component.component.clone(),
-        pre,
+        linked,
     })
 }
 
@@ -138,6 +175,7 @@ impl WasmExecutor {
             bail!("actor '{actor}': sandbox.maxInstances must be at least 1");
         }
         let resident = link(actor, &engine, component)?;
+        let is_concurrent = matches!(resident.linked, Linked::Concurrent(_));
         let mut executor = WasmExecutor {
             actor: actor.to_owned(),
             engine,
@@ -153,8 +191,17 @@ impl WasmExecutor {
                 sdk_version: String::new(),
             },
             idle: Mutex::new(Vec::new()),
-            stats: PoolStats::default(),
+            stats: Arc::default(),
+            concurrent: None,
         };
+        if is_concurrent {
+            executor.descriptor = concurrent::describe(&executor)
+                .await
+                .with_context(|| format!("actor '{actor}': describe() failed"))?;
+            executor.concurrent = Some(concurrent::ConcurrentPool::new(&executor.limits));
+            executor.park();
+            return Ok(executor);
+        }
         let mut guest = executor
             .instantiate()
             .await
@@ -209,13 +256,13 @@ impl WasmExecutor {
     }
 
     /// The linked component, mapped again from the cache if the actor was parked.
-    async fn ready(&self) -> Result<bindings::ActorPre<GuestState>, Failure> {
+    async fn ready(&self) -> Result<Linked, Failure> {
         if let Some(resident) = self.resident.lock().expect("resident lock").as_ref() {
-            return Ok(resident.pre.clone());
+            return Ok(resident.linked.clone());
         }
         let _one_at_a_time = self.reloading.lock().await;
         if let Some(resident) = self.resident.lock().expect("resident lock").as_ref() {
-            return Ok(resident.pre.clone());
+            return Ok(resident.linked.clone());
         }
         let reload = self
             .reload
@@ -237,14 +284,27 @@ impl WasmExecutor {
             )
         })?;
         self.stats.reloads.fetch_add(1, Ordering::Relaxed);
-        let pre = resident.pre.clone();
+        let linked = resident.linked.clone();
         *self.resident.lock().expect("resident lock") = Some(resident);
-        Ok(pre)
+        Ok(linked)
     }
 
     /// Drops instances idle for longer than `sandbox.idle_timeout` (keeping one when
     /// `keep_warm`); returns how many were dropped.
     pub fn reap_idle(&self) -> usize {
+        if let Some(pool) = &self.concurrent {
+            let dropped = pool.reap_idle(self.limits.idle_timeout, self.limits.keep_warm);
+            self.stats
+                .discarded
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            let quiet = pool.is_empty()
+                && self.last_active.lock().expect("activity lock").elapsed()
+                    >= self.limits.idle_timeout;
+            if quiet {
+                self.park();
+            }
+            return dropped;
+        }
         let keep = usize::from(self.limits.keep_warm);
         let mut idle = self.idle.lock().expect("pool lock");
         let before = idle.len();
@@ -329,19 +389,34 @@ impl WasmExecutor {
         &self.stats
     }
 
+    /// Whether the handler is `async def`: many calls run in each instance at once.
+    pub fn is_concurrent(&self) -> bool {
+        self.concurrent.is_some()
+    }
+
+    /// Calls in flight inside the instances of an `async def` handler (0 for a plain function).
+    pub fn calls_in_flight(&self) -> usize {
+        self.concurrent.as_ref().map_or(0, |pool| pool.in_flight())
+    }
+
     /// Instances currently idle in the pool.
     pub fn idle_instances(&self) -> usize {
         self.idle.lock().expect("pool lock").len()
     }
 
     async fn instantiate(&self) -> Result<Guest, Failure> {
-        let pre = self.ready().await?;
+        let Linked::Sync(pre) = self.ready().await? else {
+            return Err(Failure::host(
+                Reason::Trap,
+                "an async component is called through its concurrent pool",
+            ));
+        };
         let mut store = Store::new(self.engine.engine(), GuestState::new(&self.limits));
         configure_store(&mut store);
         // The component runs code while instantiating, so the deadline is set first.
         store.data_mut().deadline = Instant::now() + self.limits.cpu_timeout;
         let result = pre.instantiate_async(&mut store).await;
-        self.log_output(&store);
+        log_output(&self.actor, &self.limits, store.data());
         match result {
             Ok(actor) => {
                 self.stats.instantiated.fetch_add(1, Ordering::Relaxed);
@@ -353,7 +428,7 @@ impl WasmExecutor {
                 })
             }
             Err(err) => {
-                let (reason, kind) = classify_trap(&store, &err);
+                let (reason, kind) = classify_trap(store.data(), &err);
                 Err(Failure::host(
                     reason,
                     format!("instantiating the component failed ({kind}): {err:#}"),
@@ -374,7 +449,7 @@ impl WasmExecutor {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let call = guest.actor.call_handle(&mut guest.store, input);
         let result = tokio::time::timeout(budget + HOST_CALL_GRACE, call).await;
-        let overflowed = self.log_output(&guest.store);
+        let overflowed = log_output(&self.actor, &self.limits, guest.store.data());
         let limiter = &guest.store.data().limiter;
         self.stats
             .memory_peak_bytes
@@ -395,30 +470,30 @@ impl WasmExecutor {
             ),
             Ok(Err(err)) => {
                 self.stats.traps.fetch_add(1, Ordering::Relaxed);
-                let (reason, kind) = if overflowed {
-                    (Reason::OutputTooLarge, "output")
-                } else {
-                    classify_trap(&guest.store, &err)
-                };
-                let message = match reason {
-                    Reason::Timeout => format!(
-                        "handler exceeded its CPU deadline of {} ms",
-                        budget.as_millis()
-                    ),
-                    Reason::MemoryLimit => format!(
-                        "handler exceeded its memory cap of {} MiB",
-                        self.limits.memory_bytes >> 20
-                    ),
-                    Reason::OutputTooLarge => format!(
-                        "handler wrote more than {} bytes to stdout/stderr",
-                        self.limits.max_log_bytes
-                    ),
-                    _ => format!("handler trapped ({kind}): {}", root_message(&err)),
-                };
-                (CallOutcome::Failed(Failure::host(reason, message)), false)
+                let failure =
+                    trap_failure(&self.limits, guest.store.data(), &err, overflowed, budget);
+                (CallOutcome::Failed(failure), false)
             }
-            Ok(Ok(Err(exc))) => {
-                let memory = exc.type_ == "MemoryError" && guest.store.data().limiter.denied;
+            Ok(Ok(result)) => {
+                let (outcome, trusted) =
+                    self.handler_outcome(result, guest.store.data().limiter.denied);
+                (outcome, trusted && !worn_out)
+            }
+        }
+    }
+
+    /// What the handler's own answer means: its result (refused when over
+    /// `maxOutputBytes`), or its exception with the reason the host reports. The flag says
+    /// whether the instance may serve again: not after it tried to escape the sandbox or ran
+    /// out of memory.
+    fn handler_outcome(
+        &self,
+        result: Result<Option<String>, wit::HandlerError>,
+        memory_denied: bool,
+    ) -> (CallOutcome, bool) {
+        match result {
+            Err(exc) => {
+                let memory = exc.type_ == "MemoryError" && memory_denied;
                 let denied = exc.denied.is_some();
                 let reason = if memory {
                     Reason::MemoryLimit
@@ -446,60 +521,85 @@ impl WasmExecutor {
                     },
                 };
                 // A handler that tried to escape is not trusted with its instance again.
-                (
-                    CallOutcome::Failed(failure),
-                    !memory && !denied && !worn_out,
-                )
+                (CallOutcome::Failed(failure), !memory && !denied)
             }
-            Ok(Ok(Ok(None))) => (CallOutcome::ReturnedNone, !worn_out),
-            Ok(Ok(Ok(Some(text)))) => {
-                if text.len() > self.limits.max_output_bytes {
-                    let failure = Failure::host(
-                        Reason::OutputTooLarge,
-                        format!(
-                            "handler result is {} bytes, more than the allowed {}",
-                            text.len(),
-                            self.limits.max_output_bytes
-                        ),
-                    );
-                    (CallOutcome::Failed(failure), !worn_out)
-                } else {
-                    (CallOutcome::Returned(text), !worn_out)
-                }
+            Ok(None) => (CallOutcome::ReturnedNone, true),
+            Ok(Some(text)) if text.len() > self.limits.max_output_bytes => {
+                let failure = Failure::host(
+                    Reason::OutputTooLarge,
+                    format!(
+                        "handler result is {} bytes, more than the allowed {}",
+                        text.len(),
+                        self.limits.max_output_bytes
+                    ),
+                );
+                (CallOutcome::Failed(failure), true)
             }
+            Ok(Some(text)) => (CallOutcome::Returned(text), true),
         }
-    }
-
-    /// Moves the guest's captured stdout/stderr into the host log; returns whether it overflowed.
-    fn log_output(&self, store: &Store<GuestState>) -> bool {
-        let (stdout, stderr, overflowed) = store.data().output.drain();
-        for (stream, bytes) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
-            if bytes.is_empty() {
-                continue;
-            }
-            let text = String::from_utf8_lossy(&bytes);
-            for line in text.lines() {
-                match stream {
-                    Stream::Stdout => {
-                        tracing::info!(target: "asya::handler", actor = %self.actor, stream = "stdout", "{line}")
-                    }
-                    Stream::Stderr => {
-                        tracing::warn!(target: "asya::handler", actor = %self.actor, stream = "stderr", "{line}")
-                    }
-                }
-            }
-        }
-        if overflowed {
-            tracing::warn!(actor = %self.actor, limit = self.limits.max_log_bytes,
-                "handler output exceeded its limit and was cut");
-        }
-        overflowed
     }
 }
 
+/// The failure for an error that stopped the guest (a trap, the CPU deadline, the memory cap,
+/// too much output); the instance is then discarded.
+fn trap_failure(
+    limits: &SandboxLimits,
+    state: &GuestState,
+    err: &wasmtime::Error,
+    overflowed: bool,
+    budget: Duration,
+) -> Failure {
+    let (reason, kind) = if overflowed {
+        (Reason::OutputTooLarge, "output")
+    } else {
+        classify_trap(state, err)
+    };
+    let message = match reason {
+        Reason::Timeout => format!(
+            "handler exceeded its CPU deadline of {} ms",
+            budget.as_millis()
+        ),
+        Reason::MemoryLimit => format!(
+            "handler exceeded its memory cap of {} MiB",
+            limits.memory_bytes >> 20
+        ),
+        Reason::OutputTooLarge => format!(
+            "handler wrote more than {} bytes to stdout/stderr",
+            limits.max_log_bytes
+        ),
+        _ => format!("handler trapped ({kind}): {}", root_message(err)),
+    };
+    Failure::host(reason, message)
+}
+
+/// Moves the guest's captured stdout/stderr into the host log; returns whether it overflowed.
+fn log_output(actor: &str, limits: &SandboxLimits, state: &GuestState) -> bool {
+    let (stdout, stderr, overflowed) = state.output.drain();
+    for (stream, bytes) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
+        if bytes.is_empty() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines() {
+            match stream {
+                Stream::Stdout => {
+                    tracing::info!(target: "asya::handler", actor = %actor, stream = "stdout", "{line}")
+                }
+                Stream::Stderr => {
+                    tracing::warn!(target: "asya::handler", actor = %actor, stream = "stderr", "{line}")
+                }
+            }
+        }
+    }
+    if overflowed {
+        tracing::warn!(actor = %actor, limit = limits.max_log_bytes,
+            "handler output exceeded its limit and was cut");
+    }
+    overflowed
+}
+
 /// Reason and short kind for an error that stopped the guest.
-fn classify_trap(store: &Store<GuestState>, err: &wasmtime::Error) -> (Reason, &'static str) {
-    let state = store.data();
+fn classify_trap(state: &GuestState, err: &wasmtime::Error) -> (Reason, &'static str) {
     if state.timed_out {
         return (Reason::Timeout, "deadline");
     }
@@ -531,6 +631,9 @@ impl Executor for WasmExecutor {
     }
 
     async fn call(&self, input: String, timeout: Duration) -> CallOutcome {
+        if let Some(pool) = &self.concurrent {
+            return pool.call(self, input, timeout).await;
+        }
         // With more messages in flight than instances, a message waits here for a free one; the
         // wait counts against its timeout so it never outlives the transport's ack wait.
         let waited = Instant::now();
