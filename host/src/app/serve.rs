@@ -465,6 +465,7 @@ impl Fleet {
             let base = file.parent().unwrap_or(Path::new("."));
             HandlerSource::Component(component_path(&actor, &config.components, base)?)
         };
+        let calls_per_instance_cap = limits.max_instances * limits.max_concurrency;
         let built = builder::load_executor(
             &self.engine,
             &config.cache,
@@ -474,6 +475,16 @@ impl Fleet {
             actor.spec.mode,
         )
         .await?;
+        let in_flight_given = actor
+            .spec
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.max_in_flight.is_some());
+        if built.wasm.as_ref().is_some_and(|w| w.is_concurrent()) && !in_flight_given {
+            // An `async def` handler runs maxConcurrency calls in each of its maxInstances
+            // instances: that many messages in flight, unless maxInFlight says otherwise.
+            settings.concurrency = calls_per_instance_cap;
+        }
         tracing::info!(actor = actor.name(), namespace = %namespace,
             handler = %built.descriptor.handler, digest = %built.digest,
             cached = built.from_cache, "actor loaded");

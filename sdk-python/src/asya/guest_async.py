@@ -143,7 +143,9 @@ async def send(
             # A host without this timeout refuses it; `asya.http`'s own timeout still holds.
             with contextlib.suppress(Err):
                 setter(int(timeout * 1e9))
-    request, _sent = wasi_http.Request.new(
+    # `transmitted` resolves once the body is sent; it is held (not dropped) until the response
+    # is read: dropping it early can cut the body off under load.
+    request, transmitted = wasi_http.Request.new(
         wasi_http.Fields.from_list(entries), contents, _trailers(), options
     )
     request.set_method(_method(method))
@@ -161,10 +163,15 @@ async def send(
             with contextlib.suppress(Exception), writer:
                 await writer.write_all(body)
 
+    # The body is written while the request is sent (the host reads it as it goes).
+    writing = asyncio.ensure_future(write_body()) if writer is not None else None
     try:
-        response, _ = await asyncio.gather(client.send(request), write_body())
+        response = await client.send(request)
     except Err as err:
         raise _failure(url, err.value) from None
+    finally:
+        if writing is not None:
+            await writing
     status = response.get_status_code()
     received = [(k.lower(), v.decode("latin-1")) for k, v in response.get_headers().copy_all()]
     reader, _trailers_future = wasi_http.Response.consume_body(response, _done())
@@ -172,4 +179,5 @@ async def send(
     with reader:
         while not reader.writer_dropped:
             chunks.append(await reader.read(_READ_CHUNK))
+    del transmitted
     return status, received, b"".join(chunks)

@@ -114,7 +114,10 @@ async def request(
     else:
         send = _send_native(method.upper(), url, fields, data)
     try:
-        status, received, content = await asyncio.wait_for(send, timeout)
+        if timeout is None:
+            status, received, content = await send
+        else:
+            status, received, content = await asyncio.wait_for(send, timeout)
     except TimeoutError:
         raise HTTPError(f"HTTP request to {url} timed out after {timeout} s") from None
     return Response(status, received, content)
