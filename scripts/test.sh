@@ -32,6 +32,7 @@ echo "== benchmarks (short runs; full runs: cargo bench -p asya-host --bench NAM
 BENCH_MESSAGES=5000 cargo bench --locked --workspace --bench pipeline
 BENCH_MESSAGES=2000 cargo bench --locked --workspace --bench nats_pipeline
 BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench runtimes
+BENCH_ROUNDS=2 cargo bench --locked --workspace --bench async_calls
 BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench flow
 cargo bench --locked --workspace --bench oci_start
 BENCH_ROUNDS=10 cargo bench --locked --workspace --bench cold_start

@@ -278,3 +278,21 @@ async fn outbound_http_awaits_concurrently_and_only_to_granted_hosts() {
     );
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_handler_in_envelope_mode_carries_the_route_on() {
+    let mut envelope = ActorDef::new("wait-env", common::component("waits.wait", "envelope"));
+    envelope.settings.concurrency = 8;
+    let mut host = LocalHost::start(vec![envelope, one_instance("wait", 8)], common::cache())
+        .await
+        .unwrap();
+    assert!(host.executor("wait-env").unwrap().is_concurrent());
+    let route = vec!["wait-env".to_owned(), "wait".to_owned()];
+    let id = host.send(&route, json!({"text": "hi"})).await.unwrap();
+    let done = host.next_result(WAIT).await.unwrap();
+    assert_eq!(done.envelope.id, id);
+    assert_eq!(done.end_actor, SINK, "{:?}", done.envelope.status);
+    assert_eq!(done.envelope.payload, json!({"text": "hi"}));
+    assert_eq!(done.envelope.route.prev, vec!["wait-env", "wait"]);
+    host.shutdown().await.unwrap();
+}

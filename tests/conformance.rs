@@ -279,3 +279,45 @@ async fn a_native_result_over_max_output_bytes_is_refused_and_the_runtime_serves
     assert_eq!(env.payload["text"].as_str().unwrap().len(), 1000);
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_handlers_produce_identical_envelopes_on_wasm_and_native() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wasm = LocalHost::start(
+        vec![ActorDef::new(
+            "wait",
+            common::component("waits.wait", "payload"),
+        )],
+        common::cache(),
+    )
+    .await
+    .unwrap();
+    let mut python = LocalHost::start(
+        vec![python_def("wait", "waits.wait", Mode::Payload, dir.path())],
+        common::cache(),
+    )
+    .await
+    .unwrap();
+    assert!(wasm.executor("wait").unwrap().is_concurrent());
+    let cases = [
+        ("echo after a sleep", json!({"text": "hi", "sleep": 0.05})),
+        (
+            "raise after a sleep",
+            json!({"do": "raise", "i": 7, "sleep": 0.05}),
+        ),
+        ("gather", json!({"do": "gather", "n": 5, "each": 0.05})),
+        (
+            "wait_for times out",
+            json!({"do": "wait_for", "timeout": 0.05}),
+        ),
+        ("unknown action", json!({"do": "nope"})),
+    ];
+    for (name, payload) in cases {
+        let (wasm_end, wasm_env) = run(&mut wasm, &["wait"], &payload).await;
+        let (python_end, python_env) = run(&mut python, &["wait"], &payload).await;
+        assert_eq!(wasm_end, python_end, "case {name}: end actor");
+        assert_eq!(normalised(wasm_env), normalised(python_env), "case {name}");
+    }
+    wasm.shutdown().await.unwrap();
+    python.shutdown().await.unwrap();
+}

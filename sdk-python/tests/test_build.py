@@ -21,8 +21,32 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_adapter_is_valid_python() -> None:
     for mode in ("payload", "envelope"):
-        compile(render(HandlerRef("m", "C", "f"), mode, "0.0"), "adapter", "exec")
-        compile(render(HandlerRef("m", None, "f"), mode, "0.0"), "adapter", "exec")
+        for is_async in (False, True):
+            for ref in (HandlerRef("m", "C", "f"), HandlerRef("m", None, "f")):
+                compile(render(ref, mode, "0.0", is_async), "adapter", "exec")
+
+
+def test_async_adapter_awaits_the_handler_and_installs_timers() -> None:
+    source = render(HandlerRef("m", None, "f"), "payload", "0.0", is_async=True)
+    assert "async def handle(self, input):" in source
+    assert "await _h.call_async(" in source
+    assert "_async.install()" in source
+    plain = render(HandlerRef("m", None, "f"), "payload", "0.0")
+    assert "async def handle" not in plain and "_asya_async" not in plain
+
+
+def test_an_async_handler_builds_into_the_async_world(handlers: Path, tmp_path: Path) -> None:
+    (handlers / "judge.py").write_text(
+        "import asyncio\nimport asya.http\n\n"
+        "async def judge(p):\n    await asyncio.sleep(0)\n    return {**p, 'ok': True}\n"
+    )
+    started: list[str] = []
+    result = build("judge.judge", handlers, tmp_path / "judge.wasm", on_start=started.append)
+    assert started == ["componentize-py judge.judge (payload, async)"]
+    data = result.output.read_bytes()
+    # The async export and the WASI 0.3 imports are in the component's type section.
+    assert b"wasi:http/client@0.3.0" in data
+    assert b"wasi:clocks/monotonic-clock@0.3.0" in data
 
 
 def test_build_then_rebuild_from_cache(handlers: Path, tmp_path: Path) -> None:

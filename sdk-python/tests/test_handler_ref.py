@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from asya.handler_ref import BuildError, HandlerRef, check_source, resolve
+from asya.handler_ref import BuildError, HandlerRef, check_source, is_async_handler, resolve
 
 
 def write(d: Path, name: str, text: str) -> Path:
@@ -91,3 +91,27 @@ def test_class_without_the_method(handlers: Path) -> None:
     write(handlers, "model.py", "class M:\n    def run(self, p):\n        return p\n")
     with pytest.raises(BuildError, match=r"has no method 'process' \(it has: run\)"):
         check("model.M.process", handlers)
+
+
+def test_async_handlers_are_told_from_the_source(handlers: Path) -> None:
+    write(
+        handlers,
+        "mix.py",
+        "import json\n\n"
+        "async def judge(p):\n    return p\n\n"
+        "def plain(p):\n    return p\n\n"
+        "class Model:\n"
+        "    async def process(self, p):\n        return p\n\n"
+        "    def sync(self, p):\n        return p\n\n"
+        "bound = plain\n",
+    )
+    expected = {
+        "mix.judge": True,
+        "mix.plain": False,
+        "mix.Model.process": True,
+        "mix.Model.sync": False,
+        "mix.bound": False,  # bound dynamically: built as a plain function
+    }
+    for ref, is_async in expected.items():
+        handler, path = resolve(ref, handlers)
+        assert is_async_handler(handler, path) is is_async, ref

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 /// `(path under the install directory, contents)` of every file of the runtime.
-pub const RUNTIME_FILES: [(&str, &str); 3] = [
+pub const RUNTIME_FILES: [(&str, &str); 4] = [
     (
         "asya/__init__.py",
         include_str!("../../../sdk-python/src/asya/__init__.py"),
@@ -21,6 +21,11 @@ pub const RUNTIME_FILES: [(&str, &str); 3] = [
     (
         "asya/handling.py",
         include_str!("../../../sdk-python/src/asya/handling.py"),
+    ),
+    // Not the runtime's own: what an `async def` handler imports to await HTTP.
+    (
+        "asya/http.py",
+        include_str!("../../../sdk-python/src/asya/http.py"),
     ),
 ];
 
