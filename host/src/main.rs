@@ -351,14 +351,14 @@ async fn pull(reference: String, output: Option<PathBuf>) -> Result<i32> {
 
 async fn inspect(component: PathBuf) -> Result<i32> {
     let engine = asya_host::runtime::sandbox::SandboxEngine::new()?;
-    let loaded = ComponentCache::new(default_cache_dir()).load_file(engine.engine(), &component)?;
+    let loaded = ComponentCache::new(default_cache_dir()).load_file_in(&engine, &component)?;
     let ty = loaded.component.component_type();
     let imports: Vec<String> = ty
-        .imports(engine.engine())
+        .imports(loaded.component.engine())
         .map(|(name, _)| name.to_owned())
         .collect();
     let exports: Vec<String> = ty
-        .exports(engine.engine())
+        .exports(loaded.component.engine())
         .map(|(name, _)| name.to_owned())
         .collect();
     let executor = asya_host::runtime::wasm::WasmExecutor::load(

@@ -161,7 +161,7 @@ pub async fn load_component(
             .with_context(|| format!("actor '{name}'"))?;
         return tokio::task::spawn_blocking(move || {
             cache
-                .load_verified(engine.engine(), &fetched.path, &fetched.digest)
+                .load_verified_in(&engine, &fetched.path, &fetched.digest)
                 .with_context(|| format!("actor '{name}'"))
         })
         .await
@@ -169,7 +169,7 @@ pub async fn load_component(
     }
     tokio::task::spawn_blocking(move || {
         cache
-            .load_file(engine.engine(), &path)
+            .load_file_in(&engine, &path)
             .with_context(|| format!("actor '{name}'"))
     })
     .await

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-use crate::runtime::sandbox::WasmtimeResultExt;
+use crate::runtime::sandbox::{SandboxEngine, WasmtimeResultExt};
 
 /// A compiled component and where it came from.
 #[derive(Clone)]
@@ -39,20 +39,33 @@ impl LoadedComponent {
 
 /// A compiled artifact in the cache: an actor that let go of its component while idle maps it
 /// again from here on its next message (milliseconds, no compile).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Reloadable {
     cache: ComponentCache,
+    /// The engine it was compiled for.
+    engine: Engine,
     artifact: PathBuf,
     digest: String,
     /// The component file it was compiled from: compiled again if the artifact disappears.
     source: Option<PathBuf>,
 }
 
+impl std::fmt::Debug for Reloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloadable")
+            .field("artifact", &self.artifact)
+            .field("digest", &self.digest)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Reloadable {
     /// Maps the component again (or shares the copy another actor holds). If the artifact was
     /// removed from the cache meanwhile, compiles the component file again (seconds), provided
     /// it still has the same digest.
-    pub fn load(&self, engine: &Engine) -> Result<LoadedComponent> {
+    pub fn load(&self) -> Result<LoadedComponent> {
+        let engine = &self.engine;
         if let Some(mut shared) = self.cache.shared(engine, &self.digest) {
             shared.reload = Some(self.clone()); // keeps the component file to recompile from
             return Ok(shared);
@@ -164,8 +177,10 @@ impl ComponentCache {
     /// The on-disk artifact of `digest`, when there is one.
     fn reloadable(&self, engine: &Engine, digest: &str) -> Option<Reloadable> {
         let artifact = self.artifact_path(engine, digest)?;
+        let engine = engine.clone();
         artifact.exists().then(|| Reloadable {
             cache: self.clone(),
+            engine,
             artifact,
             digest: digest.to_owned(),
             source: None,
@@ -175,6 +190,36 @@ impl ComponentCache {
     /// The cache's root directory (OCI blobs live beside the compiled artifacts).
     pub fn root(&self) -> Option<&Path> {
         self.root.as_deref()
+    }
+
+    /// Loads a component file on the engine it needs (see [`SandboxEngine::engine_for`]), from
+    /// the compiled cache when possible.
+    pub fn load_file_in(&self, engines: &SandboxEngine, path: &Path) -> Result<LoadedComponent> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+        self.load_bytes(engines.engine_for(&bytes), &bytes)
+            .map(|loaded| loaded.with_source(path))
+            .with_context(|| format!("loading component {}", path.display()))
+    }
+
+    /// [`ComponentCache::load_verified`] on the engine the component needs: a compiled artifact
+    /// for either engine is used as is; otherwise the file is read to tell which.
+    pub fn load_verified_in(
+        &self,
+        engines: &SandboxEngine,
+        path: &Path,
+        digest: &str,
+    ) -> Result<LoadedComponent> {
+        for engine in engines.engines() {
+            let cached = self.shared(engine, digest).is_some()
+                || self
+                    .artifact_path(engine, digest)
+                    .is_some_and(|p| p.exists());
+            if cached {
+                return self.load_verified(engine, path, digest);
+            }
+        }
+        self.load_file_in(engines, path)
     }
 
     /// Loads a component whose digest is already known and verified (an OCI blob): with a warm

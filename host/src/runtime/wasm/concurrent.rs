@@ -107,7 +107,7 @@ async fn instantiate(
             "a plain function's component has no concurrent pool",
         ));
     };
-    let mut store = Store::new(exec.engine.engine(), GuestState::new(&exec.limits));
+    let mut store = Store::new(pre.engine(), GuestState::new(&exec.limits));
     configure_concurrent_store(&mut store, exec.limits.cpu_timeout);
     let result = pre.instantiate_async(&mut store).await;
     log_output(&exec.actor, &exec.limits, store.data());

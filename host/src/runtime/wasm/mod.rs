@@ -105,13 +105,10 @@ enum Linked {
 }
 
 /// Whether the component's `handle` export is a component-model async function.
-fn exports_async_handle(
-    engine: &SandboxEngine,
-    component: &wasmtime::component::Component,
-) -> bool {
+fn exports_async_handle(component: &wasmtime::component::Component) -> bool {
     let ty = component.component_type();
     matches!(
-        ty.get_export(engine.engine(), "handle").map(|e| e.ty),
+        ty.get_export(component.engine(), "handle").map(|e| e.ty),
         Some(wasmtime::component::types::ComponentItem::ComponentFunc(f)) if f.async_()
     )
 }
@@ -136,7 +133,7 @@ pub struct WasmExecutor {
 
 fn link(actor: &str, engine: &SandboxEngine, component: &LoadedComponent) -> Result<Resident> {
     let instance_pre = engine
-        .linker()
+        .linker_for(component.component.engine())
         .instantiate_pre(&component.component)
         .anyhow()
         .with_context(|| {
@@ -145,7 +142,7 @@ fn link(actor: &str, engine: &SandboxEngine, component: &LoadedComponent) -> Res
                  (was it built by `asya build`?)"
             )
         })?;
-    let linked = if exports_async_handle(engine, &component.component) {
+    let linked = if exports_async_handle(&component.component) {
         Linked::Concurrent(instance_pre)
     } else {
         Linked::Sync(
@@ -271,7 +268,7 @@ impl WasmExecutor {
         let engine = self.engine.clone();
         let actor = self.actor.clone();
         let resident = tokio::task::spawn_blocking(move || {
-            let loaded = reload.load(engine.engine())?;
+            let loaded = reload.load()?;
             link(&actor, &engine, &loaded)
         })
         .await
@@ -411,7 +408,7 @@ impl WasmExecutor {
                 "an async component is called through its concurrent pool",
             ));
         };
-        let mut store = Store::new(self.engine.engine(), GuestState::new(&self.limits));
+        let mut store = Store::new(pre.instance_pre().engine(), GuestState::new(&self.limits));
         configure_store(&mut store);
         // The component runs code while instantiating, so the deadline is set first.
         store.data_mut().deadline = Instant::now() + self.limits.cpu_timeout;
