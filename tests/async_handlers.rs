@@ -159,7 +159,7 @@ async fn a_call_that_spins_after_an_await_hits_the_cpu_deadline() {
         "wait",
         vec![
             json!({"i": "spin", "sleep": 0.1, "do": "spin"}),
-            json!({"i": "blocked", "sleep": 0.1, "do": "block", "seconds": 30}),
+            json!({"i": "waiting", "sleep": 2}),
         ],
     )
     .await;
@@ -294,5 +294,40 @@ async fn an_async_handler_in_envelope_mode_carries_the_route_on() {
     assert_eq!(done.end_actor, SINK, "{:?}", done.envelope.status);
     assert_eq!(done.envelope.payload, json!({"text": "hi"}));
     assert_eq!(done.envelope.route.prev, vec!["wait-env", "wait"]);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_blocks_in_a_synchronous_sleep_is_stopped_by_the_cpu_deadline() {
+    let mut def = one_instance("wait", 16);
+    def.limits.cpu_timeout = Duration::from_millis(500);
+    def.settings.timeout = Duration::from_secs(20);
+    let mut host = LocalHost::start(vec![def], common::cache()).await.unwrap();
+    let started = Instant::now();
+    let done = run_all(
+        &mut host,
+        "wait",
+        vec![
+            json!({"i": "blocked", "sleep": 0.1, "do": "block", "seconds": 30}),
+            json!({"i": "waiting", "sleep": 2}),
+        ],
+    )
+    .await;
+    for (end, env) in &done {
+        assert_eq!(end, SUMP);
+        assert_eq!(reason(env), Some(Reason::Timeout), "{:?}", env.status);
+        let message = &env.status.as_ref().unwrap().error.as_ref().unwrap().message;
+        assert!(
+            message.contains("blocked in a synchronous call"),
+            "{message}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped by the watchdog, not the 20 s actor timeout: {:?}",
+        started.elapsed()
+    );
+    let done = run_all(&mut host, "wait", vec![json!({"i": "after", "sleep": 0.1})]).await;
+    assert_eq!(done[0].0, SINK, "{:?}", done[0].1.status);
     host.shutdown().await.unwrap();
 }

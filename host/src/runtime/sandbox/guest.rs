@@ -102,6 +102,47 @@ pub fn configure_store(store: &mut wasmtime::Store<GuestState>) {
     });
 }
 
+/// When an async instance's guest last went into a host call that has not returned: a
+/// synchronous call inside an `async def` handler (`time.sleep`, `urllib.request`) blocks the
+/// whole instance there, where no epoch callback runs. Read from outside the store, by the
+/// instance's watchdog.
+#[derive(Debug)]
+pub struct HostCallClock {
+    origin: Instant,
+    /// Microseconds after `origin` when the current host call began; 0: not in a host call.
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl HostCallClock {
+    fn new() -> Self {
+        HostCallClock {
+            origin: Instant::now(),
+            since: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn enter(&self) {
+        let micros = self.origin.elapsed().as_micros() as u64;
+        self.since
+            .store(micros.max(1), std::sync::atomic::Ordering::Release);
+    }
+
+    fn leave(&self) {
+        self.since.store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How long the guest has been inside its current host call (zero when it is not in one).
+    pub fn blocked_for(&self) -> std::time::Duration {
+        match self.since.load(std::sync::atomic::Ordering::Acquire) {
+            0 => std::time::Duration::ZERO,
+            since => self
+                .origin
+                .elapsed()
+                .saturating_sub(std::time::Duration::from_micros(since)),
+        }
+    }
+}
+
 /// A gap this long between two epoch callbacks means the guest was not running in between
 /// (every call in the instance was awaiting); its next run of code starts a new slice.
 const SLICE_GAP: std::time::Duration = std::time::Duration::from_millis(100);
@@ -113,10 +154,23 @@ const SLICE_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 /// longer than [`SLICE_GAP`] since the previous one means the guest was idle in between. A slice
 /// longer than `budget` (a handler that spins, or blocks in a synchronous call, after an await)
 /// stops the instance, and with it every call in flight there.
+///
+/// The returned clock tells how long the guest has been inside a host call: the instance's
+/// watchdog stops an instance blocked in one for longer than `budget`.
 pub fn configure_concurrent_store(
     store: &mut wasmtime::Store<GuestState>,
     budget: std::time::Duration,
-) {
+) -> std::sync::Arc<HostCallClock> {
+    let clock = std::sync::Arc::new(HostCallClock::new());
+    let hook_clock = clock.clone();
+    store.call_hook(move |_, hook| {
+        match hook {
+            wasmtime::CallHook::CallingHost => hook_clock.enter(),
+            wasmtime::CallHook::ReturningFromHost => hook_clock.leave(),
+            _ => {}
+        }
+        Ok(())
+    });
     store.limiter(|state| &mut state.limiter);
     store.data_mut().slice_budget = Some(budget);
     store.set_epoch_deadline(YIELD_EVERY_TICKS);
@@ -136,4 +190,5 @@ pub fn configure_concurrent_store(
         }
         Ok(wasmtime::UpdateDeadline::Yield(YIELD_EVERY_TICKS))
     });
+    clock
 }

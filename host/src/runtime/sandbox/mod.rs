@@ -11,6 +11,6 @@ pub mod output;
 
 pub(crate) use engine::WasmtimeResultExt;
 pub use engine::{PoolingSettings, SandboxEngine, EPOCH_TICK};
-pub use guest::{configure_concurrent_store, configure_store, GuestState};
+pub use guest::{configure_concurrent_store, configure_store, GuestState, HostCallClock};
 pub use limits::{MemoryLimiter, SandboxLimits};
 pub use output::{CapturedOutput, Stream, OUTPUT_OVERFLOW_TRAP};

@@ -13,7 +13,9 @@
 //!   slot within its timeout.
 //! - CPU: guest code running without awaiting is bounded by `cpuTimeout`
 //!   ([`configure_concurrent_store`]); past it the instance stops, failing its calls in flight
-//!   (a store traps as a whole).
+//!   (a store traps as a whole). A synchronous call that blocks inside an async handler
+//!   (`time.sleep`, `urllib.request`) holds the whole instance in a host call, where no epoch
+//!   callback runs: the instance's watchdog stops it after `cpuTimeout` the same way.
 //! - Memory: the cap is per instance, shared by its calls; a refused growth fails the call that
 //!   raised `MemoryError` with `MemoryLimit`, and the instance takes no new calls.
 //! - A call whose caller gave up (timeout) cannot be cancelled inside the guest (wasmtime 48 has
@@ -24,7 +26,7 @@ use super::{log_output, trap_failure, wit, Descriptor, Linked, PoolStats, WasmEx
 use crate::message::envelope::Reason;
 use crate::runtime::executor::{CallOutcome, Failure, Mode};
 use crate::runtime::sandbox::{
-    configure_concurrent_store, GuestState, SandboxLimits, WasmtimeResultExt,
+    configure_concurrent_store, GuestState, HostCallClock, SandboxLimits, WasmtimeResultExt,
 };
 use anyhow::Context;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -65,6 +67,8 @@ struct Shared {
     /// Takes no new calls: its memory or sandbox is no longer trusted, or it is worn out.
     retiring: AtomicBool,
     last_used: Mutex<Instant>,
+    /// Why the watchdog stopped the instance (its callers read it: their replies are gone).
+    stopped: Mutex<Option<Failure>>,
 }
 
 /// One instance, as the pool sees it.
@@ -100,7 +104,14 @@ enum Stop {
 /// Instantiates the component in a store set up for concurrent calls.
 async fn instantiate(
     exec: &WasmExecutor,
-) -> Result<(Store<GuestState>, wasmtime::component::Instance), Failure> {
+) -> Result<
+    (
+        Store<GuestState>,
+        wasmtime::component::Instance,
+        Arc<HostCallClock>,
+    ),
+    Failure,
+> {
     let Linked::Concurrent(pre) = exec.ready().await? else {
         return Err(Failure::host(
             Reason::Trap,
@@ -108,13 +119,13 @@ async fn instantiate(
         ));
     };
     let mut store = Store::new(pre.engine(), GuestState::new(&exec.limits));
-    configure_concurrent_store(&mut store, exec.limits.cpu_timeout);
+    let clock = configure_concurrent_store(&mut store, exec.limits.cpu_timeout);
     let result = pre.instantiate_async(&mut store).await;
     log_output(&exec.actor, &exec.limits, store.data());
     match result {
         Ok(instance) => {
             exec.stats.instantiated.fetch_add(1, Ordering::Relaxed);
-            Ok((store, instance))
+            Ok((store, instance, clock))
         }
         Err(err) => {
             let failure = trap_failure(
@@ -137,7 +148,7 @@ async fn instantiate(
 
 /// Asks a fresh instance what it wraps, and checks that `handle` has the contract's type.
 pub(super) async fn describe(exec: &WasmExecutor) -> anyhow::Result<Descriptor> {
-    let (mut store, instance) = instantiate(exec)
+    let (mut store, instance, _) = instantiate(exec)
         .await
         .map_err(|f| anyhow::anyhow!(f.error.message))?;
     instance
@@ -261,10 +272,19 @@ impl ConcurrentPool {
                 outcome
             }
             Ok(Ok(Answer::Stopped(failure))) => CallOutcome::Failed(failure),
-            Ok(Err(_)) => CallOutcome::Failed(Failure::host(
-                Reason::Trap,
-                "the instance's driver ended with the call in flight",
-            )),
+            Ok(Err(_)) => CallOutcome::Failed(
+                shared
+                    .stopped
+                    .lock()
+                    .expect("stop lock")
+                    .clone()
+                    .unwrap_or_else(|| {
+                        Failure::host(
+                            Reason::Trap,
+                            "the instance's driver ended with the call in flight",
+                        )
+                    }),
+            ),
             Err(_) => CallOutcome::Failed(Failure::host(
                 Reason::Timeout,
                 format!(
@@ -308,7 +328,7 @@ impl ConcurrentPool {
         if let Some(room) = self.take_room() {
             return Ok(room);
         }
-        let (mut store, instance) = instantiate(exec).await?;
+        let (mut store, instance, clock) = instantiate(exec).await?;
         let handle = instance
             .get_typed_func::<(String,), (HandleResult,)>(&mut store, "handle")
             .map_err(|err| {
@@ -322,6 +342,7 @@ impl ConcurrentPool {
             in_flight: AtomicUsize::new(1),
             retiring: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
+            stopped: Mutex::new(None),
         });
         let driver = Driver {
             actor: exec.actor.clone(),
@@ -329,12 +350,63 @@ impl ConcurrentPool {
             stats: exec.stats.clone(),
             shared: shared.clone(),
         };
-        tokio::spawn(driver.run(store, handle, receiver));
+        let running = tokio::spawn(driver.run(store, handle, receiver));
+        tokio::spawn(watch(
+            running,
+            clock,
+            shared.clone(),
+            exec.stats.clone(),
+            exec.actor.clone(),
+            exec.limits.cpu_timeout,
+        ));
         self.instances.lock().expect("pool lock").push(Instance {
             jobs: jobs.clone(),
             shared: shared.clone(),
         });
         Ok((jobs, shared))
+    }
+}
+
+/// Stops the instance whose driver is `running` when its guest has been inside one host call for
+/// longer than `budget`: a synchronous call blocking an async handler (no epoch callback runs
+/// there, so the CPU deadline cannot see it). Ends when the driver does.
+async fn watch(
+    mut running: tokio::task::JoinHandle<()>,
+    clock: Arc<HostCallClock>,
+    shared: Arc<Shared>,
+    stats: Arc<PoolStats>,
+    actor: String,
+    budget: Duration,
+) {
+    let mut check = tokio::time::interval(
+        (budget / 4).clamp(Duration::from_millis(10), Duration::from_millis(500)),
+    );
+    loop {
+        tokio::select! {
+            _ = &mut running => return,
+            _ = check.tick() => {
+                let blocked = clock.blocked_for();
+                if blocked < budget {
+                    continue;
+                }
+                let calls = shared.in_flight.load(Ordering::Acquire);
+                let message = format!(
+                    "a call in this instance blocked in a synchronous call (time.sleep, \
+                     urllib.request, ...) for {} ms, past its CPU deadline of {} ms: an async \
+                     handler must await; the instance was stopped with its {calls} calls in flight",
+                    blocked.as_millis(),
+                    budget.as_millis()
+                );
+                tracing::warn!(actor = %actor, "{message}");
+                *shared.stopped.lock().expect("stop lock") =
+                    Some(Failure::host(Reason::Timeout, message));
+                shared.retiring.store(true, Ordering::Release);
+                running.abort();
+                stats.traps.fetch_add(1, Ordering::Relaxed);
+                stats.discarded.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
     }
 }
 
