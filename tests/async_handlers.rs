@@ -331,3 +331,34 @@ async fn a_call_that_blocks_in_a_synchronous_sleep_is_stopped_by_the_cpu_deadlin
     assert_eq!(done[0].0, SINK, "{:?}", done[0].1.status);
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_without_max_in_flight_takes_instances_times_concurrency_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wait.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: asya.sh/v1alpha1\nkind: AsyncActor\nmetadata: {name: wait}\n\
+         spec:\n  handler: waits.wait\n  sandbox: {maxInstances: 1, maxConcurrency: 40}\n",
+    )
+    .unwrap();
+    let manifest = asya_host::actor::manifest::load_file(&file)
+        .unwrap()
+        .remove(0);
+    let def = ActorDef::from_manifest(&manifest, waits()).unwrap();
+    assert_eq!(
+        def.settings.concurrency, 1,
+        "maxInstances, before the handler is known"
+    );
+    let mut host = LocalHost::start(vec![def], common::cache()).await.unwrap();
+    let started = Instant::now();
+    let payloads = (0..40).map(|i| json!({"i": i, "sleep": 0.5})).collect();
+    let done = run_all(&mut host, "wait", payloads).await;
+    assert!(done.iter().all(|(end, _)| end == SINK));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "40 calls of 0.5 s with 1 x 40 in flight took {:?}",
+        started.elapsed()
+    );
+    host.shutdown().await.unwrap();
+}

@@ -102,6 +102,18 @@ pub async fn load_executor(
     })
 }
 
+/// An `async def` handler runs `maxConcurrency` calls in each of its `maxInstances` instances:
+/// that many messages in flight, for an actor whose manifest does not set `maxInFlight`.
+pub fn apply_async_in_flight(
+    loaded: &LoadedExecutor,
+    settings: &mut SidecarSettings,
+    limits: &SandboxLimits,
+) {
+    if loaded.wasm.as_ref().is_some_and(|w| w.is_concurrent()) {
+        settings.concurrency = limits.max_instances * limits.max_concurrency;
+    }
+}
+
 /// What a sidecar needs besides its executor and transport.
 #[derive(Clone, Default)]
 pub struct SidecarParts {

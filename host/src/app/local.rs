@@ -43,6 +43,9 @@ pub struct ActorDef {
     pub resiliency: Resiliency,
     /// Run the handler in the native-Python runtime instead of the WASM component.
     pub python: Option<PythonRuntimeConfig>,
+    /// If the component turns out to be an `async def` handler, take `maxInstances` ×
+    /// `maxConcurrency` messages in flight (a manifest without `maxInFlight`).
+    pub async_in_flight_default: bool,
 }
 
 impl ActorDef {
@@ -56,6 +59,7 @@ impl ActorDef {
             settings: SidecarSettings::default(),
             resiliency: Resiliency::default(),
             python: None,
+            async_in_flight_default: false,
         }
     }
 
@@ -69,6 +73,11 @@ impl ActorDef {
             settings: manifest.sidecar_settings()?,
             resiliency: manifest.resiliency()?,
             python: None,
+            async_in_flight_default: !manifest
+                .spec
+                .sandbox
+                .as_ref()
+                .is_some_and(|s| s.max_in_flight.is_some()),
         })
     }
 }
@@ -150,8 +159,12 @@ impl LocalHost {
                 from_cache: built.from_cache,
                 load_time: built.load_time,
             });
+            let mut settings = def.settings.clone();
+            if def.async_in_flight_default {
+                builder::apply_async_in_flight(&built, &mut settings, &def.limits);
+            }
             let parts = SidecarParts {
-                settings: def.settings.clone(),
+                settings,
                 resiliency: def.resiliency.clone(),
                 ..SidecarParts::default()
             };

@@ -465,7 +465,7 @@ impl Fleet {
             let base = file.parent().unwrap_or(Path::new("."));
             HandlerSource::Component(component_path(&actor, &config.components, base)?)
         };
-        let calls_per_instance_cap = limits.max_instances * limits.max_concurrency;
+        let sandbox_limits = limits.clone();
         let built = builder::load_executor(
             &self.engine,
             &config.cache,
@@ -480,10 +480,8 @@ impl Fleet {
             .sandbox
             .as_ref()
             .is_some_and(|s| s.max_in_flight.is_some());
-        if built.wasm.as_ref().is_some_and(|w| w.is_concurrent()) && !in_flight_given {
-            // An `async def` handler runs maxConcurrency calls in each of its maxInstances
-            // instances: that many messages in flight, unless maxInFlight says otherwise.
-            settings.concurrency = calls_per_instance_cap;
+        if !in_flight_given {
+            builder::apply_async_in_flight(&built, &mut settings, &sandbox_limits);
         }
         tracing::info!(actor = actor.name(), namespace = %namespace,
             handler = %built.descriptor.handler, digest = %built.digest,
