@@ -73,11 +73,11 @@ impl ActorDef {
             settings: manifest.sidecar_settings()?,
             resiliency: manifest.resiliency()?,
             python: None,
-            async_in_flight_default: !manifest
+            async_in_flight_default: manifest
                 .spec
                 .sandbox
                 .as_ref()
-                .is_some_and(|s| s.max_in_flight.is_some()),
+                .is_none_or(|s| s.max_in_flight.is_none()),
         })
     }
 }
