@@ -18,9 +18,7 @@ mod common;
 mod support;
 
 use asya_host::app::local::{ActorDef, LocalHost};
-use asya_host::runtime::executor::Mode;
 use asya_host::runtime::outbound::HostAllowlist;
-use asya_host::runtime::python::{PythonRuntimeConfig, SpawnSpec};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,16 +33,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 /// The fake model: every request is answered after `latency`, with a small JSON completion.
@@ -164,19 +152,13 @@ fn main() -> anyhow::Result<()> {
         sync_64.limits.max_instances = 64;
         let mut native = ActorDef::new("native", std::path::PathBuf::new());
         sidecar(&mut native);
-        native.python = Some(PythonRuntimeConfig {
-            socket: dir.path().join("native.sock"),
-            spawn: Some(SpawnSpec {
-                python: common::repo_root().join(".venv/bin/python"),
-                handler: "waits.wait".into(),
-                mode: Mode::Payload,
-                source_dir: common::repo_root().join("tests/fixtures/handlers"),
-                env: vec![],
-            }),
-            ready_timeout: Duration::from_secs(60),
-            max_in_flight: in_flight,
-            max_output_bytes: 8 << 20,
-        });
+        native.python = Some(support::native_runtime(
+            common::repo_root().join(".venv/bin/python"),
+            common::repo_root().join("tests/fixtures/handlers"),
+            "waits.wait",
+            dir.path().join("native.sock"),
+            in_flight,
+        ));
         let mut host =
             LocalHost::start(vec![async_one, sync_4, sync_64, native], common::cache()).await?;
         let async_payload = json!({"do": "fetch", "method": "POST", "url": url, "body": "{\"prompt\": \"judge this\"}"});
@@ -208,7 +190,7 @@ fn main() -> anyhow::Result<()> {
                 // Ten latencies' worth of calls at full capacity (at least 40 messages), so that
                 // the first and last waves weigh little.
                 let messages = (capacity * 10).max(40).min(in_flight * 10);
-                let rss_before = rss_bytes();
+                let rss_before = support::rss_bytes();
                 let peak_rss = Arc::new(AtomicU64::new(rss_before));
                 let peak_calls = Arc::new(AtomicU64::new(0));
                 let sampling = Arc::new(AtomicBool::new(true));
@@ -218,7 +200,7 @@ fn main() -> anyhow::Result<()> {
                     let executor = host.executor(name).cloned();
                     tokio::spawn(async move {
                         while sampling.load(Ordering::Relaxed) {
-                            peak_rss.fetch_max(rss_bytes(), Ordering::Relaxed);
+                            peak_rss.fetch_max(support::rss_bytes(), Ordering::Relaxed);
                             if let Some(executor) = &executor {
                                 peak_calls.fetch_max(executor.calls_in_flight() as u64, Ordering::Relaxed);
                             }

@@ -36,16 +36,6 @@ use support::{Outcomes, Report};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 fn leb128(mut n: usize, out: &mut Vec<u8>) {
     loop {
         let byte = (n & 0x7f) as u8;
@@ -104,7 +94,7 @@ async fn measure(paths: &[PathBuf], cache: &Path, keep_loaded: bool) -> anyhow::
     let mut host = LocalHost::start(defs, ComponentCache::new(Some(cache.to_path_buf()))).await?;
     let load = started.elapsed();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss = rss_bytes();
+    let rss = support::rss_bytes();
     if std::env::var_os("DENSITY_SMAPS").is_some() {
         // Where the resident memory is: anonymous (heaps, linear memories) vs file/shmem.
         let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();

@@ -21,8 +21,6 @@ mod support;
 
 use asya_host::app::local::{ActorDef, LocalHost};
 use asya_host::runtime::executor::Executor;
-use asya_host::runtime::executor::Mode;
-use asya_host::runtime::python::{PythonRuntimeConfig, SpawnSpec};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -50,19 +48,13 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let mut python = ActorDef::new("native", std::path::PathBuf::new());
-        python.python = Some(PythonRuntimeConfig {
-            socket: dir.path().join("native.sock"),
-            spawn: Some(SpawnSpec {
-                python: common::repo_root().join(".venv/bin/python"),
-                handler: "behaviours.behave".into(),
-                mode: Mode::Payload,
-                source_dir: common::repo_root().join("tests/fixtures/handlers"),
-                env: vec![],
-            }),
-            ready_timeout: Duration::from_secs(60),
-            max_in_flight: IN_FLIGHT,
-            max_output_bytes: 8 << 20,
-        });
+        python.python = Some(support::native_runtime(
+            common::repo_root().join(".venv/bin/python"),
+            common::repo_root().join("tests/fixtures/handlers"),
+            "behaviours.behave",
+            dir.path().join("native.sock"),
+            IN_FLIGHT,
+        ));
         let mut wasm = ActorDef::new("wasm", common::component("behaviours.behave", "payload"));
         wasm.limits.max_instances = IN_FLIGHT;
         let mut host = LocalHost::start(vec![wasm, python], common::cache()).await?;

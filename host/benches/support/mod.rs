@@ -435,3 +435,38 @@ fn figure(v: f64) -> String {
     };
     format!("{v:.decimals$}")
 }
+
+/// This process's resident set, in bytes (Linux `/proc/self/statm`; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// A native-Python runtime this process spawns for `handler` (from `tests/fixtures/handlers`,
+/// payload mode), listening on `socket`, with `in_flight` calls at once.
+pub fn native_runtime(
+    python: std::path::PathBuf,
+    source_dir: std::path::PathBuf,
+    handler: &str,
+    socket: std::path::PathBuf,
+    in_flight: usize,
+) -> asya_host::runtime::python::PythonRuntimeConfig {
+    asya_host::runtime::python::PythonRuntimeConfig {
+        socket,
+        spawn: Some(asya_host::runtime::python::SpawnSpec {
+            python,
+            handler: handler.into(),
+            mode: asya_host::runtime::executor::Mode::Payload,
+            source_dir,
+            env: vec![],
+        }),
+        ready_timeout: Duration::from_secs(60),
+        max_in_flight: in_flight,
+        max_output_bytes: 8 << 20,
+    }
+}

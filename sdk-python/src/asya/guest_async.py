@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import componentize_py_async_support as support
 import wit_world
-from _asya_sandbox import SandboxDenied
+from _asya_sandbox import FORBIDDEN_HEADERS, SandboxDenied, wasi_method
 from componentize_py_types import Err, Ok
 from wit_world.imports import client
 from wit_world.imports import wasi_clocks_monotonic_clock_0_3_0 as clock
@@ -30,11 +30,6 @@ from wit_world.imports import wasi_http_types_0_3_0 as wasi_http
 
 __all__ = ["install", "send"]
 
-# wasi:http refuses these request headers (hop-by-hop ones the host sets itself).
-_FORBIDDEN_HEADERS = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host",
-     "http2-settings", "te", "proxy-authenticate", "proxy-authorization"}
-)  # fmt: skip
 _READ_CHUNK = 64 * 1024
 
 
@@ -87,18 +82,6 @@ def install() -> None:
     loop_class._timer_handle_cancelled = _timer_cancelled
 
 
-def _method(name: str) -> object:
-    known = {
-        "GET": wasi_http.Method_Get, "HEAD": wasi_http.Method_Head,
-        "POST": wasi_http.Method_Post, "PUT": wasi_http.Method_Put,
-        "DELETE": wasi_http.Method_Delete, "OPTIONS": wasi_http.Method_Options,
-        "PATCH": wasi_http.Method_Patch, "TRACE": wasi_http.Method_Trace,
-        "CONNECT": wasi_http.Method_Connect,
-    }  # fmt: skip
-    kind = known.get(name)
-    return kind() if kind is not None else wasi_http.Method_Other(name)
-
-
 def _failure(url: str, code: object) -> Exception:
     import asya.http
 
@@ -130,7 +113,7 @@ async def send(
     """Sends one request through `wasi:http` 0.3; returns status, headers and the whole body."""
     parts = urlsplit(url)
     entries = [
-        (name, value.encode("latin-1")) for name, value in headers if name not in _FORBIDDEN_HEADERS
+        (name, value.encode("latin-1")) for name, value in headers if name not in FORBIDDEN_HEADERS
     ]
     writer = None
     contents = None
@@ -148,7 +131,7 @@ async def send(
     request, transmitted = wasi_http.Request.new(
         wasi_http.Fields.from_list(entries), contents, _trailers(), options
     )
-    request.set_method(_method(method))
+    request.set_method(wasi_method(method, wasi_http))
     request.set_scheme(
         wasi_http.Scheme_Https() if parts.scheme == "https" else wasi_http.Scheme_Http()
     )

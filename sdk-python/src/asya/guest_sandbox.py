@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 import urllib.response
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from componentize_py_types import Err
@@ -34,10 +35,10 @@ try:
 except ImportError:  # the `actor-async` world imports two wasi:http versions: names say which
     from wit_world.imports import wasi_http_types_0_2_12 as wasi_http
 
-__all__ = ["SandboxDenied", "denial", "install", "send"]
+__all__ = ["FORBIDDEN_HEADERS", "SandboxDenied", "denial", "install", "send", "wasi_method"]
 
 # wasi:http refuses these request headers (hop-by-hop ones the host sets itself).
-_FORBIDDEN_HEADERS = frozenset(
+FORBIDDEN_HEADERS = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host",
      "http2-settings", "te", "proxy-authenticate", "proxy-authorization"}
 )  # fmt: skip
@@ -73,16 +74,18 @@ class SandboxDenied(urllib.error.URLError):
 SandboxDenied.__module__ = "builtins"
 
 
-def _method(name: str) -> object:
+def wasi_method(name: str, types: Any = wasi_http) -> object:
+    """The `method` variant of wasi:http `types` (0.2's by default; `asya.guest_async` passes
+    0.3's, whose variants have the same names) for HTTP method `name`."""
     known = {
-        "GET": wasi_http.Method_Get, "HEAD": wasi_http.Method_Head,
-        "POST": wasi_http.Method_Post, "PUT": wasi_http.Method_Put,
-        "DELETE": wasi_http.Method_Delete, "OPTIONS": wasi_http.Method_Options,
-        "PATCH": wasi_http.Method_Patch, "TRACE": wasi_http.Method_Trace,
-        "CONNECT": wasi_http.Method_Connect,
+        "GET": types.Method_Get, "HEAD": types.Method_Head,
+        "POST": types.Method_Post, "PUT": types.Method_Put,
+        "DELETE": types.Method_Delete, "OPTIONS": types.Method_Options,
+        "PATCH": types.Method_Patch, "TRACE": types.Method_Trace,
+        "CONNECT": types.Method_Connect,
     }  # fmt: skip
     kind = known.get(name.upper())
-    return kind() if kind is not None else wasi_http.Method_Other(name)
+    return kind() if kind is not None else types.Method_Other(name)
 
 
 def _error_text(code: object) -> str:
@@ -113,10 +116,10 @@ def send(
     entries = [
         (name.lower(), value.encode("latin-1"))
         for name, value in headers
-        if name.lower() not in _FORBIDDEN_HEADERS
+        if name.lower() not in FORBIDDEN_HEADERS
     ]
     request = wasi_http.OutgoingRequest(wasi_http.Fields.from_list(entries))
-    request.set_method(_method(method))
+    request.set_method(wasi_method(method))
     request.set_scheme(wasi_http.Scheme_Https() if scheme == "https" else wasi_http.Scheme_Http())
     request.set_authority(authority)
     request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
