@@ -22,6 +22,29 @@ if ! command -v dot >/dev/null 2>&1; then
   fi
 fi
 
+# RabbitMQ for the RabbitMQ transport's tests (Debian's rabbitmq-server; the tests run private
+# nodes on free ports, see tests/common/rabbitmq.rs). A policy-rc.d that answers 101 keeps the
+# package from starting a system-wide broker (and epmd on 4369) during the install.
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+      own_policy=1
+    fi
+    rc=0
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null || rc=$?
+    if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [ "$rc" != 0 ]; then exit "$rc"; fi
+    # Under systemd, keep it from starting at boot too.
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
+    fi
+  else
+    echo "rabbitmq-server is missing: install it (apt-get install rabbitmq-server) for the RabbitMQ tests" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
@@ -30,6 +53,8 @@ fi
 # The operator's validation tests (tests/operator): Kubernetes schemas offline, Helm as a library.
 .venv/bin/python -m pip install --quiet 'kubernetes-validate>=1.33' 'helm-python-sdk>=0.2.2' \
   'jsonschema>=4.20' 'PyYAML>=6'
+# moto's server mocks SQS (and DynamoDB) for the SQS transport's tests (tests/common/sqs.rs).
+.venv/bin/python -m pip install --quiet 'moto[server]>=5'
 
 # One build of the whole workspace: the same feature set `cargo test --workspace` uses, so the
 # tests reuse every compiled dependency instead of building some twice.

@@ -325,7 +325,12 @@ fn the_tutorials_manifests_resolve_and_name_their_transport() {
     ] {
         for mut object in asya_manifests(file) {
             seen += 1;
-            // As written: `transport: sqs`, refused by both with the same rule, naming it.
+            // As written: `transport: sqs`, accepted by both.
+            assert_eq!(object["spec"]["transport"], "sqs", "{file}");
+            assert_eq!(crd_verdict(&object), Ok(()), "{file}");
+            assert_eq!(host_verdict(&object), Ok(()), "{file}");
+            // A transport this build does not run: refused by both with the same rule, naming it.
+            object["spec"]["transport"] = json!("pubsub");
             let crd = crd_verdict(&object).unwrap_err().join("\n");
             assert!(
                 crd.contains(asya_spec::crd_rules::TRANSPORT_RULE.1),
@@ -333,10 +338,11 @@ fn the_tutorials_manifests_resolve_and_name_their_transport() {
             );
             let host = host_verdict(&object).unwrap_err();
             assert!(
-                host.contains("spec.transport: must be nats") && host.contains("(got sqs)"),
+                host.contains("spec.transport: must be nats, rabbitmq or sqs")
+                    && host.contains("(got pubsub)"),
                 "{file}: {host}"
             );
-            // On this project's transport, everything else of the manifest is accepted.
+            // On the default transport (NATS), everything else of the manifest is accepted.
             object["spec"].as_object_mut().unwrap().remove("transport");
             assert_eq!(crd_verdict(&object), Ok(()), "{file}");
             assert_eq!(host_verdict(&object), Ok(()), "{file}");
@@ -382,16 +388,20 @@ fn the_tutorials_manifests_resolve_and_name_their_transport() {
 
 #[test]
 fn a_transport_asya_has_and_this_build_does_not_run_is_named() {
-    for transport in ["rabbitmq", "sqs", "pubsub"] {
-        let object = json!({
+    let object = |transport: &str| {
+        json!({
             "apiVersion": "asya.sh/v1alpha1", "kind": "AsyncActor",
             "metadata": {"name": "a"},
             "spec": {"transport": transport, "component": "oci://r/c:1"},
-        });
-        let host = host_verdict(&object).unwrap_err();
-        assert!(host.contains(&format!("(got {transport})")), "{host}");
-        assert!(crd_verdict(&object).is_err());
+        })
+    };
+    for transport in ["nats", "rabbitmq", "sqs"] {
+        assert_eq!(host_verdict(&object(transport)), Ok(()), "{transport}");
+        assert_eq!(crd_verdict(&object(transport)), Ok(()), "{transport}");
     }
+    let host = host_verdict(&object("pubsub")).unwrap_err();
+    assert!(host.contains("(got pubsub)"), "{host}");
+    assert!(crd_verdict(&object("pubsub")).is_err());
     // A transport nobody has is refused by the type, listing the known ones.
     let object = json!({
         "apiVersion": "asya.sh/v1alpha1", "kind": "AsyncActor",

@@ -15,6 +15,7 @@ use asya_host::message::envelope::Route;
 use asya_host::message::envelope::{is_end_actor, Envelope, SUMP};
 use asya_host::runtime::component_cache::{default_cache_dir, ComponentCache};
 use asya_host::runtime::python::{PythonRuntimeConfig, SpawnSpec};
+use asya_host::transport::backend::{BackendConfig, TransportKind};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
 use asya_host::transport::results::Finished;
 use asya_host::transport::{Outbound, Transport};
@@ -69,22 +70,37 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// NATS server URL.
+    /// The broker: nats (JetStream), rabbitmq or sqs.
+    #[arg(long, env = "ASYA_TRANSPORT", value_enum, default_value = "nats")]
+    transport: TransportKind,
+    /// NATS server URL (--transport nats).
     #[arg(long, env = "ASYA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// AMQP URL of RabbitMQ, e.g. amqp://user:password@rabbitmq:5672/%2f (--transport rabbitmq).
+    #[arg(long, env = "ASYA_RABBITMQ_URL", hide_env_values = true)]
+    rabbitmq_url: Option<String>,
+    /// Where results and fan-ins live on RabbitMQ and SQS: `dynamodb` (the default; AWS settings
+    /// from the usual AWS_* environment) or a nats:// URL (JetStream buckets).
+    #[arg(long, env = "ASYA_STORE")]
+    store: Option<String>,
+    /// The DynamoDB table of results and fan-ins (created when missing).
+    #[arg(long, env = "ASYA_DYNAMODB_TABLE", default_value = asya_spec::names::DEFAULT_STATE_TABLE)]
+    dynamodb_table: String,
     /// Directory of AsyncActor manifests (YAML).
     #[arg(long, env = "ASYA_MANIFESTS")]
     manifests: PathBuf,
     /// Component of an actor, as NAME=PATH (overrides spec.component).
     #[arg(long = "component", value_name = "NAME=PATH")]
     components: Vec<String>,
-    /// Do not create missing streams, consumers and buckets (the operator owns them).
+    /// Do not create missing streams, consumers, buckets, queues and tables (the operator owns
+    /// them).
     #[arg(long)]
     no_create: bool,
-    /// Redeliver a message not acknowledged within this time (e.g. 60s).
+    /// Redeliver a message not acknowledged within this time (e.g. 60s): JetStream's ack wait,
+    /// SQS's visibility timeout (extended while a handler runs).
     #[arg(long, default_value = "60s")]
     ack_wait: String,
-    /// Messages fetched per pull.
+    /// Messages fetched per pull (RabbitMQ: prefetch; SQS: per receive, at most 10).
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// How long results stay in a namespace's results bucket (the bucket's max_age).
@@ -253,17 +269,28 @@ async fn run(args: RunArgs) -> Result<i32> {
             shutdown.cancel();
         });
     }
+    let ack_wait = manifest::parse_duration(&args.ack_wait).context("--ack-wait")?;
     let config = RunConfig {
-        nats_url: args.nats,
+        backend: BackendConfig {
+            transport: args.transport,
+            nats_url: args.nats,
+            nats: NatsSettings {
+                create: !args.no_create,
+                ack_wait,
+                batch: args.batch.max(1),
+                results_ttl: manifest::parse_duration(&args.results_ttl)
+                    .context("--results-ttl")?,
+                ..NatsSettings::default()
+            },
+            rabbitmq_url: args.rabbitmq_url,
+            store: args.store,
+            dynamodb_table: args.dynamodb_table,
+            create: !args.no_create,
+            ack_wait,
+            batch: args.batch.max(1),
+        },
         manifests: args.manifests,
         components: parse_components(&args.components)?,
-        nats: NatsSettings {
-            create: !args.no_create,
-            ack_wait: manifest::parse_duration(&args.ack_wait).context("--ack-wait")?,
-            batch: args.batch.max(1),
-            results_ttl: manifest::parse_duration(&args.results_ttl).context("--results-ttl")?,
-            ..NatsSettings::default()
-        },
         fanin_timeout: manifest::parse_duration(&args.fanin_timeout).context("--fanin-timeout")?,
         unhealthy_after: manifest::parse_duration(&args.unhealthy_after)
             .context("--unhealthy-after")?,

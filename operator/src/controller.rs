@@ -1,10 +1,16 @@
 //! The reconciler: for each `AsyncActor`, merge its flavors, validate, ensure the JetStream
-//! stream and consumer, server-side apply the ConfigMap, Deployment and ScaledObject, and write
-//! the status (phase, replica counts, `SpecValid`/`QueueReady`/`WorkloadReady`/`ScalingReady`).
-//! A finalizer deletes the actor's consumer when the actor is deleted (owner references take
-//! care of the Kubernetes objects).
+//! stream and consumer (`nats` actors), server-side apply the ConfigMap, Deployment,
+//! TriggerAuthentication (`rabbitmq`/`sqs`) and ScaledObject, and write the status (phase,
+//! replica counts, `SpecValid`/`QueueReady`/`WorkloadReady`/`ScalingReady`). A finalizer
+//! deletes a `nats` actor's consumer when the actor is deleted (owner references take care of
+//! the Kubernetes objects).
+//!
+//! `rabbitmq` and `sqs` actors need no broker connection here: the host declares the actor's
+//! queue (`asya-<namespace>-<actor>`) and its delay queues when it starts, so their
+//! `QueueReady` only says so, and the JetStream admin is never called for them (an operator
+//! without NATS serves them).
 
-use crate::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor, FlavorSpec};
+use crate::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor, FlavorSpec, Transport};
 use crate::flavor::{self, MergeError};
 use crate::jetstream::{JetStreamAdmin, QueueError};
 use crate::metrics::Metrics;
@@ -145,6 +151,24 @@ pub fn scaled_object_resource() -> ApiResource {
         &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
         "scaledobjects",
     )
+}
+
+/// The KEDA TriggerAuthentication resource (a dynamic object, like the ScaledObject).
+pub fn trigger_authentication_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "TriggerAuthentication"),
+        "triggerauthentications",
+    )
+}
+
+/// Deletes a namespaced dynamic object; one that does not exist (or whose resource does not,
+/// KEDA not installed) is success.
+async fn delete_if_present(api: &Api<DynamicObject>, name: &str) -> Result<(), Error> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 fn now() -> String {
@@ -347,16 +371,30 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
         },
     )];
 
-    // 2. JetStream.
-    let queue = ensure_queue(&desired, ctx.jetstream.as_ref()).await;
+    // 2. The queue: JetStream on NATS; on RabbitMQ and SQS the host declares it.
+    let queue = if desired.uses_jetstream() {
+        ensure_queue(&desired, ctx.jetstream.as_ref()).await
+    } else {
+        Ok(())
+    };
     conds.push(match &queue {
-        Ok(()) => condition(
+        Ok(()) if desired.uses_jetstream() => condition(
             conditions::QUEUE_READY,
             true,
             "ConsumerReady",
             format!(
                 "consumer {} on stream {} ({})",
                 desired.consumer.name, desired.consumer.stream, desired.consumer.filter_subject
+            ),
+        ),
+        Ok(()) => condition(
+            conditions::QUEUE_READY,
+            true,
+            "DeclaredByHost",
+            format!(
+                "the host declares the {} queue {} when it starts",
+                desired.transport.as_str(),
+                render::queue_name(&namespace, &name)
             ),
         ),
         Err(err) => condition(
@@ -385,10 +423,38 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
         .patch(&name, &params, &Patch::Apply(&desired.deployment))
         .await?;
 
+    // The TriggerAuthentication first: the ScaledObject's trigger refers to it. None (nats,
+    // scaling off): one left from an earlier spec is deleted.
+    let auth_resource = trigger_authentication_resource();
+    let auths: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &auth_resource);
+    let auth_name = render::trigger_authentication_name(&name);
+    let mut keda_missing = false;
+    match &desired.trigger_authentication {
+        Some(object) => match auths
+            .patch(&auth_name, &params, &Patch::Apply(object))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => keda_missing = true,
+            Err(err) => return Err(err.into()),
+        },
+        None => delete_if_present(&auths, &auth_name).await?,
+    }
+
     let resource = scaled_object_resource();
     let scaled_objects: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &namespace, &resource);
+    let keda_not_installed = || {
+        condition(
+            conditions::SCALING_READY,
+            false,
+            "KedaNotInstalled",
+            "the keda.sh/v1alpha1 ScaledObject resource does not exist: install KEDA",
+        )
+    };
     conds.push(match &desired.scaled_object {
+        Some(_) if keda_missing => keda_not_installed(),
         Some(object) => match scaled_objects
             .patch(&name, &params, &Patch::Apply(object))
             .await
@@ -402,20 +468,11 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
                     object["spec"]["minReplicaCount"], object["spec"]["maxReplicaCount"]
                 ),
             ),
-            Err(kube::Error::Api(status)) if status.code == 404 => condition(
-                conditions::SCALING_READY,
-                false,
-                "KedaNotInstalled",
-                "the keda.sh/v1alpha1 ScaledObject resource does not exist: install KEDA",
-            ),
+            Err(kube::Error::Api(status)) if status.code == 404 => keda_not_installed(),
             Err(err) => return Err(err.into()),
         },
         None => {
-            match scaled_objects.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(err) => return Err(err.into()),
-            }
+            delete_if_present(&scaled_objects, &name).await?;
             condition(
                 conditions::SCALING_READY,
                 true,
@@ -488,8 +545,23 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
     })
 }
 
+/// The transport an actor was last reconciled on (its status), else its own spec's (default
+/// `nats`): whether it has a JetStream consumer to delete.
+fn last_transport(actor: &AsyncActor) -> Transport {
+    let reported = actor
+        .status
+        .as_ref()
+        .and_then(|s| s.transport.as_deref())
+        .and_then(|t| serde_json::from_value(json!(t)).ok());
+    reported.or(actor.spec.transport).unwrap_or_default()
+}
+
 async fn cleanup(actor: &AsyncActor, ctx: &Context) -> Result<(), Error> {
     let namespace = actor.namespace().unwrap_or_default();
+    // RabbitMQ and SQS queues are the host's: nothing to delete (and no NATS to ask).
+    if last_transport(actor) != Transport::Nats {
+        return Ok(());
+    }
     let stream = render::stream_name(&namespace);
     ctx.jetstream
         .delete_consumer(&stream, &actor.name_any())

@@ -5,7 +5,7 @@ use asya_operator::controller::{self, Context as ReconcileContext};
 use asya_operator::jetstream::NatsAdmin;
 use asya_operator::leader::{self, LeaseSettings};
 use asya_operator::metrics::{self, Metrics};
-use asya_operator::render::Settings;
+use asya_operator::render::{self, Settings};
 use asya_operator::{crd, offline};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -72,6 +72,26 @@ struct SettingsArgs {
         value_name = "NAMESPACE=DURATION"
     )]
     results_ttl_for: Vec<String>,
+    /// Secret (in each actor's namespace) with RabbitMQ's AMQP URL: key `url` for the hosts,
+    /// key `host` for KEDA's rabbitmq scaler.
+    #[arg(long, env = "ASYA_RABBITMQ_SECRET", default_value = "asya-rabbitmq")]
+    rabbitmq_secret: String,
+    /// Where hosts of rabbitmq actors keep results and fan-ins: `dynamodb` or a nats:// URL.
+    #[arg(long, env = "ASYA_RABBITMQ_STORE", default_value = "dynamodb")]
+    rabbitmq_store: String,
+    /// AWS region of SQS and DynamoDB.
+    #[arg(long, env = "ASYA_AWS_REGION", default_value = "us-east-1")]
+    aws_region: String,
+    /// Endpoint of an SQS/DynamoDB-compatible server instead of AWS (e.g. a local one).
+    #[arg(long, env = "ASYA_AWS_ENDPOINT")]
+    aws_endpoint: Option<String>,
+    /// Secret (in each actor's namespace) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for
+    /// the hosts and KEDA; without it, pod identity.
+    #[arg(long, env = "ASYA_AWS_CREDENTIALS_SECRET")]
+    aws_credentials_secret: Option<String>,
+    /// DynamoDB table of results and fan-ins.
+    #[arg(long, env = "ASYA_DYNAMODB_TABLE", default_value = asya_spec::names::DEFAULT_STATE_TABLE)]
+    dynamodb_table: String,
 }
 
 impl SettingsArgs {
@@ -90,7 +110,22 @@ impl SettingsArgs {
                 duration("--results-ttl-for", ttl.trim())?,
             );
         }
+        if !render::valid_rabbitmq_store(&self.rabbitmq_store) {
+            anyhow::bail!(
+                "--rabbitmq-store {}: must be {} or a nats:// URL",
+                self.rabbitmq_store,
+                render::STORE_DYNAMODB
+            );
+        }
+        // An empty value (an unset chart value) means none.
+        let optional = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
         Ok(Settings {
+            rabbitmq_secret: self.rabbitmq_secret.clone(),
+            rabbitmq_store: self.rabbitmq_store.clone(),
+            aws_region: self.aws_region.clone(),
+            aws_endpoint: optional(&self.aws_endpoint),
+            aws_credentials_secret: optional(&self.aws_credentials_secret),
+            dynamodb_table: self.dynamodb_table.clone(),
             results_ttl: duration("--results-ttl", &self.results_ttl)?,
             results_ttl_for,
             host_image: self.host_image.clone().unwrap_or(defaults.host_image),

@@ -53,7 +53,8 @@ pub fn read_files(paths: &[impl AsRef<Path>]) -> Result<Documents> {
     Ok(docs)
 }
 
-/// Renders every actor: multi-document YAML of ConfigMaps, Deployments and ScaledObjects.
+/// Renders every actor: multi-document YAML of ConfigMaps, Deployments, TriggerAuthentications
+/// and ScaledObjects.
 /// `default_namespace` is used for actors without one; `owner_uid`, when given, is used as the
 /// actors' uid so owner references are rendered too.
 pub fn render(
@@ -79,13 +80,21 @@ pub fn render(
             flavor::merge(&actor.spec, &docs.flavors).with_context(|| format!("actor '{name}'"))?;
         validate::actor(&name, &merged).with_context(|| format!("actor '{name}'"))?;
         let desired = desired_objects(&actor, &merged, settings);
-        out.push_str(&format!(
-            "# actor {name}: stream {} ({}), consumer {} ({})\n",
-            desired.stream.name,
-            desired.stream.subjects.join(","),
-            desired.consumer.name,
-            desired.consumer.filter_subject
-        ));
+        if desired.uses_jetstream() {
+            out.push_str(&format!(
+                "# actor {name}: stream {} ({}), consumer {} ({})\n",
+                desired.stream.name,
+                desired.stream.subjects.join(","),
+                desired.consumer.name,
+                desired.consumer.filter_subject
+            ));
+        } else {
+            out.push_str(&format!(
+                "# actor {name}: {} queue {} (declared by the host)\n",
+                desired.transport.as_str(),
+                crate::render::queue_name(&actor.namespace().unwrap_or_default(), &name)
+            ));
+        }
         for object in desired.objects() {
             out.push_str("---\n");
             out.push_str(&serde_yaml_ng::to_string(&object).context("writing YAML")?);

@@ -1,6 +1,7 @@
 //! The objects an actor needs, as pure data: [`desired_objects`] turns an actor and its merged
-//! spec into a ConfigMap (the manifest the host reads), a Deployment, a KEDA ScaledObject and the
-//! JetStream stream and consumer. Nothing here talks to a cluster or to NATS.
+//! spec into a ConfigMap (the manifest the host reads), a Deployment, a KEDA ScaledObject (with
+//! a TriggerAuthentication on RabbitMQ and SQS) and, on NATS, the JetStream stream and consumer.
+//! Nothing here talks to a cluster or to a broker.
 //!
 //! - `runtime: wasm`: one container, `asya-sidecar` (the host image), running `asya-host run`
 //!   on the manifest; the host pulls the component from its `oci://` reference. The handler's
@@ -11,10 +12,20 @@
 //!   init container of the host image writes the runtime's files first, as Asya injects its
 //!   runtime) and the host runs beside it as `asya-sidecar` (Asya's container names); they
 //!   share the emptyDir `/var/run/asya` where the runtime's socket lives.
+//!
+//! Transports (`spec.transport`, see [`Transport`]): the host container gets `ASYA_TRANSPORT`.
+//! - `nats`: the operator owns the stream, consumers and results bucket (the host runs with
+//!   `--no-create`); KEDA's `nats-jetstream` scaler reads the consumer's lag.
+//! - `rabbitmq` / `sqs`: the host declares its own queues (`asya-<namespace>-<actor>`, see
+//!   [`queue_name`]) at start, so the operator needs no broker connection and the host runs
+//!   without `--no-create`. Credentials never appear in a rendered object: the AMQP URL (which
+//!   holds the password) and AWS keys reach the host through `secretKeyRef`s and KEDA through a
+//!   TriggerAuthentication's `secretTargetRef`s; by default SQS uses pod identity. The Secrets
+//!   live in the actor's namespace (a pod and a TriggerAuthentication only read their own).
 
-use crate::crd::{AsyncActor, AsyncActorSpec, Runtime, API_VERSION};
-/// Stream and subject names of a namespace, from the shared contract.
-pub use asya_spec::names::{stream_name, subject};
+use crate::crd::{AsyncActor, AsyncActorSpec, Runtime, Transport, API_VERSION};
+/// Stream, subject and queue names of a namespace, from the shared contract.
+pub use asya_spec::names::{queue_name, stream_name, subject};
 use asya_spec::workload::{effective_runtime, RUNTIME_CONTAINER, SIDECAR_CONTAINER};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -48,6 +59,20 @@ pub const TRIGGER_NAME: &str = "queue";
 /// host of a namespace reads from (with `--no-create` it expects them to exist).
 pub const BUILTIN_ACTORS: [&str; 3] = asya_spec::names::RESERVED_NAMES;
 
+/// Key of the RabbitMQ Secret holding the AMQP URL the host connects with
+/// (`amqp://user:password@host:5672/vhost`).
+pub const RABBITMQ_URL_KEY: &str = "url";
+/// Key of the RabbitMQ Secret holding the AMQP URL KEDA's `rabbitmq` scaler reads (its
+/// TriggerAuthentication parameter `host`; usually the same URL as [`RABBITMQ_URL_KEY`]).
+pub const RABBITMQ_HOST_KEY: &str = "host";
+/// Keys of the AWS credentials Secret (`--aws-credentials-secret`), named as the AWS SDKs name
+/// the environment variables.
+pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// See [`AWS_ACCESS_KEY_ID`].
+pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+/// `--rabbitmq-store` value keeping results and fan-ins in DynamoDB.
+pub const STORE_DYNAMODB: &str = "dynamodb";
+
 /// Cluster-wide settings of the operator (flags of `asya-operator run`, values of the chart).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -67,6 +92,22 @@ pub struct Settings {
     pub results_ttl: std::time::Duration,
     /// The results TTL of particular namespaces.
     pub results_ttl_for: BTreeMap<String, std::time::Duration>,
+    /// Secret (in each actor's namespace) with the AMQP URL of RabbitMQ: key
+    /// [`RABBITMQ_URL_KEY`] for the host, key [`RABBITMQ_HOST_KEY`] for KEDA.
+    pub rabbitmq_secret: String,
+    /// Where hosts of `rabbitmq` actors keep results and fan-ins: [`STORE_DYNAMODB`] or a
+    /// `nats://` URL (the host's `ASYA_STORE`).
+    pub rabbitmq_store: String,
+    /// AWS region of SQS and DynamoDB.
+    pub aws_region: String,
+    /// Endpoint of an SQS/DynamoDB-compatible server instead of AWS (local clusters).
+    pub aws_endpoint: Option<String>,
+    /// Secret (in each actor's namespace) with [`AWS_ACCESS_KEY_ID`] and
+    /// [`AWS_SECRET_ACCESS_KEY`]; none: pod identity (the host's service account, and KEDA's
+    /// `podIdentity: {provider: aws}`).
+    pub aws_credentials_secret: Option<String>,
+    /// DynamoDB table of results and fan-ins (all namespaces; keys are prefixed by namespace).
+    pub dynamodb_table: String,
 }
 
 impl Settings {
@@ -90,8 +131,23 @@ impl Default for Settings {
             host_http_port: 9090,
             results_ttl: asya_spec::names::DEFAULT_RESULTS_TTL,
             results_ttl_for: BTreeMap::new(),
+            rabbitmq_secret: "asya-rabbitmq".into(),
+            rabbitmq_store: STORE_DYNAMODB.into(),
+            aws_region: "us-east-1".into(),
+            aws_endpoint: None,
+            aws_credentials_secret: None,
+            dynamodb_table: asya_spec::names::DEFAULT_STATE_TABLE.into(),
         }
     }
+}
+
+/// Whether `store` is a value `--rabbitmq-store` accepts: [`STORE_DYNAMODB`] or a `nats://`
+/// URL without credentials (the store is a literal `ASYA_STORE` in every pod spec).
+pub fn valid_rabbitmq_store(store: &str) -> bool {
+    store == STORE_DYNAMODB
+        || store
+            .strip_prefix("nats://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('@'))
 }
 
 /// The JetStream stream of a namespace.
@@ -119,30 +175,53 @@ pub struct ConsumerSpec {
 /// Everything an actor needs.
 #[derive(Debug, Clone)]
 pub struct Desired {
+    /// The actor's effective transport.
+    pub transport: Transport,
     /// The actor's manifest for the host (`actor.yaml`).
     pub config_map: ConfigMap,
     /// The workload.
     pub deployment: Deployment,
     /// The KEDA ScaledObject (`None` when scaling is off).
     pub scaled_object: Option<Value>,
-    /// The namespace's stream.
+    /// The KEDA TriggerAuthentication the ScaledObject's trigger refers to (`rabbitmq` and
+    /// `sqs` actors with scaling on; see [`trigger_authentication_name`]).
+    pub trigger_authentication: Option<Value>,
+    /// The namespace's stream (used on `nats` only).
     pub stream: StreamSpec,
-    /// The actor's consumer.
+    /// The actor's consumer (used on `nats` only).
     pub consumer: ConsumerSpec,
-    /// The consumers of the namespace's built-in actors.
+    /// The consumers of the namespace's built-in actors (used on `nats` only).
     pub end_consumers: Vec<ConsumerSpec>,
 }
 
 impl Desired {
-    /// The Kubernetes objects, in apply order, as JSON.
+    /// The Kubernetes objects, in apply order, as JSON (the TriggerAuthentication before the
+    /// ScaledObject that refers to it).
     pub fn objects(&self) -> Vec<Value> {
         let mut out = vec![
             serde_json::to_value(&self.config_map).expect("ConfigMap serialises"),
             serde_json::to_value(&self.deployment).expect("Deployment serialises"),
         ];
+        out.extend(self.trigger_authentication.clone());
         out.extend(self.scaled_object.clone());
         out
     }
+
+    /// Whether the operator owns the actor's queue (JetStream stream and consumers): on `nats`
+    /// only. On `rabbitmq` and `sqs` the host declares its queues itself.
+    pub fn uses_jetstream(&self) -> bool {
+        self.transport == Transport::Nats
+    }
+}
+
+/// The TriggerAuthentication of an actor: `asya-<actor>-auth`.
+///
+/// One per actor (not one shared per namespace), owned by the actor like its other objects: it
+/// is deleted with the actor by the garbage collector, and no two actors' applies share (and
+/// fight over the owner references of) one object. Its content is the same for every actor of
+/// a namespace (which Secret, or pod identity).
+pub fn trigger_authentication_name(actor: &str) -> String {
+    format!("asya-{actor}-auth")
 }
 
 /// The name of the ConfigMap holding an actor's manifest.
@@ -255,6 +334,54 @@ fn security_context() -> Value {
     json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
 }
 
+/// An env var from a Secret's key (never the value itself).
+fn secret_key_env(name: &str, secret: &str, key: &str) -> Value {
+    json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+}
+
+/// The host's env for its transport and state store (`ASYA_TRANSPORT` first). Secrets come by
+/// reference: no URL with a password, no key is ever a literal here.
+fn transport_env(transport: Transport, settings: &Settings) -> Vec<Value> {
+    let literal = |name: &str, value: &str| json!({"name": name, "value": value});
+    let mut env = vec![literal("ASYA_TRANSPORT", transport.as_str())];
+    let store = match transport {
+        Transport::Rabbitmq => {
+            env.push(secret_key_env(
+                "ASYA_RABBITMQ_URL",
+                &settings.rabbitmq_secret,
+                RABBITMQ_URL_KEY,
+            ));
+            settings.rabbitmq_store.as_str()
+        }
+        Transport::Sqs => STORE_DYNAMODB,
+        // NATS keeps results and fan-ins in JetStream key-value buckets.
+        Transport::Nats | Transport::Pubsub => {
+            env.push(literal("ASYA_NATS_URL", &settings.nats_url));
+            return env;
+        }
+    };
+    env.push(literal("ASYA_STORE", store));
+    // SQS, and DynamoDB as a store, need the AWS settings.
+    if transport == Transport::Sqs || store == STORE_DYNAMODB {
+        env.push(literal("AWS_REGION", &settings.aws_region));
+        if let Some(endpoint) = &settings.aws_endpoint {
+            env.push(literal("AWS_ENDPOINT_URL", endpoint));
+        }
+        if store == STORE_DYNAMODB {
+            env.push(literal("ASYA_DYNAMODB_TABLE", &settings.dynamodb_table));
+        }
+        if let Some(secret) = &settings.aws_credentials_secret {
+            env.push(secret_key_env(AWS_ACCESS_KEY_ID, secret, AWS_ACCESS_KEY_ID));
+            env.push(secret_key_env(
+                AWS_SECRET_ACCESS_KEY,
+                secret,
+                AWS_SECRET_ACCESS_KEY,
+            ));
+        }
+    }
+    env
+}
+
 /// The host container (the only one of a wasm actor, the sidecar of a python actor).
 fn host_container(
     actor: &AsyncActor,
@@ -263,35 +390,41 @@ fn host_container(
     python: bool,
 ) -> Value {
     let name = actor.name_any();
+    let transport = spec.transport.unwrap_or_default();
     let mut args = vec![
         "run".to_owned(),
         "--manifests".to_owned(),
         MANIFEST_DIR.to_owned(),
-        "--no-create".to_owned(),
-        "--http".to_owned(),
-        format!("0.0.0.0:{}", settings.host_http_port),
     ];
+    // On NATS the operator owns the streams and consumers; on RabbitMQ and SQS the host
+    // declares its queues itself.
+    if transport == Transport::Nats {
+        args.push("--no-create".to_owned());
+    }
+    args.push("--http".to_owned());
+    args.push(format!("0.0.0.0:{}", settings.host_http_port));
     if python {
         args.push("--python-socket".to_owned());
         args.push(format!("{name}={RUNTIME_SOCKET}"));
     }
     let handler = spec.handler.clone().unwrap_or_default();
     let mode = spec.mode.unwrap_or_default().as_str().to_owned();
+    let mut env = transport_env(transport, settings);
+    // The handler's own env reaches a wasm handler through the manifest, not the host.
+    env.extend(env_list(
+        &[
+            ("ASYA_CACHE_DIR", CACHE_DIR.to_owned()),
+            ("ASYA_SECRETS_DIR", SECRETS_DIR.to_owned()),
+            ("ASYA_HANDLER", handler),
+            ("ASYA_HANDLER_MODE", mode),
+        ],
+        &BTreeMap::new(),
+    ));
     let mut container = json!({
         "name": SIDECAR_CONTAINER,
         "image": settings.host_image,
         "args": args,
-        // The handler's own env reaches a wasm handler through the manifest, not the host.
-        "env": env_list(
-            &[
-                ("ASYA_NATS_URL", settings.nats_url.clone()),
-                ("ASYA_CACHE_DIR", CACHE_DIR.to_owned()),
-                ("ASYA_SECRETS_DIR", SECRETS_DIR.to_owned()),
-                ("ASYA_HANDLER", handler),
-                ("ASYA_HANDLER_MODE", mode),
-            ],
-            &BTreeMap::new(),
-        ),
+        "env": env,
         "ports": [{"name": "http", "containerPort": settings.host_http_port, "protocol": "TCP"}],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
@@ -457,6 +590,100 @@ fn deployment(
     serde_json::from_value(deployment).expect("a valid Deployment")
 }
 
+/// The KEDA trigger of an actor's queue, named [`TRIGGER_NAME`]; `queue_length` is the target
+/// backlog per replica.
+fn trigger(
+    actor: &AsyncActor,
+    transport: Transport,
+    queue_length: i32,
+    settings: &Settings,
+) -> Value {
+    let name = actor.name_any();
+    let namespace = actor.namespace().unwrap_or_else(|| "default".into());
+    let auth = json!({"name": trigger_authentication_name(&name)});
+    match transport {
+        // The AMQP URL comes from the TriggerAuthentication's `host`: KEDA needs no management
+        // API (`protocol: amqp` counts the queue's ready messages).
+        Transport::Rabbitmq => json!({
+            "type": "rabbitmq",
+            "name": TRIGGER_NAME,
+            "metadata": {
+                "protocol": "amqp",
+                "queueName": queue_name(&namespace, &name),
+                "mode": "QueueLength",
+                "value": queue_length.to_string(),
+            },
+            "authenticationRef": auth,
+        }),
+        // The queue's name (KEDA accepts it for the URL when it is unambiguous); KEDA counts
+        // visible and in-flight messages.
+        Transport::Sqs => {
+            let mut metadata = json!({
+                "queueURL": queue_name(&namespace, &name),
+                "queueLength": queue_length.to_string(),
+                "awsRegion": settings.aws_region,
+            });
+            if let Some(endpoint) = &settings.aws_endpoint {
+                metadata["awsEndpoint"] = json!(endpoint);
+            }
+            json!({
+                "type": "aws-sqs-queue",
+                "name": TRIGGER_NAME,
+                "metadata": metadata,
+                "authenticationRef": auth,
+            })
+        }
+        Transport::Nats | Transport::Pubsub => json!({
+            "type": "nats-jetstream",
+            "name": TRIGGER_NAME,
+            "metadata": {
+                "natsServerMonitoringEndpoint": settings.nats_monitoring_endpoint,
+                "account": settings.nats_account,
+                "stream": stream_name(&namespace),
+                "consumer": name,
+                "lagThreshold": queue_length.to_string(),
+                "activationLagThreshold": "0",
+                "useHttps": "false",
+            },
+        }),
+    }
+}
+
+/// The KEDA TriggerAuthentication of a `rabbitmq` or `sqs` actor with scaling on (`None`
+/// otherwise): where KEDA's scaler finds the broker's credentials, by reference to the Secret
+/// in the actor's namespace, or AWS pod identity (KEDA's own IAM role) when no AWS credentials
+/// Secret is configured.
+fn trigger_authentication(
+    actor: &AsyncActor,
+    spec: &AsyncActorSpec,
+    settings: &Settings,
+) -> Option<Value> {
+    if !scaling_enabled(spec) {
+        return None;
+    }
+    let auth = match spec.transport.unwrap_or_default() {
+        Transport::Rabbitmq => json!({"secretTargetRef": [{
+            "parameter": "host",
+            "name": settings.rabbitmq_secret,
+            "key": RABBITMQ_HOST_KEY,
+        }]}),
+        Transport::Sqs => match &settings.aws_credentials_secret {
+            Some(secret) => json!({"secretTargetRef": [
+                {"parameter": "awsAccessKeyID", "name": secret, "key": AWS_ACCESS_KEY_ID},
+                {"parameter": "awsSecretAccessKey", "name": secret, "key": AWS_SECRET_ACCESS_KEY},
+            ]}),
+            None => json!({"podIdentity": {"provider": "aws"}}),
+        },
+        Transport::Nats | Transport::Pubsub => return None,
+    };
+    Some(json!({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": metadata(actor, &trigger_authentication_name(&actor.name_any())),
+        "spec": auth,
+    }))
+}
+
 /// The KEDA ScaledObject of an actor with scaling on.
 fn scaled_object(actor: &AsyncActor, spec: &AsyncActorSpec, settings: &Settings) -> Option<Value> {
     if !scaling_enabled(spec) {
@@ -464,7 +691,8 @@ fn scaled_object(actor: &AsyncActor, spec: &AsyncActorSpec, settings: &Settings)
     }
     let scaling = spec.scaling.clone().unwrap_or_default();
     let name = actor.name_any();
-    let namespace = actor.namespace().unwrap_or_else(|| "default".into());
+    let transport = spec.transport.unwrap_or_default();
+    let queue_length = scaling.queue_length.unwrap_or(5);
     let mut object = json!({
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -473,19 +701,7 @@ fn scaled_object(actor: &AsyncActor, spec: &AsyncActorSpec, settings: &Settings)
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicaCount": scaling.min().unwrap_or(0),
             "maxReplicaCount": scaling.max().unwrap_or(10),
-            "triggers": [{
-                "type": "nats-jetstream",
-                "name": TRIGGER_NAME,
-                "metadata": {
-                    "natsServerMonitoringEndpoint": settings.nats_monitoring_endpoint,
-                    "account": settings.nats_account,
-                    "stream": stream_name(&namespace),
-                    "consumer": name,
-                    "lagThreshold": scaling.queue_length.unwrap_or(5).to_string(),
-                    "activationLagThreshold": "0",
-                    "useHttps": "false",
-                },
-            }],
+            "triggers": [trigger(actor, transport, queue_length, settings)],
         },
     });
     if let Some(interval) = scaling.polling_interval {
@@ -531,9 +747,11 @@ pub fn desired_objects(actor: &AsyncActor, spec: &AsyncActorSpec, settings: &Set
         filter_subject: subject(&namespace, actor),
     };
     Desired {
+        transport: spec.transport.unwrap_or_default(),
         config_map,
         deployment: deployment(actor, spec, settings, &hash[..16]),
         scaled_object: scaled_object(actor, spec, settings),
+        trigger_authentication: trigger_authentication(actor, spec, settings),
         consumer: consumer_of(&name),
         end_consumers: BUILTIN_ACTORS.iter().map(|a| consumer_of(a)).collect(),
         stream,
@@ -750,5 +968,321 @@ spec:
         changed.sandbox.as_mut().unwrap().cpu_timeout = Some("9s".into());
         assert_ne!(hash(&a.spec), hash(&changed));
         assert_eq!(hash(&a.spec), hash(&a.spec.clone()));
+    }
+    const RABBITMQ: &str = r#"
+apiVersion: asya.sh/v1alpha1
+kind: AsyncActor
+metadata: {name: classify, namespace: nlp}
+spec:
+  transport: rabbitmq
+  handler: classifier.classify
+  component: oci://localhost:5000/nlp/classify:v1
+  scaling: {minReplicaCount: 0, maxReplicaCount: 7, queueLength: 12}
+"#;
+
+    const SQS: &str = r#"
+apiVersion: asya.sh/v1alpha1
+kind: AsyncActor
+metadata: {name: embed, namespace: gpu}
+spec:
+  transport: sqs
+  runtime: python
+  image: registry.local/embed:v1
+  handler: embedder.embed
+  scaling: {minReplicas: 0, maxReplicas: 3, queueLength: 4}
+"#;
+
+    fn render_with(yaml: &str, settings: &Settings) -> Desired {
+        let actor = actor(yaml);
+        desired_objects(&actor, &actor.spec.clone(), settings)
+    }
+
+    fn host(desired: &Desired) -> k8s_openapi::api::core::v1::Container {
+        let pod = desired
+            .deployment
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        pod.containers
+            .into_iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .unwrap()
+    }
+
+    /// The host's literal env values, by name.
+    fn literal_env(desired: &Desired) -> BTreeMap<String, String> {
+        host(desired)
+            .env
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect()
+    }
+
+    /// The host's env from Secrets, by name: (secret, key).
+    fn secret_env(desired: &Desired) -> BTreeMap<String, (String, String)> {
+        host(desired)
+            .env
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| {
+                assert!(
+                    e.value.is_none() || e.value_from.is_none(),
+                    "{}: both a value and a reference",
+                    e.name
+                );
+                let r = e.value_from?.secret_key_ref?;
+                Some((e.name, (r.name, r.key)))
+            })
+            .collect()
+    }
+
+    fn everything(desired: &Desired) -> String {
+        serde_json::to_string(&desired.objects()).unwrap()
+    }
+
+    #[test]
+    fn nats_actors_name_their_transport_and_get_no_trigger_authentication() {
+        let desired = render(WASM);
+        assert!(desired.uses_jetstream());
+        let env = literal_env(&desired);
+        assert_eq!(env["ASYA_TRANSPORT"], "nats");
+        assert_eq!(env["ASYA_NATS_URL"], "nats://nats.nats.svc:4222");
+        assert!(!env.contains_key("ASYA_STORE"));
+        assert!(secret_env(&desired).is_empty());
+        assert!(host(&desired)
+            .args
+            .unwrap()
+            .contains(&"--no-create".to_owned()));
+        assert!(desired.trigger_authentication.is_none());
+        assert_eq!(desired.objects().len(), 3);
+    }
+
+    #[test]
+    fn rabbitmq_actor_gets_the_url_from_the_secret_and_declares_its_queue() {
+        let desired = render(RABBITMQ);
+        assert_eq!(desired.transport, Transport::Rabbitmq);
+        assert!(!desired.uses_jetstream());
+        let env = literal_env(&desired);
+        assert_eq!(env["ASYA_TRANSPORT"], "rabbitmq");
+        assert_eq!(env["ASYA_STORE"], "dynamodb");
+        assert_eq!(env["AWS_REGION"], "us-east-1");
+        assert_eq!(env["ASYA_DYNAMODB_TABLE"], "asya-state");
+        assert!(!env.contains_key("ASYA_NATS_URL"));
+        assert!(!env.contains_key("ASYA_RABBITMQ_URL"), "never a literal");
+        assert_eq!(
+            secret_env(&desired),
+            BTreeMap::from([(
+                "ASYA_RABBITMQ_URL".to_owned(),
+                ("asya-rabbitmq".to_owned(), "url".to_owned())
+            )])
+        );
+        // The host declares its queues: no --no-create.
+        let args = host(&desired).args.unwrap();
+        assert!(!args.contains(&"--no-create".to_owned()), "{args:?}");
+        assert_eq!(args[..3], ["run", "--manifests", MANIFEST_DIR]);
+
+        let so = desired.scaled_object.clone().unwrap();
+        let trigger = &so["spec"]["triggers"][0];
+        assert_eq!(trigger["type"], "rabbitmq");
+        assert_eq!(trigger["name"], TRIGGER_NAME);
+        assert_eq!(
+            trigger["metadata"],
+            json!({"protocol": "amqp", "queueName": "asya-nlp-classify", "mode": "QueueLength", "value": "12"})
+        );
+        assert_eq!(
+            trigger["authenticationRef"],
+            json!({"name": "asya-classify-auth"})
+        );
+        assert_eq!(so["spec"]["maxReplicaCount"], 7);
+
+        let auth = desired.trigger_authentication.clone().unwrap();
+        assert_eq!(auth["apiVersion"], "keda.sh/v1alpha1");
+        assert_eq!(auth["kind"], "TriggerAuthentication");
+        assert_eq!(auth["metadata"]["name"], "asya-classify-auth");
+        assert_eq!(auth["metadata"]["namespace"], "nlp");
+        assert_eq!(auth["metadata"]["ownerReferences"][0]["kind"], "AsyncActor");
+        assert_eq!(
+            auth["spec"],
+            json!({"secretTargetRef": [{"parameter": "host", "name": "asya-rabbitmq", "key": "host"}]})
+        );
+        // Applied before the ScaledObject that refers to it.
+        let kinds: Vec<_> = desired
+            .objects()
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ConfigMap",
+                "Deployment",
+                "TriggerAuthentication",
+                "ScaledObject"
+            ]
+        );
+    }
+
+    #[test]
+    fn rabbitmq_settings_and_a_nats_store() {
+        let settings = Settings {
+            rabbitmq_secret: "broker".into(),
+            rabbitmq_store: "nats://nats.nats.svc:4222".into(),
+            ..Settings::default()
+        };
+        let desired = render_with(RABBITMQ, &settings);
+        let env = literal_env(&desired);
+        assert_eq!(env["ASYA_STORE"], "nats://nats.nats.svc:4222");
+        // No DynamoDB, so no AWS settings.
+        for absent in ["AWS_REGION", "ASYA_DYNAMODB_TABLE", "AWS_ENDPOINT_URL"] {
+            assert!(!env.contains_key(absent), "{absent}");
+        }
+        assert_eq!(secret_env(&desired)["ASYA_RABBITMQ_URL"].0, "broker");
+        let auth = desired.trigger_authentication.unwrap();
+        assert_eq!(auth["spec"]["secretTargetRef"][0]["name"], "broker");
+        assert!(valid_rabbitmq_store("dynamodb"));
+        assert!(valid_rabbitmq_store("nats://nats:4222"));
+        for bad in ["", "nats://", "redis://r:6379", "nats://user:pw@nats:4222"] {
+            assert!(!valid_rabbitmq_store(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_credential_is_ever_a_literal() {
+        // The Secrets hold e.g. `amqp://asya:s3cr3t-Pa55@rabbitmq.rabbitmq.svc:5672/`; the
+        // operator never reads them, and nothing it renders may carry such a value.
+        let password = "s3cr3t-Pa55";
+        let settings = Settings {
+            aws_credentials_secret: Some("aws-keys".into()),
+            ..Settings::default()
+        };
+        for yaml in [RABBITMQ, SQS] {
+            let desired = render_with(yaml, &settings);
+            let text = everything(&desired);
+            assert!(!text.contains(password));
+            assert!(!text.contains("amqp://"), "{text}");
+            assert!(!text.contains("@rabbitmq"), "{text}");
+            // Every credential env is a reference, never a value.
+            let env = literal_env(&desired);
+            for name in [
+                "ASYA_RABBITMQ_URL",
+                AWS_ACCESS_KEY_ID,
+                AWS_SECRET_ACCESS_KEY,
+            ] {
+                assert!(!env.contains_key(name), "{name}");
+            }
+            assert!(!secret_env(&desired).is_empty());
+        }
+    }
+
+    #[test]
+    fn sqs_actor_uses_pod_identity_by_default() {
+        let desired = render(SQS);
+        assert!(!desired.uses_jetstream());
+        let env = literal_env(&desired);
+        assert_eq!(env["ASYA_TRANSPORT"], "sqs");
+        assert_eq!(env["ASYA_STORE"], "dynamodb");
+        assert_eq!(env["AWS_REGION"], "us-east-1");
+        assert_eq!(env["ASYA_DYNAMODB_TABLE"], "asya-state");
+        assert!(!env.contains_key("AWS_ENDPOINT_URL"));
+        assert!(!env.contains_key("ASYA_NATS_URL"));
+        // Pod identity: no keys at all.
+        assert!(secret_env(&desired).is_empty());
+        // The python actor's own container gets none of the transport's env.
+        let pod = desired
+            .deployment
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let runtime = &pod.containers[0];
+        assert_eq!(runtime.name, RUNTIME_CONTAINER);
+        assert!(!runtime
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name.starts_with("AWS_") || e.name == "ASYA_TRANSPORT"));
+        assert!(!host(&desired)
+            .args
+            .unwrap()
+            .contains(&"--no-create".to_owned()));
+
+        let so = desired.scaled_object.clone().unwrap();
+        let trigger = &so["spec"]["triggers"][0];
+        assert_eq!(trigger["type"], "aws-sqs-queue");
+        assert_eq!(
+            trigger["metadata"],
+            json!({"queueURL": "asya-gpu-embed", "queueLength": "4", "awsRegion": "us-east-1"})
+        );
+        assert_eq!(
+            trigger["authenticationRef"],
+            json!({"name": "asya-embed-auth"})
+        );
+        let auth = desired.trigger_authentication.unwrap();
+        assert_eq!(auth["metadata"]["name"], "asya-embed-auth");
+        assert_eq!(auth["spec"], json!({"podIdentity": {"provider": "aws"}}));
+    }
+
+    #[test]
+    fn sqs_actor_with_an_endpoint_and_a_credentials_secret() {
+        let settings = Settings {
+            aws_region: "eu-west-1".into(),
+            aws_endpoint: Some("http://elasticmq.aws.svc:9324".into()),
+            aws_credentials_secret: Some("aws-keys".into()),
+            dynamodb_table: "asya-results".into(),
+            ..Settings::default()
+        };
+        let desired = render_with(SQS, &settings);
+        let env = literal_env(&desired);
+        assert_eq!(env["AWS_REGION"], "eu-west-1");
+        assert_eq!(env["AWS_ENDPOINT_URL"], "http://elasticmq.aws.svc:9324");
+        assert_eq!(env["ASYA_DYNAMODB_TABLE"], "asya-results");
+        let keys = |k: &str| ("aws-keys".to_owned(), k.to_owned());
+        assert_eq!(
+            secret_env(&desired),
+            BTreeMap::from([
+                (AWS_ACCESS_KEY_ID.to_owned(), keys(AWS_ACCESS_KEY_ID)),
+                (
+                    AWS_SECRET_ACCESS_KEY.to_owned(),
+                    keys(AWS_SECRET_ACCESS_KEY)
+                ),
+            ])
+        );
+        let so = desired.scaled_object.clone().unwrap();
+        let metadata = &so["spec"]["triggers"][0]["metadata"];
+        assert_eq!(metadata["awsEndpoint"], "http://elasticmq.aws.svc:9324");
+        assert_eq!(metadata["awsRegion"], "eu-west-1");
+        let auth = desired.trigger_authentication.unwrap();
+        assert_eq!(
+            auth["spec"],
+            json!({"secretTargetRef": [
+                {"parameter": "awsAccessKeyID", "name": "aws-keys", "key": "AWS_ACCESS_KEY_ID"},
+                {"parameter": "awsSecretAccessKey", "name": "aws-keys", "key": "AWS_SECRET_ACCESS_KEY"},
+            ]})
+        );
+        // A rabbitmq actor on DynamoDB gets the same AWS settings and keys.
+        let rabbit = render_with(RABBITMQ, &settings);
+        assert_eq!(
+            literal_env(&rabbit)["AWS_ENDPOINT_URL"],
+            "http://elasticmq.aws.svc:9324"
+        );
+        assert_eq!(secret_env(&rabbit).len(), 3);
+    }
+
+    #[test]
+    fn no_trigger_authentication_without_scaling() {
+        let mut a = actor(RABBITMQ);
+        a.spec.scaling.as_mut().unwrap().enabled = Some(false);
+        let desired = desired_objects(&a, &a.spec.clone(), &Settings::default());
+        assert!(desired.scaled_object.is_none());
+        assert!(desired.trigger_authentication.is_none());
+        // The host still reads the URL from the Secret.
+        assert_eq!(secret_env(&desired)["ASYA_RABBITMQ_URL"].1, "url");
     }
 }

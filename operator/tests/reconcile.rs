@@ -1,5 +1,6 @@
 //! `reconcile()` against an in-memory Kubernetes API (kube-fake-client) and an in-memory
-//! JetStream: create, update, delete, flavor conflict, scaling off/on, python vs wasm.
+//! JetStream: create, update, delete, flavor conflict, scaling off/on, python vs wasm, and the
+//! RabbitMQ and SQS transports (which need no JetStream).
 
 use asya_operator::controller::{self, conditions, Context, FINALIZER};
 use asya_operator::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor};
@@ -29,6 +30,21 @@ use std::sync::{Arc, Mutex};
 )]
 struct ScaledObjectSpec {
     triggers: Vec<serde_json::Value>,
+}
+
+/// KEDA's TriggerAuthentication, for the same reason.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "keda.sh",
+    version = "v1alpha1",
+    kind = "TriggerAuthentication",
+    namespaced
+)]
+struct TriggerAuthenticationSpec {
+    #[serde(default, rename = "secretTargetRef")]
+    secret_target_ref: Vec<serde_json::Value>,
+    #[serde(default, rename = "podIdentity")]
+    pod_identity: Option<serde_json::Value>,
 }
 
 /// An AsyncActor as the fake API server stores it, for `json_patch_as_the_api_server_does`
@@ -112,7 +128,9 @@ async fn harness(actors: Vec<AsyncActor>, flavors: Vec<Flavor>, keda: bool) -> H
         .with_resource::<AsyncActor>()
         .with_resource::<Flavor>();
     if keda {
-        builder = builder.with_resource::<ScaledObject>();
+        builder = builder
+            .with_resource::<ScaledObject>()
+            .with_resource::<TriggerAuthentication>();
     }
     for a in actors {
         builder = builder.with_object(a);
@@ -240,6 +258,17 @@ impl Harness {
             self.client.clone(),
             NS,
             &controller::scaled_object_resource(),
+        )
+        .get_opt(name)
+        .await
+        .unwrap()
+    }
+
+    async fn trigger_authentication(&self, name: &str) -> Option<DynamicObject> {
+        Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            NS,
+            &controller::trigger_authentication_resource(),
         )
         .get_opt(name)
         .await
@@ -554,7 +583,9 @@ async fn missing_flavor_and_invalid_merged_spec_are_reported() {
 }
 
 /// Asya's tutorial actor (`tests/fixtures/asya-manifests`), in this test's namespace.
-fn tutorial_actor(keep_transport: bool) -> AsyncActor {
+/// The tutorial's actor with its `transport: sqs` line as written, replaced by another
+/// transport, or dropped (`None`: NATS, the default).
+fn tutorial_actor(transport: Option<&str>) -> AsyncActor {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/fixtures/asya-manifests/tutorial-text-processor.yaml"
@@ -562,7 +593,14 @@ fn tutorial_actor(keep_transport: bool) -> AsyncActor {
     let text: String = std::fs::read_to_string(path)
         .unwrap()
         .lines()
-        .filter(|line| keep_transport || !line.trim_start().starts_with("transport:"))
+        .filter_map(|line| {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            match (line.trim_start().starts_with("transport:"), transport) {
+                (false, _) => Some(line.to_owned()),
+                (true, Some(t)) => Some(format!("{indent}transport: {t}")),
+                (true, None) => None,
+            }
+        })
         .map(|line| format!("{line}\n"))
         .collect();
     let mut actor = actor(&text);
@@ -572,20 +610,41 @@ fn tutorial_actor(keep_transport: bool) -> AsyncActor {
 
 #[tokio::test]
 async fn asyas_tutorial_actor_is_reconciled_as_written() {
-    // As written (`transport: sqs`): refused, naming the transport; nothing is rendered.
-    let h = harness(vec![tutorial_actor(true)], vec![], true).await;
+    // As written (`transport: sqs`): an SQS actor, its queue declared by the host.
+    let h = harness(vec![tutorial_actor(Some("sqs"))], vec![], true).await;
+    h.settle("text-processor").await;
+    let status = h.status("text-processor").await;
+    assert_eq!(
+        cond(&status, conditions::SPEC_VALID).status,
+        "True",
+        "{status:?}"
+    );
+    assert_eq!(status.transport.as_deref(), Some("sqs"));
+    let so = h
+        .scaled_object("text-processor")
+        .await
+        .expect("scaled object");
+    assert_eq!(so.data["spec"]["triggers"][0]["type"], "aws-sqs-queue");
+    assert_eq!(
+        so.data["spec"]["triggers"][0]["metadata"]["queueURL"],
+        "asya-text-pipeline-text-processor"
+    );
+    assert!(h.jetstream.stream("ASYA_TEXT_PIPELINE").is_none());
+    // A transport this build does not run is refused, naming it; nothing is rendered.
+    let h = harness(vec![tutorial_actor(Some("pubsub"))], vec![], true).await;
     h.settle("text-processor").await;
     let status = h.status("text-processor").await;
     let valid = cond(&status, conditions::SPEC_VALID);
     assert_eq!(valid.reason.as_deref(), Some("InvalidSpec"));
     let message = valid.message.as_deref().unwrap();
     assert!(
-        message.contains("spec.transport: must be nats") && message.contains("(got sqs)"),
+        message.contains("spec.transport: must be nats, rabbitmq or sqs")
+            && message.contains("(got pubsub)"),
         "{message}"
     );
     assert!(h.deployment("text-processor").await.is_none());
     // On NATS: Asya's pod shape, the handler from ASYA_HANDLER, the tutorial's scaling.
-    let h = harness(vec![tutorial_actor(false)], vec![], true).await;
+    let h = harness(vec![tutorial_actor(None)], vec![], true).await;
     h.settle("text-processor").await;
     let pod = h
         .deployment("text-processor")
@@ -615,6 +674,114 @@ async fn asyas_tutorial_actor_is_reconciled_as_written() {
     assert_eq!(so.data["spec"]["maxReplicaCount"], 50);
     let status = h.status("text-processor").await;
     assert_eq!(status.runtime.as_deref(), Some("python"));
+}
+
+const RABBITMQ: &str = r#"
+apiVersion: asya.sh/v1alpha1
+kind: AsyncActor
+metadata: {name: classify, namespace: text-pipeline}
+spec:
+  transport: rabbitmq
+  handler: classifier.classify
+  component: oci://localhost:5000/text-pipeline/classify:v1
+  scaling: {minReplicaCount: 0, maxReplicaCount: 5, queueLength: 10}
+"#;
+
+#[tokio::test]
+async fn rabbitmq_actor_needs_no_jetstream() {
+    let h = harness(vec![actor(RABBITMQ)], vec![], true).await;
+    // No NATS at all: every JetStream call would fail.
+    h.jetstream.fail_with(Some("nats: no servers available"));
+    h.settle("classify").await;
+    let status = h.status("classify").await;
+    let queue = cond(&status, conditions::QUEUE_READY);
+    assert_eq!(queue.status, "True");
+    assert_eq!(queue.reason.as_deref(), Some("DeclaredByHost"));
+    assert!(
+        queue
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("rabbitmq queue asya-text-pipeline-classify"),
+        "{queue:?}"
+    );
+    assert_eq!(status.transport.as_deref(), Some("rabbitmq"));
+    assert_eq!(
+        cond(&status, conditions::SCALING_READY).status,
+        "True",
+        "{status:?}"
+    );
+    h.jetstream.fail_with(None);
+    assert!(h.jetstream.stream("ASYA_TEXT_PIPELINE").is_none());
+
+    let so = h.scaled_object("classify").await.expect("scaled object");
+    let trigger = &so.data["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "rabbitmq");
+    assert_eq!(trigger["authenticationRef"]["name"], "asya-classify-auth");
+    let auth = h
+        .trigger_authentication("asya-classify-auth")
+        .await
+        .expect("trigger authentication");
+    assert_eq!(
+        auth.data["spec"]["secretTargetRef"][0],
+        json!({"parameter": "host", "name": "asya-rabbitmq", "key": "host"})
+    );
+    assert_eq!(
+        auth.metadata.owner_references.as_ref().unwrap()[0].name,
+        "classify"
+    );
+    let pod = h
+        .deployment("classify")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let url = pod.containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "ASYA_RABBITMQ_URL")
+        .unwrap();
+    assert!(url.value.is_none());
+    assert_eq!(
+        url.value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .key,
+        "url"
+    );
+
+    // Scaling off: the ScaledObject and the TriggerAuthentication go.
+    h.edit("classify", json!({"scaling": {"enabled": false}}))
+        .await;
+    h.reconcile("classify").await;
+    assert!(h.scaled_object("classify").await.is_none());
+    assert!(h
+        .trigger_authentication("asya-classify-auth")
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn deleting_a_rabbitmq_actor_asks_nothing_of_jetstream() {
+    let mut deleting = actor(RABBITMQ);
+    deleting.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let h = harness(vec![deleting], vec![], true).await;
+    h.jetstream.fail_with(Some("nats: no servers available"));
+    h.reconcile("classify").await;
+    assert!(h.jetstream.deleted().is_empty());
+    let left = h.actors().get_opt("classify").await.unwrap();
+    assert!(left.is_none_or(|a| a.finalizers().is_empty()));
 }
 
 #[tokio::test]

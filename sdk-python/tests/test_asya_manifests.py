@@ -1,7 +1,8 @@
 """Asya's own manifests (`tests/fixtures/asya-manifests/`, copied from its tutorial and blog) in
 the SDK: they pass the AsyncActor schema as written, and `asya dev` runs the tutorial's
 `text-processor` (Asya's `workload` form) with the tutorial's handler, on the native Python
-runtime, as Asya deploys it. The tutorial's `transport: sqs` is refused by the host, naming it."""
+runtime, as Asya deploys it. A transport this build does not run (pubsub) is refused by the host,
+naming it."""
 
 from __future__ import annotations
 
@@ -46,19 +47,21 @@ def test_asyas_manifests_pass_the_schema_as_written(path: Path) -> None:
         assert spec["handler"]
 
 
-def pipeline(tmp_path: Path, keep_transport: bool) -> Path:
+def pipeline(tmp_path: Path, transport: str | None = None) -> Path:
+    """The tutorial's actor, its `transport: sqs` line replaced by `transport` (None: dropped)."""
     root = tmp_path / "tutorial"
     (root / "src").mkdir(parents=True)
     (root / "src" / "__init__.py").write_text("")
     (root / "src" / "text_processor.py").write_text(TEXT_PROCESSOR)
     (root / "actors").mkdir()
-    text = (ASYA / "tutorial-text-processor.yaml").read_text()
-    if not keep_transport:
-        text = "".join(
-            line
-            for line in text.splitlines(keepends=True)
-            if not line.lstrip().startswith("transport:")
-        )
+    lines = []
+    for line in (ASYA / "tutorial-text-processor.yaml").read_text().splitlines(keepends=True):
+        if line.lstrip().startswith("transport:"):
+            if transport is None:
+                continue
+            line = line[: len(line) - len(line.lstrip())] + f"transport: {transport}\n"
+        lines.append(line)
+    text = "".join(lines)
     (root / "actors" / "text-processor.yaml").write_text(text)
     (root / "pipeline.yaml").write_text("route: [text-processor]\n")
     return root
@@ -72,7 +75,7 @@ def asya(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_tutorials_actor_runs_in_asya_dev(tmp_path: Path) -> None:
-    root = pipeline(tmp_path, keep_transport=False)
+    root = pipeline(tmp_path)
     (actor,) = load_actors(root / "actors")
     assert (actor.handler, actor.runtime) == ("src.text_processor.process", "python")
     proc = asya("dev", str(root), "--payload", '{"text": "hello world", "request_id": "123"}')
@@ -88,12 +91,12 @@ def test_the_tutorials_actor_runs_in_asya_dev(tmp_path: Path) -> None:
     }
 
 
-def test_the_tutorials_sqs_transport_is_named_in_the_refusal(tmp_path: Path) -> None:
-    root = pipeline(tmp_path, keep_transport=True)
+def test_a_transport_this_build_does_not_run_is_named_in_the_refusal(tmp_path: Path) -> None:
+    root = pipeline(tmp_path, transport="pubsub")
     proc = asya("dev", str(root), "--payload", '{"text": "x"}')
     assert proc.returncode != 0
-    assert "spec.transport: must be nats" in proc.stderr, proc.stderr
-    assert "(got sqs)" in proc.stderr, proc.stderr
+    assert "spec.transport: must be nats, rabbitmq or sqs" in proc.stderr, proc.stderr
+    assert "(got pubsub)" in proc.stderr, proc.stderr
 
 
 def test_the_injected_runtime_needs_nothing_from_asya_in_the_image(tmp_path: Path) -> None:
@@ -109,7 +112,7 @@ def test_the_injected_runtime_needs_nothing_from_asya_in_the_image(tmp_path: Pat
     host = find_host_binary()
     injected = tmp_path / "opt-asya"
     subprocess.run([str(host), "install-runtime", str(injected)], check=True, timeout=30)
-    root = pipeline(tmp_path, keep_transport=False)
+    root = pipeline(tmp_path)
     proc = subprocess.run(
         [
             str(host),

@@ -72,9 +72,9 @@ pub enum Transport {
     /// NATS JetStream.
     #[default]
     Nats,
-    /// RabbitMQ (Asya's; not run by this build yet).
+    /// RabbitMQ (quorum queues, publisher confirms).
     Rabbitmq,
-    /// Amazon SQS (Asya's; not run by this build yet).
+    /// Amazon SQS (results and fan-ins in DynamoDB).
     Sqs,
     /// Google Pub/Sub (Asya's; not run by this build).
     Pubsub,
@@ -93,7 +93,7 @@ impl Transport {
 
     /// Whether this build runs actors on the transport.
     pub fn runs_here(self) -> bool {
-        matches!(self, Transport::Nats)
+        matches!(self, Transport::Nats | Transport::Rabbitmq | Transport::Sqs)
     }
 }
 

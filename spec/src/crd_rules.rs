@@ -88,8 +88,8 @@ pub static TIMEOUTS_RULE: std::sync::LazyLock<(String, &'static str)> = std::syn
 
 /// The transport is one this build runs (on `spec.transport`).
 pub const TRANSPORT_RULE: Rule = (
-    "self == 'nats'",
-    "must be nats: this build runs NATS JetStream; rabbitmq, sqs and pubsub are transports of Asya it does not run yet (README: Coming from Asya)",
+    "self in ['nats', 'rabbitmq', 'sqs']",
+    "must be nats, rabbitmq or sqs: pubsub is a transport of Asya this build does not run (README: Coming from Asya)",
 );
 /// `flavor` is the one-item form of `flavors`: not both.
 pub const FLAVOR_ALIAS_RULE: Rule = (

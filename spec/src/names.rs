@@ -125,6 +125,23 @@ pub fn dedup_id(id: &str, hop: impl std::fmt::Display, destination: &str) -> Str
     format!("{id}:{hop}:{destination}")
 }
 
+/// The RabbitMQ or SQS queue of `actor` in `namespace`: `asya-<namespace>-<actor>`, as Asya
+/// names them.
+pub fn queue_name(namespace: &str, actor: &str) -> String {
+    format!("asya-{namespace}-{actor}")
+}
+
+/// The RabbitMQ queue holding `actor`'s messages retried after `delay_ms`: messages wait there
+/// for its per-queue TTL, then dead-letter back to the actor's queue. One queue per distinct
+/// delay, so a message never waits behind a longer one.
+pub fn delay_queue_name(namespace: &str, actor: &str, delay_ms: u64) -> String {
+    format!("asya-{namespace}-{actor}.delay-{delay_ms}ms")
+}
+
+/// The DynamoDB table holding results and open fan-ins of every namespace (keys are prefixed by
+/// namespace), unless `ASYA_DYNAMODB_TABLE` names another.
+pub const DEFAULT_STATE_TABLE: &str = "asya-state";
+
 /// Window in which equal `Nats-Msg-Id`s are dropped (stream and results bucket alike).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a result stays in a namespace's results bucket (the default; `--results-ttl` of

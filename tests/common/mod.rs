@@ -78,6 +78,8 @@ pub fn cache() -> ComponentCache {
     ComponentCache::new(default_cache_dir())
 }
 pub mod nats;
+pub mod rabbitmq;
+pub mod sqs;
 
 /// Compiles `tests/fixtures/flows/flows.py` and builds the `fan` flow's routers and handlers;
 /// returns the manifests directory (under `target/asya-fixtures/<work>`) and the (actor, component) pairs.

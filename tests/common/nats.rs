@@ -167,9 +167,32 @@ impl HostProcess {
         extra: &[&str],
         log: Option<&Path>,
     ) -> Self {
+        Self::start_on(
+            &["--nats".to_owned(), nats_url.to_owned()],
+            &[],
+            manifests,
+            components,
+            extra,
+            log,
+        )
+    }
+
+    /// Starts `asya-host run` on the broker `backend` names (`--transport ... --nats ...`),
+    /// with `env` added to its environment; waits until /readyz answers 200.
+    pub fn start_on(
+        backend: &[String],
+        env: &[(String, String)],
+        manifests: &Path,
+        components: &[(&str, &Path)],
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
         let http_port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_asya-host"));
-        cmd.args(["run", "--nats", nats_url, "--manifests"])
+        cmd.arg("run")
+            .args(backend)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .arg("--manifests")
             .arg(manifests)
             .args(["--http", &format!("127.0.0.1:{http_port}")])
             .args(extra)

@@ -28,9 +28,17 @@ def flavor_schema(crds):
     return crd_validator(crds["Flavor"])
 
 
+def keda_schema(name: str) -> jsonschema.protocols.Validator:
+    schema = yaml.safe_load((Path(__file__).parent / name).read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
 @pytest.fixture(scope="session")
 def scaled_object_schema():
-    schema = yaml.safe_load(
-        (Path(__file__).parent / "keda-scaledobject.schema.yaml").read_text()
-    )
-    return jsonschema.Draft202012Validator(schema)
+    return keda_schema("keda-scaledobject.schema.yaml")
+
+
+@pytest.fixture(scope="session")
+def trigger_authentication_schema():
+    return keda_schema("keda-triggerauthentication.schema.yaml")

@@ -32,9 +32,13 @@ def documents(text: str) -> list[dict[str, Any]]:
 
 
 def render(
-    *files: Path | str, flavors: tuple[Path | str, ...] = (), uid: str | None = None
+    *files: Path | str,
+    flavors: tuple[Path | str, ...] = (),
+    uid: str | None = None,
+    settings: tuple[str, ...] = (),
 ):
-    args = ["render"]
+    """`asya-operator render` on files; `settings` are more flags (`--aws-region`, ...)."""
+    args = ["render", *settings]
     for file in files:
         args += ["-f", str(file)]
     for flavor in flavors:

@@ -66,6 +66,13 @@ def test_operator_deployment_gets_the_values(rendered):
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["ASYA_NATS_URL"] == "nats://nats.messaging:4222"
     assert env["ASYA_HOST_IMAGE"] == "ghcr.io/asya-sh/asya-host:0.1.0"
+    # The transports' settings, with their defaults.
+    assert env["ASYA_RABBITMQ_SECRET"] == "asya-rabbitmq"
+    assert env["ASYA_RABBITMQ_STORE"] == "dynamodb"
+    assert env["ASYA_AWS_REGION"] == "us-east-1"
+    assert env["ASYA_DYNAMODB_TABLE"] == "asya-state"
+    assert "ASYA_AWS_ENDPOINT" not in env
+    assert "ASYA_AWS_CREDENTIALS_SECRET" not in env
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deployment["spec"]["replicas"] == 2
@@ -88,6 +95,7 @@ def test_rbac_is_least_privilege(rendered):
         ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
         ("", "configmaps"): {"get", "create", "patch"},
         ("keda.sh", "scaledobjects"): {"get", "create", "patch", "delete"},
+        ("keda.sh", "triggerauthentications"): {"get", "create", "patch", "delete"},
         ("events.k8s.io", "events"): {"create", "patch"},
     }
     # Secrets are never granted; leases only in the release's namespace.
@@ -163,3 +171,40 @@ def test_results_ttl_reaches_the_operator_per_namespace():
     )
     assert bad.returncode != 0
     assert "--results-ttl-for soon" in bad.stderr, bad.stderr
+
+
+def test_transport_settings_reach_the_operator():
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(
+        {
+            "rabbitmq": {"secret": "broker", "store": "nats://nats.nats.svc:4222"},
+            "aws": {
+                "region": "eu-west-1",
+                "endpoint": "http://localstack.aws.svc:4566",
+                "credentialsSecret": "aws-keys",
+                "dynamodbTable": "asya-results",
+            },
+        },
+        name="asya",
+        namespace="ops",
+    )
+    (deployment,) = documents(out["asya/templates/deployment.yaml"])
+    validate_kubernetes(deployment)
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    settings = {
+        "ASYA_RABBITMQ_SECRET": ("--rabbitmq-secret", "broker"),
+        "ASYA_RABBITMQ_STORE": ("--rabbitmq-store", "nats://nats.nats.svc:4222"),
+        "ASYA_AWS_REGION": ("--aws-region", "eu-west-1"),
+        "ASYA_AWS_ENDPOINT": ("--aws-endpoint", "http://localstack.aws.svc:4566"),
+        "ASYA_AWS_CREDENTIALS_SECRET": ("--aws-credentials-secret", "aws-keys"),
+        "ASYA_DYNAMODB_TABLE": ("--dynamodb-table", "asya-results"),
+    }
+    for name, (_, value) in settings.items():
+        assert env[name] == value, name
+    # The operator reads each of these variables as the flag's value.
+    help_text = run_operator("render", "--help").stdout
+    for name, (flag, _) in settings.items():
+        assert flag in help_text and name in help_text, name

@@ -1,5 +1,6 @@
-"""`asya-operator render` on the example manifests: every object it would apply is validated
-against the real Kubernetes schemas (kubernetes-validate) or KEDA's ScaledObject schema."""
+"""`asya-operator render` on the example manifests and on RabbitMQ and SQS actors: every object
+it would apply is validated against the real Kubernetes schemas (kubernetes-validate) or KEDA's
+ScaledObject and TriggerAuthentication schemas."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_checks import ROOT, render, run_operator, validate_kubernetes
+from k8s_checks import ROOT, documents, render, run_operator, validate_kubernetes
 
 TEXT_PIPELINE = sorted((ROOT / "examples" / "text-pipeline" / "actors").glob("*.yaml"))
 GPU = sorted((ROOT / "examples" / "gpu-embedder" / "actors").glob("*.yaml"))
@@ -21,21 +22,38 @@ def by_kind(docs):
     return out
 
 
-def validate_all(docs, scaled_object_schema):
+# What each KEDA scaler needs in its trigger's metadata (the operator's triggers).
+TRIGGER_METADATA = {
+    # nats: to find the consumer's lag.
+    "nats-jetstream": ("natsServerMonitoringEndpoint", "account", "stream", "consumer"),
+    # rabbitmq: the queue and how to count it (the URL comes from the TriggerAuthentication).
+    "rabbitmq": ("protocol", "queueName", "mode", "value"),
+    "aws-sqs-queue": ("queueURL", "queueLength", "awsRegion"),
+}
+
+
+def validate_all(docs, scaled_object_schema, trigger_authentication_schema=None):
     assert docs
+    auths = {
+        doc["metadata"]["name"]
+        for doc in docs
+        if doc["kind"] == "TriggerAuthentication"
+    }
     for doc in docs:
         if doc["kind"] == "ScaledObject":
             scaled_object_schema.validate(doc)
-            metadata = doc["spec"]["triggers"][0]["metadata"]
-            # What KEDA's nats-jetstream scaler needs to find the consumer's lag.
-            for key in (
-                "natsServerMonitoringEndpoint",
-                "account",
-                "stream",
-                "consumer",
-            ):
-                assert metadata[key], key
-            assert int(metadata["lagThreshold"]) >= 1
+            (trigger,) = doc["spec"]["triggers"]
+            for key in TRIGGER_METADATA[trigger["type"]]:
+                assert trigger["metadata"][key], key
+            if trigger["type"] == "nats-jetstream":
+                assert int(trigger["metadata"]["lagThreshold"]) >= 1
+                assert "authenticationRef" not in trigger
+            else:
+                # The broker's credentials: by reference to the actor's TriggerAuthentication.
+                assert trigger["authenticationRef"]["name"] in auths
+        elif doc["kind"] == "TriggerAuthentication":
+            assert trigger_authentication_schema is not None
+            trigger_authentication_schema.validate(doc)
         else:
             validate_kubernetes(doc)
 
@@ -232,3 +250,209 @@ def test_an_actor_without_component_is_refused():
     )
     assert result.returncode != 0
     assert "needs spec.component" in result.stderr
+
+
+def host_of(docs) -> dict:
+    (deployment,) = by_kind(docs)["Deployment"]
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    (host,) = [c for c in containers if c["name"] == "asya-sidecar"]
+    return host
+
+
+def env_values(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def env_secrets(container: dict) -> dict[str, tuple[str, str]]:
+    out = {}
+    for e in container["env"]:
+        if "valueFrom" in e:
+            assert "value" not in e, e
+            ref = e["valueFrom"]["secretKeyRef"]
+            out[e["name"]] = (ref["name"], ref["key"])
+    return out
+
+
+def test_a_rabbitmq_actor(
+    tmp_path: Path, scaled_object_schema, trigger_authentication_schema
+):
+    file = write(
+        tmp_path,
+        "a.yaml",
+        [
+            actor(
+                "classify",
+                transport="rabbitmq",
+                component="oci://r/classify:1",
+                scaling={"minReplicaCount": 0, "maxReplicaCount": 4, "queueLength": 8},
+            )
+        ],
+    )
+    result = run_operator("render", "-f", str(file), "--owner-uid", UID)
+    assert "rabbitmq queue asya-demo-classify (declared by the host)" in result.stdout
+    docs = documents(result.stdout)
+    validate_all(docs, scaled_object_schema, trigger_authentication_schema)
+    kinds = [doc["kind"] for doc in docs]
+    assert kinds == ["ConfigMap", "Deployment", "TriggerAuthentication", "ScaledObject"]
+    host = host_of(docs)
+    # The host declares its own queues.
+    assert "--no-create" not in host["args"]
+    env = env_values(host)
+    assert env["ASYA_TRANSPORT"] == "rabbitmq"
+    assert env["ASYA_STORE"] == "dynamodb"
+    assert env["ASYA_DYNAMODB_TABLE"] == "asya-state"
+    assert "ASYA_NATS_URL" not in env
+    assert env_secrets(host) == {"ASYA_RABBITMQ_URL": ("asya-rabbitmq", "url")}
+    kinds = by_kind(docs)
+    (trigger,) = kinds["ScaledObject"][0]["spec"]["triggers"]
+    assert trigger == {
+        "type": "rabbitmq",
+        "name": "queue",
+        "metadata": {
+            "protocol": "amqp",
+            "queueName": "asya-demo-classify",
+            "mode": "QueueLength",
+            "value": "8",
+        },
+        "authenticationRef": {"name": "asya-classify-auth"},
+    }
+    (auth,) = kinds["TriggerAuthentication"]
+    assert auth["metadata"]["name"] == "asya-classify-auth"
+    assert auth["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert auth["spec"] == {
+        "secretTargetRef": [
+            {"parameter": "host", "name": "asya-rabbitmq", "key": "host"}
+        ]
+    }
+    # The URL (it holds the password) is never in what the operator applies.
+    assert "amqp://" not in result.stdout
+
+
+def test_rabbitmq_settings(
+    tmp_path: Path, scaled_object_schema, trigger_authentication_schema
+):
+    file = write(
+        tmp_path,
+        "a.yaml",
+        [actor("classify", transport="rabbitmq", component="oci://r/c:1", scaling={})],
+    )
+    docs = render(
+        file,
+        settings=(
+            "--rabbitmq-secret",
+            "broker",
+            "--rabbitmq-store",
+            "nats://nats.nats.svc:4222",
+        ),
+    )
+    validate_all(docs, scaled_object_schema, trigger_authentication_schema)
+    host = host_of(docs)
+    assert env_values(host)["ASYA_STORE"] == "nats://nats.nats.svc:4222"
+    assert "AWS_REGION" not in env_values(host)
+    assert env_secrets(host) == {"ASYA_RABBITMQ_URL": ("broker", "url")}
+    (auth,) = by_kind(docs)["TriggerAuthentication"]
+    assert auth["spec"]["secretTargetRef"][0]["name"] == "broker"
+    for bad in ("redis://r:6379", "nats://user:pw@nats:4222"):
+        result = run_operator(
+            "render", "-f", str(file), "--rabbitmq-store", bad, check=False
+        )
+        assert result.returncode != 0
+        assert "--rabbitmq-store" in result.stderr, result.stderr
+
+
+def sqs_actor(tmp_path: Path) -> Path:
+    return write(
+        tmp_path,
+        "sqs.yaml",
+        [
+            actor(
+                "embed",
+                transport="sqs",
+                runtime="python",
+                image="registry.local/embed:v1",
+                handler="embedder.embed",
+                scaling={"minReplicas": 0, "maxReplicas": 3, "queueLength": 2},
+            )
+        ],
+    )
+
+
+def test_an_sqs_actor_on_pod_identity(
+    tmp_path: Path, scaled_object_schema, trigger_authentication_schema
+):
+    docs = render(sqs_actor(tmp_path), uid=UID)
+    validate_all(docs, scaled_object_schema, trigger_authentication_schema)
+    host = host_of(docs)
+    assert "--no-create" not in host["args"]
+    env = env_values(host)
+    assert env["ASYA_TRANSPORT"] == "sqs"
+    assert env["ASYA_STORE"] == "dynamodb"
+    assert env["AWS_REGION"] == "us-east-1"
+    assert env["ASYA_DYNAMODB_TABLE"] == "asya-state"
+    assert "AWS_ENDPOINT_URL" not in env
+    assert env_secrets(host) == {}
+    kinds = by_kind(docs)
+    (trigger,) = kinds["ScaledObject"][0]["spec"]["triggers"]
+    assert trigger["type"] == "aws-sqs-queue"
+    assert trigger["metadata"] == {
+        "queueURL": "asya-demo-embed",
+        "queueLength": "2",
+        "awsRegion": "us-east-1",
+    }
+    assert trigger["authenticationRef"] == {"name": "asya-embed-auth"}
+    (auth,) = kinds["TriggerAuthentication"]
+    assert auth["spec"] == {"podIdentity": {"provider": "aws"}}
+
+
+def test_an_sqs_actor_on_a_local_endpoint_with_keys(
+    tmp_path: Path, scaled_object_schema, trigger_authentication_schema
+):
+    docs = render(
+        sqs_actor(tmp_path),
+        settings=(
+            "--aws-region",
+            "eu-west-1",
+            "--aws-endpoint",
+            "http://localstack.aws.svc:4566",
+            "--aws-credentials-secret",
+            "aws-keys",
+            "--dynamodb-table",
+            "asya-results",
+        ),
+    )
+    validate_all(docs, scaled_object_schema, trigger_authentication_schema)
+    host = host_of(docs)
+    env = env_values(host)
+    assert env["AWS_REGION"] == "eu-west-1"
+    assert env["AWS_ENDPOINT_URL"] == "http://localstack.aws.svc:4566"
+    assert env["ASYA_DYNAMODB_TABLE"] == "asya-results"
+    assert env_secrets(host) == {
+        "AWS_ACCESS_KEY_ID": ("aws-keys", "AWS_ACCESS_KEY_ID"),
+        "AWS_SECRET_ACCESS_KEY": ("aws-keys", "AWS_SECRET_ACCESS_KEY"),
+    }
+    kinds = by_kind(docs)
+    metadata = kinds["ScaledObject"][0]["spec"]["triggers"][0]["metadata"]
+    assert metadata["awsEndpoint"] == "http://localstack.aws.svc:4566"
+    assert metadata["awsRegion"] == "eu-west-1"
+    (auth,) = kinds["TriggerAuthentication"]
+    assert auth["spec"] == {
+        "secretTargetRef": [
+            {
+                "parameter": "awsAccessKeyID",
+                "name": "aws-keys",
+                "key": "AWS_ACCESS_KEY_ID",
+            },
+            {
+                "parameter": "awsSecretAccessKey",
+                "name": "aws-keys",
+                "key": "AWS_SECRET_ACCESS_KEY",
+            },
+        ]
+    }
+
+
+def test_nats_actors_name_their_transport(tmp_path: Path):
+    docs = render(ROOT / "examples/text-pipeline/actors/classify.yaml")
+    env = env_values(host_of(docs))
+    assert env["ASYA_TRANSPORT"] == "nats"
+    assert "TriggerAuthentication" not in by_kind(docs)

@@ -1,4 +1,5 @@
-//! The long-running host on NATS JetStream (`asya-host run`): every actor of a directory of
+//! The long-running host on a broker (`asya-host run`; NATS JetStream, RabbitMQ or SQS, see
+//! [`crate::transport::backend`]): every actor of a directory of
 //! manifests, the end actors per namespace, and the HTTP endpoints `/metrics`, `/healthz` and
 //! `/readyz`. Shutdown is graceful: stop pulling, finish in-flight messages, ack, return.
 
@@ -13,7 +14,8 @@ use crate::runtime::component_cache::ComponentCache;
 use crate::runtime::python::PythonRuntimeConfig;
 use crate::runtime::sandbox::SandboxEngine;
 use crate::runtime::wasm::WasmExecutor;
-use crate::transport::nats::{connect, NatsResults, NatsSettings, NatsTransport};
+use crate::transport::backend::{Backend, BackendConfig};
+use crate::transport::results::ResultStore;
 use crate::transport::Transport;
 use anyhow::{bail, Context, Result};
 use axum::extract::State;
@@ -32,20 +34,18 @@ use tokio_util::sync::CancellationToken;
 /// Everything `asya-host run` needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// NATS server URL.
-    pub nats_url: String,
+    /// The broker and state store.
+    pub backend: BackendConfig,
     /// Directory of AsyncActor manifests.
     pub manifests: PathBuf,
     /// Component files by actor name (override `spec.component`).
     pub components: HashMap<String, PathBuf>,
-    /// JetStream settings.
-    pub nats: NatsSettings,
     /// A fan-out whose children have not all arrived this long after its first part ends
     /// with `FanInTimeout`.
     pub fanin_timeout: Duration,
     /// `/healthz` fails once a supervised task has been down this long.
     pub unhealthy_after: Duration,
-    /// Results TTL of particular namespaces (others: `nats.results_ttl`).
+    /// Results TTL of particular namespaces (others: `backend.nats.results_ttl`).
     pub results_ttl_for: HashMap<String, Duration>,
     /// Where to serve `/metrics`, `/healthz`, `/readyz` (none: no HTTP server).
     pub http_addr: Option<SocketAddr>,
@@ -76,7 +76,7 @@ struct HttpState {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     health: Arc<Health>,
-    nats: Arc<std::sync::OnceLock<async_nats::Client>>,
+    backend: Arc<std::sync::OnceLock<Arc<Backend>>>,
     unhealthy_after: Duration,
 }
 
@@ -93,7 +93,7 @@ async fn metrics_endpoint(
     )
 }
 
-/// Ready: started, connected to NATS, and every queue loop, end actor and fan-in running.
+/// Ready: started, connected to the broker, and every queue loop, end actor and fan-in running.
 async fn ready_endpoint(State(state): State<HttpState>) -> (StatusCode, String) {
     if !state.ready.load(Ordering::Relaxed) {
         return (
@@ -101,11 +101,14 @@ async fn ready_endpoint(State(state): State<HttpState>) -> (StatusCode, String) 
             "not ready: starting\n".into(),
         );
     }
-    let connected = state.nats.get().map(|c| c.connection_state());
-    if connected != Some(async_nats::connection::State::Connected) {
+    let connected = match state.backend.get() {
+        Some(backend) => backend.ready(),
+        None => Err("connecting to the broker".to_owned()),
+    };
+    if let Err(why) = connected {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: NATS is {connected:?}\n"),
+            format!("not ready: {why}\n"),
         );
     }
     let report = state.health.report(state.unhealthy_after);
@@ -119,7 +122,7 @@ async fn ready_endpoint(State(state): State<HttpState>) -> (StatusCode, String) 
 }
 
 /// Healthy unless a supervised task has stayed down past `--unhealthy-after` (then Kubernetes
-/// restarts the pod); a NATS outage alone is not unhealthy (the client reconnects by itself).
+/// restarts the pod); a broker outage alone is not unhealthy (the host reconnects by itself).
 async fn health_endpoint(State(state): State<HttpState>) -> (StatusCode, String) {
     let report = state.health.report(state.unhealthy_after);
     if report.failing.is_empty() {
@@ -175,13 +178,13 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
     metrics.know(manifests.iter().map(|(_, actor)| actor.name()));
     let ready = Arc::new(AtomicBool::new(false));
     let health = Health::new();
-    let nats = Arc::new(std::sync::OnceLock::new());
+    let backend_slot = Arc::new(std::sync::OnceLock::new());
     if let Some(addr) = config.http_addr {
         let state = HttpState {
             metrics: metrics.clone(),
             ready: ready.clone(),
             health: health.clone(),
-            nats: nats.clone(),
+            backend: backend_slot.clone(),
             unhealthy_after: config.unhealthy_after,
         };
         let app = axum::Router::new()
@@ -201,13 +204,13 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
         });
     }
 
-    let client = connect(&config.nats_url).await?;
-    let _ = nats.set(client.clone());
+    let backend = Arc::new(Backend::connect(&config.backend).await?);
+    let _ = backend_slot.set(backend.clone());
     let workers = CancellationToken::new();
     let mut fleet = Fleet {
         health,
         engine: SandboxEngine::new()?,
-        client: client.clone(),
+        backend: backend.clone(),
         metrics: metrics.clone(),
         workers: workers.clone(),
         tasks: JoinSet::new(),
@@ -289,7 +292,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
     if drained.is_err() {
         bail!("in-flight messages did not finish within the {:?} grace period; they will be redelivered", config.grace);
     }
-    client.flush().await.ok();
+    backend.close().await;
     tracing::info!("asya host stopped");
     Ok(())
 }
@@ -324,7 +327,7 @@ fn manifest_listing(config: &RunConfig) -> Vec<(PathBuf, u64, Option<std::time::
 /// One namespace's shared parts: its transport, end actors and fan-in aggregator.
 struct NamespaceRuntime {
     transport: Arc<dyn Transport>,
-    results: Arc<NatsResults>,
+    results: Arc<dyn ResultStore>,
 }
 
 /// A running actor.
@@ -344,7 +347,7 @@ type WasmExecutors = Arc<std::sync::Mutex<HashMap<(String, String), Arc<WasmExec
 struct Fleet {
     health: Arc<Health>,
     engine: Arc<SandboxEngine>,
-    client: async_nats::Client,
+    backend: Arc<Backend>,
     metrics: Arc<Metrics>,
     workers: CancellationToken,
     tasks: JoinSet<Result<()>>,
@@ -368,21 +371,18 @@ impl Fleet {
         &mut self,
         config: &RunConfig,
         namespace: &str,
-    ) -> Result<(Arc<dyn Transport>, Arc<NatsResults>)> {
+    ) -> Result<(Arc<dyn Transport>, Arc<dyn ResultStore>)> {
         if let Some(ns) = self.namespaces.get(namespace) {
             return Ok((ns.transport.clone(), ns.results.clone()));
         }
-        let mut settings = config.nats.clone();
-        if let Some(ttl) = config.results_ttl_for.get(namespace) {
-            settings.results_ttl = *ttl;
-        }
-        let transport = NatsTransport::new(self.client.clone(), namespace, settings).await?;
-        tracing::info!(namespace, max_message_bytes = ?Transport::max_message_bytes(&transport),
-            "namespace on NATS: messages over the server's max_payload end at x-sump (OutputTooLarge)");
-        let results = Arc::new(transport.results().await?);
-        let fanin =
-            Arc::new(crate::actor::fanin::NatsFanIn::open(transport.jetstream(), namespace).await?);
-        let shared: Arc<dyn Transport> = Arc::new(transport);
+        let results_ttl = config
+            .results_ttl_for
+            .get(namespace)
+            .copied()
+            .unwrap_or(config.backend.nats.results_ttl);
+        let parts = self.backend.namespace(namespace, results_ttl).await?;
+        let (results, fanin) = (parts.results, parts.fanin);
+        let shared: Arc<dyn Transport> = parts.transport;
         // The end actors and the fan-in are supervised: restarted with backoff after an error.
         let (transport, store, stop) = (shared.clone(), results.clone(), self.workers.clone());
         self.tasks.spawn(supervise(

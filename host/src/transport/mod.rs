@@ -1,14 +1,20 @@
 //! Transports move envelope bytes between actor queues. The sidecar logic ([`crate::actor::sidecar`]) is
 //! written against this interface only, so the embedded in-process transport (the default, for
-//! development, tests and the demo) and NATS JetStream plug into the same routing code.
+//! development, tests and the demo), NATS JetStream, RabbitMQ and SQS plug into the same routing
+//! code ([`backend`] picks one per host).
 //!
 //! Contract: a [`Delivery`] is acknowledged only after every output derived from it has been
 //! published (`publish` returned `Ok`); a delivery dropped without ack is redelivered by
 //! transports that persist (the embedded one does not persist across process restarts).
 
+pub mod backend;
+pub mod dedup;
+pub mod dynamodb;
 pub mod embedded;
 pub mod nats;
+pub mod rabbitmq;
 pub mod results;
+pub mod sqs;
 
 use anyhow::Result;
 use async_trait::async_trait;
