@@ -9,7 +9,8 @@
 //! poison messages to `x-sump`; a broker outage mid-stream (NATS and RabbitMQ restart on the same
 //! storage; moto keeps its state in memory, so its process is paused instead: an SQS outage as a
 //! client sees one); SIGTERM drain; oversize and malformed input; fan-out/fan-in of a compiled
-//! flow across a host crash.
+//! flow across a host crash. Then the broker's own bad input (`broker_faults`): unreachable at
+//! start-up, wrong credentials, a queue deleted underneath a running host.
 
 mod common;
 
@@ -625,6 +626,180 @@ async fn a_compiled_flow_fans_out_and_in_across_a_host_crash(kind: Kind) {
             env.payload["total"],
             json!((0..n).map(|j| j * j).sum::<i64>())
         );
+    }
+}
+
+/// `asya-host run` started without waiting for it to be ready, its log in `log`.
+fn spawn_host(
+    broker_args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> (std::process::Child, u16) {
+    let (_dir, manifests) = manifests();
+    let component = common::component("behaviours.behave", "payload");
+    let port = common::nats::free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_asya-host"));
+    cmd.arg("run")
+        .args(broker_args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("--manifests")
+        .arg(&manifests)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .env("ASYA_LOG", "info")
+        .stderr(std::fs::File::create(log).unwrap());
+    for name in ["first", "second", "third", "poison"] {
+        cmd.arg("--component")
+            .arg(format!("{name}={}", component.display()));
+    }
+    std::mem::forget(_dir); // the host reads the manifests after this returns
+    (cmd.spawn().unwrap(), port)
+}
+
+/// Waits until the host's log contains `text`; returns the log.
+fn wait_for_log(log: &Path, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        if logged.contains(text) {
+            return logged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the host's log:\n{logged}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Bad input at the broker's end: unreachable at start-up, refused credentials, a queue
+/// deleted underneath a running host.
+mod broker_faults {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_broker_at_start_up_is_retried_and_the_host_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let nobody = common::nats::free_port();
+        for (name, args, env) in [
+            (
+                "RabbitMQ",
+                vec![
+                    "--transport".to_owned(),
+                    "rabbitmq".into(),
+                    "--rabbitmq-url".into(),
+                    format!("amqp://guest:guest@127.0.0.1:{nobody}/%2f"),
+                ],
+                vec![],
+            ),
+            (
+                "SQS",
+                vec!["--transport".to_owned(), "sqs".into()],
+                aws_env(&format!("http://127.0.0.1:{nobody}")),
+            ),
+        ] {
+            let log = dir.path().join(format!("{name}.log"));
+            let (mut child, port) = spawn_host(&args, &env, &log);
+            let logged = wait_for_log(&log, &format!("{name} is not reachable yet"));
+            assert!(logged.contains("retry_in"), "{logged}");
+            let ready = common::nats::http_get(port, "/readyz");
+            assert_eq!(
+                ready.as_ref().map(|(c, _)| *c),
+                Some(503),
+                "{name}: {ready:?}"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{name}: the host keeps retrying"
+            );
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn wrong_rabbitmq_credentials_name_the_transport_and_the_user() {
+        let rabbit = RabbitServer::start_with(false);
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("host.log");
+        let url = format!(
+            "amqp://mallory:not-the-password@127.0.0.1:{}/%2f",
+            rabbit.port
+        );
+        let (mut child, port) = spawn_host(
+            &[
+                "--transport".into(),
+                "rabbitmq".into(),
+                "--rabbitmq-url".into(),
+                url,
+            ],
+            &[],
+            &log,
+        );
+        let logged = wait_for_log(&log, "refused user 'mallory'");
+        assert!(
+            logged.contains("RabbitMQ at amqp://mallory:***@127.0.0.1"),
+            "{logged}"
+        );
+        assert!(
+            !logged.contains("not-the-password"),
+            "the password is never logged"
+        );
+        assert_eq!(
+            common::nats::http_get(port, "/readyz").map(|(c, _)| c),
+            Some(503)
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Deletes the queue of `first` under a running host, then sends through it.
+    async fn a_deleted_queue_is_recreated(kind: Kind) {
+        let broker = Broker::start(kind);
+        let (_dir, manifests) = manifests();
+        let _host = start_host(&broker, &manifests, &[]);
+        let client = broker.client(NS).await;
+        let queue = asya_spec::names::queue_name(NS, "first");
+        match kind {
+            Kind::Rabbitmq => {
+                let connection = lapin::Connection::connect(
+                    &broker.rabbit.as_ref().unwrap().url(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await
+                .unwrap();
+                let channel = connection.create_channel().await.unwrap();
+                channel
+                    .queue_delete(queue.as_str().into(), Default::default())
+                    .await
+                    .unwrap();
+            }
+            Kind::Sqs => {
+                let sqs = aws_sdk_sqs::Client::new(&broker.aws().await);
+                let url = sqs.get_queue_url().queue_name(&queue).send().await.unwrap();
+                sqs.delete_queue()
+                    .queue_url(url.queue_url().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            Kind::Nats => unreachable!("NATS has no per-actor queue to delete"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ids = publish_many(&client, &["first", "second"], 20, json!({"text": "hi"})).await;
+        for id in ids {
+            let env = client.results.wait(&id, Duration::from_secs(90)).await;
+            assert_eq!(env.route.curr, SINK, "{kind:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_rabbitmq_queue_is_declared_again() {
+        a_deleted_queue_is_recreated(Kind::Rabbitmq).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_sqs_queue_is_created_again() {
+        a_deleted_queue_is_recreated(Kind::Sqs).await;
     }
 }
 

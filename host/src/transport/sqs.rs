@@ -225,9 +225,9 @@ impl SqsTransport {
                     }
                     // Created meanwhile by another host (with other attributes): use it.
                     Err(err)
-                        if err
-                            .as_service_error()
-                            .is_some_and(|e| e.is_queue_name_exists()) =>
+                        if err.as_service_error().is_some_and(|e| {
+                            e.is_queue_name_exists() || e.code() == Some("QueueAlreadyExists")
+                        }) =>
                     {
                         client
                             .get_queue_url()
