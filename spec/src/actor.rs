@@ -369,8 +369,8 @@ pub struct AsyncActorSpec {
     /// The user's image running `python -m asya.runtime`, for `runtime: python`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// `nats` (default); Asya's `rabbitmq`, `sqs` and `pubsub` are refused with a message
-    /// until this build runs them.
+    /// `nats` (default), `rabbitmq` or `sqs`; Asya's `pubsub` is refused with a message (this
+    /// build does not run it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
     /// KEDA autoscaling on the queue.
