@@ -52,7 +52,7 @@ struct Broker {
 
 /// Final envelopes as the host stored them, read back from the state store it used.
 enum Results {
-    Nats(NatsResults),
+    Nats(Box<NatsResults>),
     Dynamo(DynamoState),
 }
 
@@ -231,7 +231,7 @@ impl Broker {
                 let transport = NatsTransport::new(client, namespace, NatsSettings::default())
                     .await
                     .unwrap();
-                let results = Results::Nats(transport.results().await.unwrap());
+                let results = Results::Nats(Box::new(transport.results().await.unwrap()));
                 Client {
                     transport: Arc::new(transport),
                     results,
@@ -247,7 +247,7 @@ impl Broker {
                         namespace,
                         RabbitSettings::default(),
                     )),
-                    results: Results::Nats(self.nats_results(namespace).await),
+                    results: Results::Nats(Box::new(self.nats_results(namespace).await)),
                 }
             }
             Kind::Sqs => {

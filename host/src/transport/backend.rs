@@ -78,7 +78,9 @@ pub struct NamespaceParts {
     pub fanin: Arc<dyn FanInStore>,
 }
 
-/// Results and fan-ins for a broker without a key-value store.
+/// Results and fan-ins for a broker without a key-value store (one per host: its size does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
 pub enum StateStore {
     /// JetStream key-value buckets on a NATS server.
     Nats {
