@@ -31,6 +31,7 @@ echo "== python tests"
 echo "== benchmarks (short runs; full runs: cargo bench -p asya-host --bench NAME)"
 BENCH_MESSAGES=5000 cargo bench --locked --workspace --bench pipeline
 BENCH_MESSAGES=2000 cargo bench --locked --workspace --bench nats_pipeline
+BENCH_ROUNDS=1 BENCH_MESSAGES=1000 BENCH_SQS_MESSAGES=100 cargo bench --locked --workspace --bench transports
 BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench runtimes
 BENCH_ROUNDS=2 cargo bench --locked --workspace --bench async_calls
 BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench flow

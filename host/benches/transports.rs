@@ -155,7 +155,11 @@ const SIDES: [Side; 2] = [Side::Raw, Side::Asya];
 enum Broker {
     Nats(NatsServer),
     Rabbitmq(RabbitServer),
-    Sqs(MotoServer, aws_config::SdkConfig),
+    /// The server (kept running while this lives) and a client configuration for it.
+    Sqs {
+        _moto: MotoServer,
+        aws: Box<aws_config::SdkConfig>,
+    },
 }
 
 impl Broker {
@@ -175,7 +179,10 @@ impl Broker {
                         ))
                         .load(),
                 );
-                Broker::Sqs(moto, aws)
+                Broker::Sqs {
+                    _moto: moto,
+                    aws: Box::new(aws),
+                }
             }
         }
     }
@@ -200,7 +207,7 @@ impl Broker {
                 };
                 Arc::new(RabbitTransport::new(connection, namespace, settings))
             }
-            Broker::Sqs(_, aws) => {
+            Broker::Sqs { aws, .. } => {
                 let transport = SqsTransport::new(
                     aws_sdk_sqs::Client::new(aws),
                     namespace,
@@ -909,7 +916,7 @@ async fn run_side(
         (Side::Raw, Broker::Rabbitmq(server)) => {
             raw_rabbitmq(&server.url(), messages, round, outcomes).await
         }
-        (Side::Raw, Broker::Sqs(_, aws)) => raw_sqs(aws, messages, round, outcomes).await,
+        (Side::Raw, Broker::Sqs { aws, .. }) => raw_sqs(aws, messages, round, outcomes).await,
     }?;
     // Let the stopped side's tasks wind down before the next one starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
