@@ -634,8 +634,8 @@ fn spawn_host(
     broker_args: &[String],
     env: &[(String, String)],
     log: &Path,
-) -> (std::process::Child, u16) {
-    let (_dir, manifests) = manifests();
+) -> (std::process::Child, u16, tempfile::TempDir) {
+    let (dir, manifests) = manifests();
     let component = common::component("behaviours.behave", "payload");
     let port = common::nats::free_port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_asya-host"));
@@ -651,8 +651,7 @@ fn spawn_host(
         cmd.arg("--component")
             .arg(format!("{name}={}", component.display()));
     }
-    std::mem::forget(_dir); // the host reads the manifests after this returns
-    (cmd.spawn().unwrap(), port)
+    (cmd.spawn().unwrap(), port, dir)
 }
 
 /// Waits until the host's log contains `text`; returns the log.
@@ -698,7 +697,7 @@ mod broker_faults {
             ),
         ] {
             let log = dir.path().join(format!("{name}.log"));
-            let (mut child, port) = spawn_host(&args, &env, &log);
+            let (mut child, port, _manifests) = spawn_host(&args, &env, &log);
             let logged = wait_for_log(&log, &format!("{name} is not reachable yet"));
             assert!(logged.contains("retry_in"), "{logged}");
             let ready = common::nats::http_get(port, "/readyz");
@@ -725,7 +724,7 @@ mod broker_faults {
             "amqp://mallory:not-the-password@127.0.0.1:{}/%2f",
             rabbit.port
         );
-        let (mut child, port) = spawn_host(
+        let (mut child, port, _manifests) = spawn_host(
             &[
                 "--transport".into(),
                 "rabbitmq".into(),

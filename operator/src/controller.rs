@@ -14,6 +14,7 @@ use crate::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor, FlavorSpec, Tr
 use crate::flavor::{self, MergeError};
 use crate::jetstream::{JetStreamAdmin, QueueError};
 use crate::metrics::Metrics;
+use crate::queues::{BrokerAdmin, Deleted, Ensured, QueueAdmin};
 use crate::render::{self, Desired, Settings, FIELD_MANAGER};
 use crate::validate;
 use futures::StreamExt;
@@ -54,8 +55,8 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// A JetStream call failed.
-    #[error("jetstream: {0}")]
+    /// A JetStream, RabbitMQ or SQS call failed.
+    #[error("queue: {0}")]
     Queue(#[from] QueueError),
     /// A JSON patch could not be built (a bug).
     #[error("building a JSON patch: {0}")]
@@ -97,6 +98,8 @@ pub struct Context {
     pub client: Client,
     /// JetStream administration.
     pub jetstream: Arc<dyn JetStreamAdmin>,
+    /// RabbitMQ and SQS queue administration (none managed unless given).
+    pub queues: Arc<dyn QueueAdmin>,
     /// Cluster-wide settings.
     pub settings: Settings,
     /// Operator metrics.
@@ -124,10 +127,17 @@ impl Context {
         Context {
             client,
             jetstream,
+            queues: Arc::new(BrokerAdmin::default()),
             settings,
             metrics,
             recorder,
         }
+    }
+
+    /// The same context, creating RabbitMQ and SQS queues through `queues`.
+    pub fn with_queues(mut self, queues: Arc<dyn QueueAdmin>) -> Self {
+        self.queues = queues;
+        self
     }
 
     /// Publishes a Warning event on the actor; a failure is only logged (events are advisory).
@@ -371,14 +381,26 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
         },
     )];
 
-    // 2. The queue: JetStream on NATS; on RabbitMQ and SQS the host declares it.
+    // 2. The queue: JetStream on NATS; on RabbitMQ and SQS the operator creates it when it
+    //    manages that broker, else the host declares it when it starts.
+    let queue_name = render::queue_name(&namespace, &name);
     let queue = if desired.uses_jetstream() {
-        ensure_queue(&desired, ctx.jetstream.as_ref()).await
+        ensure_queue(&desired, ctx.jetstream.as_ref())
+            .await
+            .map(|_| None)
     } else {
-        Ok(())
+        ctx.queues
+            .ensure_queue(desired.transport, &queue_name)
+            .await
+            .map(Some)
+    };
+    let queue_error = if desired.uses_jetstream() {
+        "JetStreamError"
+    } else {
+        "QueueError"
     };
     conds.push(match &queue {
-        Ok(()) if desired.uses_jetstream() => condition(
+        Ok(None) => condition(
             conditions::QUEUE_READY,
             true,
             "ConsumerReady",
@@ -387,7 +409,13 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
                 desired.consumer.name, desired.consumer.stream, desired.consumer.filter_subject
             ),
         ),
-        Ok(()) => condition(
+        Ok(Some(Ensured::Created)) => condition(
+            conditions::QUEUE_READY,
+            true,
+            "QueueCreated",
+            format!("{} queue {queue_name}", desired.transport.as_str()),
+        ),
+        Ok(Some(Ensured::NotManaged)) => condition(
             conditions::QUEUE_READY,
             true,
             "DeclaredByHost",
@@ -397,15 +425,10 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
                 render::queue_name(&namespace, &name)
             ),
         ),
-        Err(err) => condition(
-            conditions::QUEUE_READY,
-            false,
-            "JetStreamError",
-            err.to_string(),
-        ),
+        Err(err) => condition(conditions::QUEUE_READY, false, queue_error, err.to_string()),
     });
     if let Err(err) = &queue {
-        ctx.warn(&actor, "JetStreamError", err.to_string()).await;
+        ctx.warn(&actor, queue_error, err.to_string()).await;
     }
 
     // 3. Kubernetes objects, server-side applied.
@@ -558,8 +581,18 @@ fn last_transport(actor: &AsyncActor) -> Transport {
 
 async fn cleanup(actor: &AsyncActor, ctx: &Context) -> Result<(), Error> {
     let namespace = actor.namespace().unwrap_or_default();
-    // RabbitMQ and SQS queues are the host's: nothing to delete (and no NATS to ask).
-    if last_transport(actor) != Transport::Nats {
+    let transport = last_transport(actor);
+    if transport != Transport::Nats {
+        // No NATS to ask. The queue goes if the operator manages it and it is empty; a queue
+        // still holding messages is kept, so deleting an actor never drops its work.
+        let queue = render::queue_name(&namespace, &actor.name_any());
+        match ctx.queues.delete_queue(transport, &queue).await? {
+            Deleted::Gone => tracing::info!(%queue, "queue deleted"),
+            Deleted::KeptWithMessages => {
+                tracing::warn!(%queue, "queue kept: it still holds messages")
+            }
+            Deleted::NotManaged => {}
+        }
         return Ok(());
     }
     let stream = render::stream_name(&namespace);

@@ -16,6 +16,7 @@ pub mod jetstream;
 pub mod leader;
 pub mod metrics;
 pub mod offline;
+pub mod queues;
 pub mod render;
 pub mod validate;
 

@@ -5,6 +5,7 @@ use asya_operator::controller::{self, Context as ReconcileContext};
 use asya_operator::jetstream::NatsAdmin;
 use asya_operator::leader::{self, LeaseSettings};
 use asya_operator::metrics::{self, Metrics};
+use asya_operator::queues::{BrokerAdmin, RabbitAdmin, SqsAdmin};
 use asya_operator::render::{self, Settings};
 use asya_operator::{crd, offline};
 use clap::{Parser, Subcommand};
@@ -92,6 +93,14 @@ struct SettingsArgs {
     /// DynamoDB table of results and fan-ins.
     #[arg(long, env = "ASYA_DYNAMODB_TABLE", default_value = asya_spec::names::DEFAULT_STATE_TABLE)]
     dynamodb_table: String,
+    /// AMQP URL the operator declares RabbitMQ actors' queues with (none: their hosts declare
+    /// them when they start).
+    #[arg(long, env = "ASYA_RABBITMQ_ADMIN_URL", hide_env_values = true)]
+    rabbitmq_admin_url: Option<String>,
+    /// Create SQS actors' queues (with the operator's AWS credentials, `--aws-region`,
+    /// `--aws-endpoint`); off: their hosts create them when they start.
+    #[arg(long, env = "ASYA_MANAGE_SQS_QUEUES")]
+    manage_sqs_queues: bool,
 }
 
 impl SettingsArgs {
@@ -231,13 +240,29 @@ async fn run(args: RunArgs) -> Result<()> {
     metrics.set_ready(true);
     let settings = args.settings.settings()?;
     let jetstream = Arc::new(NatsAdmin::connect(&settings.nats_url).await?);
-    let ctx = Arc::new(ReconcileContext::new(
-        client.clone(),
-        jetstream,
-        settings,
-        metrics.clone(),
-        args.holder.clone(),
-    ));
+    let queues = BrokerAdmin {
+        rabbitmq: args
+            .settings
+            .rabbitmq_admin_url
+            .as_deref()
+            .filter(|url| !url.is_empty())
+            .map(RabbitAdmin::new),
+        sqs: if args.settings.manage_sqs_queues {
+            Some(SqsAdmin::from_env(&settings.aws_region, settings.aws_endpoint.as_deref()).await)
+        } else {
+            None
+        },
+    };
+    let ctx = Arc::new(
+        ReconcileContext::new(
+            client.clone(),
+            jetstream,
+            settings,
+            metrics.clone(),
+            args.holder.clone(),
+        )
+        .with_queues(Arc::new(queues)),
+    );
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();

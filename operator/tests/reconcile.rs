@@ -6,6 +6,7 @@ use asya_operator::controller::{self, conditions, Context, FINALIZER};
 use asya_operator::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor};
 use asya_operator::jetstream::MemoryJetStream;
 use asya_operator::metrics::Metrics;
+use asya_operator::queues::{BrokerAdmin, MemoryQueues, QueueAdmin};
 use asya_operator::render::{Settings, CONFIG_HASH_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -124,6 +125,16 @@ struct Harness {
 }
 
 async fn harness(actors: Vec<AsyncActor>, flavors: Vec<Flavor>, keda: bool) -> Harness {
+    harness_with(actors, flavors, keda, Arc::new(BrokerAdmin::default())).await
+}
+
+/// A harness whose operator manages RabbitMQ and SQS queues through `queues`.
+async fn harness_with(
+    actors: Vec<AsyncActor>,
+    flavors: Vec<Flavor>,
+    keda: bool,
+    queues: Arc<dyn QueueAdmin>,
+) -> Harness {
     let mut builder = ClientBuilder::new()
         .with_resource::<AsyncActor>()
         .with_resource::<Flavor>();
@@ -159,16 +170,19 @@ async fn harness(actors: Vec<AsyncActor>, flavors: Vec<Flavor>, keda: bool) -> H
     );
     let client = builder.build().await.expect("fake client");
     let jetstream = Arc::new(MemoryJetStream::new());
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        jetstream.clone(),
-        Settings {
-            host_image: "ghcr.io/asya-sh/asya-host:test".into(),
-            ..Settings::default()
-        },
-        Arc::new(Metrics::new()),
-        None,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            jetstream.clone(),
+            Settings {
+                host_image: "ghcr.io/asya-sh/asya-host:test".into(),
+                ..Settings::default()
+            },
+            Arc::new(Metrics::new()),
+            None,
+        )
+        .with_queues(queues),
+    );
     Harness {
         client,
         flavors: store,
@@ -782,6 +796,55 @@ async fn deleting_a_rabbitmq_actor_asks_nothing_of_jetstream() {
     assert!(h.jetstream.deleted().is_empty());
     let left = h.actors().get_opt("classify").await.unwrap();
     assert!(left.is_none_or(|a| a.finalizers().is_empty()));
+}
+
+#[tokio::test]
+async fn an_operator_managing_the_broker_creates_the_queue_and_deletes_it_only_when_empty() {
+    let queues = MemoryQueues::new();
+    let h = harness_with(vec![actor(RABBITMQ)], vec![], true, queues.clone()).await;
+    h.jetstream.fail_with(Some("nats: no servers available"));
+    h.settle("classify").await;
+    let status = h.status("classify").await;
+    let queue = cond(&status, conditions::QUEUE_READY);
+    assert_eq!(
+        (queue.status.as_str(), queue.reason.as_deref()),
+        ("True", Some("QueueCreated")),
+        "{queue:?}"
+    );
+    assert_eq!(
+        queues.queues(),
+        [(
+            "rabbitmq".to_owned(),
+            "asya-text-pipeline-classify".to_owned()
+        )]
+    );
+
+    // Deleting the actor: a queue still holding messages is kept, an empty one goes.
+    let mut deleting = h.get("classify").await;
+    deleting.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let busy = MemoryQueues::new();
+    busy.busy
+        .lock()
+        .unwrap()
+        .insert("asya-text-pipeline-classify".to_owned());
+    let h = harness_with(vec![deleting.clone()], vec![], true, busy.clone()).await;
+    busy.ensure_queue(
+        asya_spec::actor::Transport::Rabbitmq,
+        "asya-text-pipeline-classify",
+    )
+    .await
+    .unwrap();
+    h.reconcile("classify").await;
+    assert_eq!(busy.queues().len(), 1, "kept: it holds messages");
+    let h = harness_with(vec![deleting], vec![], true, queues.clone()).await;
+    h.reconcile("classify").await;
+    assert!(
+        queues.queues().is_empty(),
+        "an empty queue is deleted with its actor"
+    );
 }
 
 #[tokio::test]

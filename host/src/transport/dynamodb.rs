@@ -207,9 +207,12 @@ impl DynamoTable {
         Ok(())
     }
 
+    /// The envelope stored under `pk`. An item without one is not written yet (DynamoDB
+    /// writes an item whole; a local DynamoDB-compatible server may show an update half-done).
     async fn get_envelope(&self, pk: &str) -> Result<Option<Envelope>> {
         self.get(pk)
             .await?
+            .filter(|item| item.contains_key("envelope"))
             .map(|item| envelope_of(&item, pk))
             .transpose()
     }
@@ -368,7 +371,7 @@ impl DynamoState {
                 .send()
                 .await
                 .map_err(|e| anyhow!("scanning DynamoDB results: {}", describe(&e)))?;
-            for item in page.items() {
+            for item in page.items().iter().filter(|i| i.contains_key("envelope")) {
                 let writes = item
                     .get("writes")
                     .and_then(|v| v.as_n().ok())
