@@ -10,7 +10,8 @@
 //! storage; moto keeps its state in memory, so its process is paused instead: an SQS outage as a
 //! client sees one); SIGTERM drain; oversize and malformed input; fan-out/fan-in of a compiled
 //! flow across a host crash. Then the broker's own bad input (`broker_faults`): unreachable at
-//! start-up, wrong credentials, a queue deleted underneath a running host.
+//! start-up, wrong credentials (RabbitMQ's user, SQS's access key), a queue deleted underneath
+//! a running host.
 
 mod common;
 
@@ -746,6 +747,31 @@ mod broker_faults {
         assert_eq!(
             common::nats::http_get(port, "/readyz").map(|(c, _)| c),
             Some(503)
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn refused_aws_credentials_name_the_transport_and_the_access_key() {
+        // moto checks every request against its IAM users: the host's key is unknown.
+        let moto = MotoServer::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("host.log");
+        let (mut child, port, _manifests) = spawn_host(
+            &["--transport".into(), "sqs".into()],
+            &aws_env(&moto.endpoint()),
+            &log,
+        );
+        let logged = wait_for_log(&log, "SQS refused access key testing");
+        assert!(logged.contains("check the AWS credentials"), "{logged}");
+        assert_eq!(
+            common::nats::http_get(port, "/readyz").map(|(c, _)| c),
+            Some(503)
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the host keeps retrying"
         );
         child.kill().unwrap();
         child.wait().unwrap();

@@ -56,15 +56,27 @@ pub struct MotoServer {
     /// The HTTP port.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Added to the server's environment (kept for restarts).
+    env: Vec<(String, String)>,
 }
 
 impl MotoServer {
     /// Starts a server on a free port and waits until it answers HTTP.
     pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// Starts a server with `env` added to its environment (e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`
+    /// makes moto check every request's credentials against its IAM users).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
         let mut server = MotoServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.spawn();
         server
@@ -78,6 +90,7 @@ impl MotoServer {
             .unwrap();
         let child = Command::new(moto_server_binary())
             .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -213,7 +213,8 @@ impl Backend {
                 let aws = sqs::aws_config().await;
                 let client = aws_sdk_sqs::Client::new(&aws);
                 let health = SqsHealth::default();
-                sqs::wait_until_reachable(&client, &health).await;
+                let identity = sqs::aws_identity(&aws).await;
+                sqs::wait_until_reachable(&client, &health, &identity).await;
                 Ok(Backend::Sqs {
                     client,
                     settings: SqsSettings {

@@ -89,9 +89,22 @@ impl SqsHealth {
     }
 }
 
+/// Who the host is to AWS, for messages: its access key id (an identifier, not a secret), or
+/// why it has none.
+pub async fn aws_identity(config: &aws_config::SdkConfig) -> String {
+    use aws_sdk_sqs::config::ProvideCredentials;
+    match config.credentials_provider() {
+        Some(provider) => match provider.provide_credentials().await {
+            Ok(credentials) => format!("access key {}", credentials.access_key_id()),
+            Err(err) => format!("no AWS credentials ({err})"),
+        },
+        None => "no AWS credentials configured".to_owned(),
+    }
+}
+
 /// Checks that SQS answers (a `ListQueues` of asya's prefix), retrying with backoff until it
-/// does; each failure is logged with its cause.
-pub async fn wait_until_reachable(client: &Client, health: &SqsHealth) {
+/// does; each failure is logged with its cause, a refusal (HTTP 401/403) naming `identity`.
+pub async fn wait_until_reachable(client: &Client, health: &SqsHealth, identity: &str) {
     let mut wait = Duration::from_millis(200);
     loop {
         match client
@@ -107,7 +120,13 @@ pub async fn wait_until_reachable(client: &Client, health: &SqsHealth) {
             }
             Err(err) => {
                 health.set(false);
-                tracing::error!(error = %describe(&err), retry_in = ?wait, "SQS is not reachable yet");
+                let status = err.raw_response().map(|r| r.status().as_u16());
+                if matches!(status, Some(401 | 403)) {
+                    tracing::error!(error = %describe(&err), retry_in = ?wait,
+                        "SQS refused {identity} (check the AWS credentials of the host)");
+                } else {
+                    tracing::error!(error = %describe(&err), retry_in = ?wait, "SQS is not reachable yet");
+                }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
