@@ -12,6 +12,7 @@
 //! elsewhere.
 
 use crate::actor::fanin::{FanInStore, NatsFanIn};
+use crate::transport::aws;
 use crate::transport::dynamodb::DynamoTable;
 use crate::transport::nats::{self, NatsSettings, NatsTransport};
 use crate::transport::rabbitmq::{self, RabbitConnection, RabbitSettings, RabbitTransport};
@@ -97,7 +98,7 @@ impl StateStore {
     async fn open(config: &BackendConfig) -> Result<Self> {
         match config.store.as_deref().map(str::trim) {
             None | Some("") | Some("dynamodb") => {
-                let aws = sqs::aws_config().await;
+                let aws = aws::config().await;
                 let client = aws_sdk_dynamodb::Client::new(&aws);
                 Ok(StateStore::Dynamo(
                     DynamoTable::open(client, &config.dynamodb_table, config.create).await?,
@@ -210,10 +211,10 @@ impl Backend {
                 })
             }
             TransportKind::Sqs => {
-                let aws = sqs::aws_config().await;
+                let aws = aws::config().await;
                 let client = aws_sdk_sqs::Client::new(&aws);
                 let health = SqsHealth::default();
-                let identity = sqs::aws_identity(&aws).await;
+                let identity = aws::identity(&aws).await;
                 sqs::wait_until_reachable(&client, &health, &identity).await;
                 Ok(Backend::Sqs {
                     client,

@@ -8,7 +8,7 @@
 //! message returned for a delayed retry comes back with the same id and must be handled.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Ids of finished messages, each kept for `window`, at most `capacity` of them (the oldest are
@@ -69,6 +69,35 @@ impl DedupWindow {
     /// Whether no id is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One [`DedupWindow`] per actor of a transport, made on first use.
+pub struct DedupWindows {
+    window: Duration,
+    by_actor: Mutex<HashMap<String, Arc<DedupWindow>>>,
+}
+
+/// How many finished ids an actor remembers at most (bounds memory at high rates).
+pub const DEDUP_CAPACITY: usize = 200_000;
+
+impl DedupWindows {
+    /// Windows of `window`, [`DEDUP_CAPACITY`] ids each.
+    pub fn new(window: Duration) -> Self {
+        DedupWindows {
+            window,
+            by_actor: Mutex::default(),
+        }
+    }
+
+    /// The window of `actor`.
+    pub fn of(&self, actor: &str) -> Arc<DedupWindow> {
+        self.by_actor
+            .lock()
+            .expect("dedup windows")
+            .entry(actor.to_owned())
+            .or_insert_with(|| Arc::new(DedupWindow::new(self.window, DEDUP_CAPACITY)))
+            .clone()
     }
 }
 

@@ -20,11 +20,11 @@
 use crate::actor::fanin::{Arrival, Expired, FanInStore};
 use crate::message::envelope::Envelope;
 use crate::message::flow::FanInRole;
+use crate::transport::aws::describe;
 use crate::transport::results::ResultStore;
 use crate::transport::TooLarge;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableStatus, TimeToLiveSpecification,
@@ -51,24 +51,6 @@ fn s(value: impl Into<String>) -> AttributeValue {
 
 fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
-}
-
-/// An SDK error with its service code and message, or its transport cause.
-fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &E) -> String {
-    match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_owned(),
-        _ => {
-            let mut text = err.to_string();
-            let mut source = err.source();
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            text
-        }
-    }
 }
 
 /// The state table.
@@ -353,32 +335,52 @@ impl DynamoState {
     /// Every stored result of the namespace with how many writes it took (1 when each message
     /// was stored exactly once).
     pub async fn all_results(&self) -> Result<Vec<(Envelope, u64)>> {
-        let mut out = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = self
-                .table
-                .client
-                .scan()
-                .table_name(&self.table.name)
-                .filter_expression("#kind = :k AND #ns = :ns")
-                .expression_attribute_names("#kind", "kind")
-                .expression_attribute_names("#ns", "ns")
-                .expression_attribute_values(":k", s("result"))
-                .expression_attribute_values(":ns", s(&self.namespace))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| anyhow!("scanning DynamoDB results: {}", describe(&e)))?;
-            for item in page.items().iter().filter(|i| i.contains_key("envelope")) {
+        let items = self
+            .scan("#kind = :k", &[(":k", s("result"))])
+            .await
+            .context("scanning DynamoDB results")?;
+        // An item without its envelope is not written yet (see `get_envelope`).
+        items
+            .iter()
+            .filter(|item| item.contains_key("envelope"))
+            .map(|item| {
                 let writes = item
                     .get("writes")
                     .and_then(|v| v.as_n().ok())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                out.push((envelope_of(item, "a result")?, writes));
+                Ok((envelope_of(item, "a result")?, writes))
+            })
+            .collect()
+    }
+
+    /// Every item of this namespace matching `filter` (`#kind` names the item's kind; `values`
+    /// are the filter's `:name`s), all pages, read consistently.
+    async fn scan(
+        &self,
+        filter: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<Vec<HashMap<String, AttributeValue>>> {
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        let expression = format!("#ns = :ns AND {filter}");
+        loop {
+            let mut scan = self
+                .table
+                .client
+                .scan()
+                .table_name(&self.table.name)
+                .filter_expression(&expression)
+                .expression_attribute_names("#ns", "ns")
+                .expression_attribute_names("#kind", "kind")
+                .expression_attribute_values(":ns", s(&self.namespace))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            for (name, value) in values {
+                scan = scan.expression_attribute_values(*name, value.clone());
             }
+            let page = scan.send().await.map_err(|e| anyhow!(describe(&e)))?;
+            out.extend(page.items().iter().cloned());
             match page.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => return Ok(out),
@@ -540,30 +542,16 @@ impl FanInStore for DynamoState {
     /// A scan of the table's fan-in indexes of this namespace (few: only open fan-outs have one).
     async fn expired(&self, timeout: Duration) -> Result<Vec<Expired>> {
         let cutoff = unix_now() - timeout.as_secs() as i64;
-        let mut indexes = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = self
-                .table
-                .client
-                .scan()
-                .table_name(&self.table.name)
-                .filter_expression("#kind = :k AND #ns = :ns AND first_at <= :cutoff")
-                .expression_attribute_names("#kind", "kind")
-                .expression_attribute_names("#ns", "ns")
-                .expression_attribute_values(":k", s("fanin"))
-                .expression_attribute_values(":ns", s(&self.namespace))
-                .expression_attribute_values(":cutoff", n(cutoff))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| anyhow!("listing fan-ins in DynamoDB: {}", describe(&e)))?;
-            indexes.extend(page.items().iter().map(Index::from_item));
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
+        let indexes: Vec<Index> = self
+            .scan(
+                "#kind = :k AND first_at <= :cutoff",
+                &[(":k", s("fanin")), (":cutoff", n(cutoff))],
+            )
+            .await
+            .context("listing fan-ins in DynamoDB")?
+            .iter()
+            .map(Index::from_item)
+            .collect();
         let mut out = Vec::new();
         for index in indexes {
             if index.complete() || index.first > cutoff {

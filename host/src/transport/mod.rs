@@ -7,6 +7,7 @@
 //! published (`publish` returned `Ok`); a delivery dropped without ack is redelivered by
 //! transports that persist (the embedded one does not persist across process restarts).
 
+pub mod aws;
 pub mod backend;
 pub mod dedup;
 pub mod dynamodb;

@@ -18,7 +18,7 @@
 //!   next (publish or a subscription); unacknowledged deliveries of a lost channel are requeued
 //!   by the broker, and the dedup window drops those whose outputs were already published.
 
-use super::dedup::DedupWindow;
+use super::dedup::{DedupWindow, DedupWindows};
 use super::{Acker, Delivery, Outbound, Subscription, TooLarge, Transport};
 use anyhow::{anyhow, bail, Context, Result};
 use asya_spec::names;
@@ -31,7 +31,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -196,11 +196,8 @@ struct Inner {
     /// Queues declared on the current connection.
     declared: Mutex<HashSet<String>>,
     /// Finished message ids, per actor.
-    finished: Mutex<HashMap<String, Arc<DedupWindow>>>,
+    finished: DedupWindows,
 }
-
-/// How many finished ids an actor remembers at most (bounds memory at high rates).
-const DEDUP_CAPACITY: usize = 200_000;
 
 impl RabbitTransport {
     /// A transport for `namespace` over `connection`.
@@ -209,6 +206,7 @@ impl RabbitTransport {
         namespace: &str,
         settings: RabbitSettings,
     ) -> Self {
+        let dedup_window = settings.dedup_window;
         RabbitTransport {
             inner: Arc::new(Inner {
                 connection,
@@ -216,7 +214,7 @@ impl RabbitTransport {
                 settings,
                 publisher: tokio::sync::Mutex::new(None),
                 declared: Mutex::default(),
-                finished: Mutex::default(),
+                finished: DedupWindows::new(dedup_window),
             }),
         }
     }
@@ -227,18 +225,7 @@ impl RabbitTransport {
     }
 
     fn finished(&self, actor: &str) -> Arc<DedupWindow> {
-        self.inner
-            .finished
-            .lock()
-            .expect("dedup windows")
-            .entry(actor.to_owned())
-            .or_insert_with(|| {
-                Arc::new(DedupWindow::new(
-                    self.inner.settings.dedup_window,
-                    DEDUP_CAPACITY,
-                ))
-            })
-            .clone()
+        self.inner.finished.of(actor)
     }
 
     /// Declares `queue` (a durable quorum queue) on `channel` unless done on this connection.

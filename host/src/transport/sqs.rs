@@ -15,7 +15,8 @@
 //! - **Bodies.** SQS bodies are text; envelope JSON always is, and other bytes (malformed input)
 //!   travel base64-encoded with the attribute `asya-body: base64`.
 
-use super::dedup::DedupWindow;
+use super::aws::describe;
+use super::dedup::{DedupWindow, DedupWindows};
 use super::{Acker, Delivery, Outbound, Subscription, TooLarge, Transport};
 use anyhow::{anyhow, Context, Result};
 use asya_spec::names;
@@ -66,14 +67,6 @@ impl Default for SqsSettings {
     }
 }
 
-/// Loads the AWS configuration the usual way (environment, profile, web identity, instance
-/// metadata); `AWS_ENDPOINT_URL` points it at an SQS-compatible server.
-pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
-}
-
 /// Whether the last call to SQS succeeded (for `/readyz`), shared by a host's SQS transports.
 #[derive(Clone, Default)]
 pub struct SqsHealth(Arc<AtomicBool>);
@@ -86,19 +79,6 @@ impl SqsHealth {
 
     fn set(&self, up: bool) {
         self.0.store(up, Ordering::Relaxed);
-    }
-}
-
-/// Who the host is to AWS, for messages: its access key id (an identifier, not a secret), or
-/// why it has none.
-pub async fn aws_identity(config: &aws_config::SdkConfig) -> String {
-    use aws_sdk_sqs::config::ProvideCredentials;
-    match config.credentials_provider() {
-        Some(provider) => match provider.provide_credentials().await {
-            Ok(credentials) => format!("access key {}", credentials.access_key_id()),
-            Err(err) => format!("no AWS credentials ({err})"),
-        },
-        None => "no AWS credentials configured".to_owned(),
     }
 }
 
@@ -134,24 +114,6 @@ pub async fn wait_until_reachable(client: &Client, health: &SqsHealth, identity:
     }
 }
 
-/// An SDK error with its service code and message, or its transport cause.
-fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &E) -> String {
-    match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_owned(),
-        _ => {
-            let mut text = err.to_string();
-            let mut source = err.source();
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            text
-        }
-    }
-}
-
 /// The SQS transport of one namespace.
 #[derive(Clone)]
 pub struct SqsTransport {
@@ -166,15 +128,13 @@ struct Inner {
     /// Queue URLs by queue name.
     urls: Mutex<HashMap<String, String>>,
     /// Finished message ids, per actor.
-    finished: Mutex<HashMap<String, Arc<DedupWindow>>>,
+    finished: DedupWindows,
 }
-
-/// How many finished ids an actor remembers at most (bounds memory at high rates).
-const DEDUP_CAPACITY: usize = 200_000;
 
 impl SqsTransport {
     /// A transport for `namespace` over `client`.
     pub fn new(client: Client, namespace: &str, settings: SqsSettings, health: SqsHealth) -> Self {
+        let dedup_window = settings.dedup_window;
         SqsTransport {
             inner: Arc::new(Inner {
                 client,
@@ -182,7 +142,7 @@ impl SqsTransport {
                 settings,
                 health,
                 urls: Mutex::default(),
-                finished: Mutex::default(),
+                finished: DedupWindows::new(dedup_window),
             }),
         }
     }
@@ -193,18 +153,7 @@ impl SqsTransport {
     }
 
     fn finished(&self, actor: &str) -> Arc<DedupWindow> {
-        self.inner
-            .finished
-            .lock()
-            .expect("dedup windows")
-            .entry(actor.to_owned())
-            .or_insert_with(|| {
-                Arc::new(DedupWindow::new(
-                    self.inner.settings.dedup_window,
-                    DEDUP_CAPACITY,
-                ))
-            })
-            .clone()
+        self.inner.finished.of(actor)
     }
 
     fn forget_url(&self, queue: &str) {
