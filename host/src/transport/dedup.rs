@@ -6,8 +6,13 @@
 //!
 //! Only a *finished* message (acknowledged after its outputs were published) is remembered: a
 //! message returned for a delayed retry comes back with the same id and must be handled.
+//!
+//! Copies of one message can also arrive together (an input redelivered after a crash
+//! republishes its outputs, and both copies land in one batch). While one copy is being handled
+//! its id is *in flight* ([`DedupWindow::begin`]); another copy waits and comes back, so the two
+//! never run at once (and never race to store the same result).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +22,7 @@ pub struct DedupWindow {
     window: Duration,
     capacity: usize,
     seen: Mutex<Seen>,
+    in_flight: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -32,6 +38,7 @@ impl DedupWindow {
             window,
             capacity: capacity.max(1),
             seen: Mutex::default(),
+            in_flight: Mutex::default(),
         }
     }
 
@@ -41,6 +48,19 @@ impl DedupWindow {
         seen.by_id
             .get(id)
             .is_some_and(|at| at.elapsed() < self.window)
+    }
+
+    /// Marks `id` in flight; `None` when another copy of it is in flight already. The id stays
+    /// in flight until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>, id: &str) -> Option<InFlight> {
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(id.to_owned())
+            .then(|| InFlight {
+                window: self.clone(),
+                id: id.to_owned(),
+            })
     }
 
     /// Records `id` as finished now.
@@ -69,6 +89,22 @@ impl DedupWindow {
     /// Whether no id is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A message id in flight (see [`DedupWindow::begin`]); dropping it ends that.
+pub struct InFlight {
+    window: Arc<DedupWindow>,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.window
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .remove(&self.id);
     }
 }
 
@@ -115,6 +151,19 @@ mod tests {
         assert!(!window.contains("a"));
         window.insert("b");
         assert_eq!(window.len(), 1, "the expired id was dropped");
+    }
+
+    #[test]
+    fn one_copy_of_a_message_is_in_flight_at_a_time() {
+        let window = Arc::new(DedupWindow::new(Duration::from_secs(60), 10));
+        let first = window.begin("a").expect("the first copy runs");
+        assert!(window.begin("a").is_none(), "a second copy waits");
+        assert!(window.begin("b").is_some());
+        drop(first);
+        assert!(
+            window.begin("a").is_some(),
+            "free again once the first is done"
+        );
     }
 
     #[test]

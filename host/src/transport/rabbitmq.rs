@@ -18,7 +18,7 @@
 //!   next (publish or a subscription); unacknowledged deliveries of a lost channel are requeued
 //!   by the broker, and the dedup window drops those whose outputs were already published.
 
-use super::dedup::{DedupWindow, DedupWindows};
+use super::dedup::{DedupWindow, DedupWindows, InFlight};
 use super::{Acker, Delivery, Outbound, Subscription, TooLarge, Transport};
 use anyhow::{anyhow, bail, Context, Result};
 use asya_spec::names;
@@ -576,6 +576,27 @@ impl Subscription for RabbitSubscription {
                     continue;
                 }
             }
+            let in_flight = match message_id.as_deref().map(|id| self.finished.begin(id)) {
+                Some(None) => {
+                    // Another copy is being handled: this one waits and comes back.
+                    let busy = RabbitAcker {
+                        acker: delivery.acker,
+                        transport: self.transport.clone(),
+                        queue: self.queue.clone(),
+                        bytes: bytes::Bytes::from(delivery.data),
+                        // Kept: the copy that comes back must still be known as this message.
+                        message_id: message_id.clone(),
+                        finished: self.finished.clone(),
+                        _in_flight: None,
+                    };
+                    if let Err(err) = Box::new(busy).nak(Some(Duration::from_secs(1))).await {
+                        tracing::debug!(error = %format!("{err:#}"), "returning a copy in flight failed");
+                    }
+                    continue;
+                }
+                Some(guard) => guard,
+                None => None,
+            };
             let published = delivery
                 .properties
                 .timestamp()
@@ -593,6 +614,7 @@ impl Subscription for RabbitSubscription {
                     bytes,
                     message_id,
                     finished: self.finished.clone(),
+                    _in_flight: in_flight,
                 }),
             }));
         }
@@ -606,6 +628,8 @@ struct RabbitAcker {
     bytes: bytes::Bytes,
     message_id: Option<String>,
     finished: Arc<DedupWindow>,
+    /// Released when the acker goes, after `ack` recorded the id as finished.
+    _in_flight: Option<InFlight>,
 }
 
 #[async_trait]

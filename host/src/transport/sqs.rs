@@ -16,7 +16,7 @@
 //!   travel base64-encoded with the attribute `asya-body: base64`.
 
 use super::aws::describe;
-use super::dedup::{DedupWindow, DedupWindows};
+use super::dedup::{DedupWindow, DedupWindows, InFlight};
 use super::{Acker, Delivery, Outbound, Subscription, TooLarge, Transport};
 use anyhow::{anyhow, Context, Result};
 use asya_spec::names;
@@ -446,23 +446,33 @@ impl Subscription for SqsSubscription {
                 Err(err) => return Some(Err(err)),
             };
             let dedup_id = attribute(&message, DEDUP_ATTRIBUTE).map(str::to_owned);
-            let acker = SqsAcker {
+            let mut acker = SqsAcker {
                 client: self.transport.inner.client.clone(),
                 url,
                 receipt,
                 visibility: self.transport.inner.settings.visibility,
                 dedup_id: dedup_id.clone(),
                 finished: self.finished.clone(),
+                _in_flight: None,
             };
-            if dedup_id
-                .as_deref()
-                .is_some_and(|id| self.finished.contains(id))
-            {
-                tracing::debug!(queue = %self.queue, "dropping a repeat of a finished message");
-                if let Err(err) = acker.delete().await {
-                    tracing::debug!(error = %format!("{err:#}"), "deleting a repeat failed");
+            if let Some(id) = dedup_id.as_deref() {
+                if self.finished.contains(id) {
+                    tracing::debug!(queue = %self.queue, "dropping a repeat of a finished message");
+                    if let Err(err) = acker.delete().await {
+                        tracing::debug!(error = %format!("{err:#}"), "deleting a repeat failed");
+                    }
+                    continue;
                 }
-                continue;
+                match self.finished.begin(id) {
+                    Some(guard) => acker._in_flight = Some(guard),
+                    None => {
+                        // Another copy is being handled: this one waits and comes back.
+                        if let Err(err) = acker.set_visibility(1).await {
+                            tracing::debug!(error = %format!("{err:#}"), "returning a copy in flight failed");
+                        }
+                        continue;
+                    }
+                }
             }
             let body = message.body().unwrap_or_default();
             let bytes = if attribute(&message, BODY_ATTRIBUTE) == Some("base64") {
@@ -502,6 +512,8 @@ struct SqsAcker {
     visibility: Duration,
     dedup_id: Option<String>,
     finished: Arc<DedupWindow>,
+    /// Released when the acker goes, after `ack` recorded the id as finished.
+    _in_flight: Option<InFlight>,
 }
 
 impl SqsAcker {
