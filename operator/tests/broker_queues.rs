@@ -4,7 +4,7 @@
 use asya_operator::queues::{BrokerAdmin, Deleted, Ensured, QueueAdmin, RabbitAdmin, SqsAdmin};
 use asya_spec::actor::Transport;
 
-/// The host's server launchers (tests/common), with the helpers they use from their parent.
+/// The host's server launchers (tests/common) and the loopback helpers they use.
 #[allow(dead_code)]
 fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -14,32 +14,8 @@ fn repo_root() -> std::path::PathBuf {
 }
 
 #[allow(dead_code)]
-mod nats {
-    use std::time::Duration;
-
-    pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((code, body))
-    }
-}
+#[path = "../../tests/common/net.rs"]
+mod net;
 
 #[path = "../../tests/common/rabbitmq.rs"]
 mod rabbitmq;
@@ -145,7 +121,7 @@ async fn rabbitmq_queues_are_declared_as_the_hosts_declare_them_and_kept_while_n
 
 #[tokio::test]
 async fn an_unreachable_rabbitmq_is_an_error_naming_the_operation() {
-    let port = nats::free_port();
+    let port = net::free_port();
     let admin = RabbitAdmin::new(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
     let error = admin.declare("asya-a-b").await.unwrap_err();
     assert!(

@@ -78,6 +78,7 @@ pub fn cache() -> ComponentCache {
     ComponentCache::new(default_cache_dir())
 }
 pub mod nats;
+pub mod net;
 pub mod rabbitmq;
 pub mod sqs;
 

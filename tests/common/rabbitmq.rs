@@ -10,7 +10,7 @@
 //! management plugin). A node uses about 130 MB of memory.
 #![allow(dead_code)]
 
-use super::nats::free_port;
+use super::net::free_port;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;

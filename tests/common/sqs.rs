@@ -6,7 +6,7 @@
 //! that survives a restart; use it for clients that reconnect, or that must recreate queues).
 #![allow(dead_code)]
 
-use super::nats::{free_port, http_get};
+use super::net::{free_port, http_get};
 use super::repo_root;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;

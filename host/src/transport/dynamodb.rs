@@ -38,6 +38,10 @@ use std::time::Duration;
 /// attributes included).
 pub const MAX_ENVELOPE_BYTES: usize = 380 * 1024;
 
+/// How long a new table may take to become active before the host gives up (and its
+/// supervisor reports it).
+const TABLE_ACTIVE_WAIT: Duration = Duration::from_secs(300);
+
 /// How long fan-in items live (as the NATS fan-in bucket's max age).
 const FANIN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -65,6 +69,7 @@ impl DynamoTable {
     /// reachable.
     pub async fn open(client: Client, name: &str, create: bool) -> Result<Arc<Self>> {
         let mut wait = Duration::from_millis(200);
+        let started = std::time::Instant::now();
         loop {
             match client.describe_table().table_name(name).send().await {
                 Ok(found) => {
@@ -72,6 +77,16 @@ impl DynamoTable {
                     if status.is_none() || status == Some(TableStatus::Active) {
                         break;
                     }
+                    if started.elapsed() > TABLE_ACTIVE_WAIT {
+                        anyhow::bail!(
+                            "DynamoDB table {name} is still {status:?} after {TABLE_ACTIVE_WAIT:?}"
+                        );
+                    }
+                    tracing::info!(
+                        table = name,
+                        ?status,
+                        "waiting for the DynamoDB table to be active"
+                    );
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(err)

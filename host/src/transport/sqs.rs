@@ -227,23 +227,16 @@ impl SqsTransport {
         Ok(url)
     }
 
-    async fn send(&self, queue: &str, message: &Outbound) -> Result<()> {
+    async fn send(&self, queue: &str, body: &SqsBody, dedup_id: &str) -> Result<()> {
         let url = self.url(queue).await?;
-        let (body, base64) = match std::str::from_utf8(&message.bytes) {
-            Ok(text) if is_sqs_text(text) => (text.to_owned(), false),
-            _ => (
-                base64::engine::general_purpose::STANDARD.encode(&message.bytes),
-                true,
-            ),
-        };
         let mut send = self
             .inner
             .client
             .send_message()
             .queue_url(url)
-            .message_body(body)
-            .message_attributes(DEDUP_ATTRIBUTE, string_attribute(&message.dedup_id)?);
-        if base64 {
+            .message_body(body.text.clone())
+            .message_attributes(DEDUP_ATTRIBUTE, string_attribute(dedup_id)?);
+        if body.base64 {
             send = send.message_attributes(BODY_ATTRIBUTE, string_attribute("base64")?);
         }
         match send.send().await {
@@ -262,6 +255,28 @@ impl SqsTransport {
                 }
                 Err(anyhow!("sending to SQS queue {queue}: {}", describe(&err)))
             }
+        }
+    }
+}
+
+/// A message body as SQS carries it: the bytes as text when they are XML-safe text (envelope
+/// JSON always is), else base64.
+struct SqsBody {
+    text: String,
+    base64: bool,
+}
+
+impl SqsBody {
+    fn of(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) if is_sqs_text(text) => SqsBody {
+                text: text.to_owned(),
+                base64: false,
+            },
+            _ => SqsBody {
+                text: base64::engine::general_purpose::STANDARD.encode(bytes),
+                base64: true,
+            },
         }
     }
 }
@@ -299,11 +314,9 @@ impl Transport for SqsTransport {
     }
 
     async fn publish(&self, actor: &str, message: Outbound) -> Result<()> {
-        // A base64 body grows by a third: count what is sent.
-        let size = match std::str::from_utf8(&message.bytes) {
-            Ok(text) if is_sqs_text(text) => message.bytes.len(),
-            _ => message.bytes.len().div_ceil(3) * 4,
-        };
+        // What is sent counts (a base64 body grows by a third).
+        let body = SqsBody::of(&message.bytes);
+        let size = body.text.len();
         if size > MAX_MESSAGE_BYTES {
             return Err(TooLarge {
                 size,
@@ -312,7 +325,7 @@ impl Transport for SqsTransport {
             .into());
         }
         let queue = self.queue(actor);
-        match self.send(&queue, &message).await {
+        match self.send(&queue, &body, &message.dedup_id).await {
             Err(_)
                 if self.inner.settings.create
                     && !self
@@ -324,7 +337,7 @@ impl Transport for SqsTransport {
             {
                 // The queue was deleted underneath us: the retry finds (or creates) it again.
                 tracing::warn!(%queue, "SQS queue is gone: creating it again");
-                self.send(&queue, &message).await
+                self.send(&queue, &body, &message.dedup_id).await
             }
             sent => sent,
         }
