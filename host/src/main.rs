@@ -9,12 +9,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
 use asya_host::actor::{manifest, secrets};
-use asya_host::app::local::{ActorDef, LocalHost};
+use asya_host::app::local::{self, LocalHost};
 use asya_host::app::serve::{self, RunConfig};
 use asya_host::message::envelope::Route;
 use asya_host::message::envelope::{is_end_actor, Envelope, SUMP};
 use asya_host::runtime::component_cache::{default_cache_dir, ComponentCache};
-use asya_host::runtime::python::{PythonRuntimeConfig, SpawnSpec};
 use asya_host::transport::backend::{BackendConfig, TransportKind};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
 use asya_host::transport::results::Finished;
@@ -242,18 +241,6 @@ fn main() -> Result<()> {
     std::process::exit(code);
 }
 
-fn parse_components(specs: &[String]) -> Result<HashMap<String, PathBuf>> {
-    specs
-        .iter()
-        .map(|spec| {
-            let (name, path) = spec
-                .split_once('=')
-                .with_context(|| format!("--component '{spec}' is not NAME=PATH"))?;
-            Ok((name.to_owned(), PathBuf::from(path)))
-        })
-        .collect()
-}
-
 async fn run(args: RunArgs) -> Result<i32> {
     let shutdown = CancellationToken::new();
     {
@@ -290,7 +277,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             batch: args.batch.max(1),
         },
         manifests: args.manifests,
-        components: parse_components(&args.components)?,
+        components: local::parse_named_paths(&args.components)?,
         fanin_timeout: manifest::parse_duration(&args.fanin_timeout).context("--fanin-timeout")?,
         unhealthy_after: manifest::parse_duration(&args.unhealthy_after)
             .context("--unhealthy-after")?,
@@ -314,7 +301,7 @@ async fn run(args: RunArgs) -> Result<i32> {
         grace: manifest::parse_duration(&args.grace).context("--grace")?,
         max_message_bytes: args.max_message_bytes,
         cache: ComponentCache::new(default_cache_dir()),
-        python_sockets: parse_components(&args.python_sockets)?,
+        python_sockets: local::parse_named_paths(&args.python_sockets)?,
         reload_interval: match args.reload_interval.trim() {
             "0" | "0s" | "off" => None,
             every => Some(manifest::parse_duration(every).context("--reload-interval")?),
@@ -446,68 +433,13 @@ fn read_payloads(args: &DevArgs) -> Result<(Vec<Value>, bool)> {
 
 async fn dev(args: DevArgs) -> Result<i32> {
     let (payloads, single) = read_payloads(&args)?;
-    let mut components = parse_components(&args.components)?;
-    let mut python_actors = parse_components(&args.python_actors)?;
-    let mut manifests = Vec::new();
-    for dir in &args.manifests {
-        manifests.extend(manifest::load_dir(dir)?);
-    }
-    let manifest_dirs = args
-        .manifests
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut actors = Vec::new();
-    // The handler's env with the keys of its Secrets (never printed).
-    let from_manifest = |actor: &manifest::AsyncActor, component: PathBuf| -> Result<ActorDef> {
-        let mut def = ActorDef::from_manifest(actor, component)?;
-        if !actor.spec.secret_refs.is_empty() {
-            let secrets = secrets::read(&args.secrets_dir, &actor.spec.secret_refs)
-                .with_context(|| format!("actor '{}'", actor.name()))?;
-            def.limits.env = secrets::with_secrets(std::mem::take(&mut def.limits.env), secrets);
-        }
-        Ok(def)
-    };
-    for (_, actor) in &manifests {
-        if let Some(source_dir) = python_actors.remove(actor.name()) {
-            let mut def = from_manifest(actor, PathBuf::new())?;
-            let handler = actor
-                .spec
-                .handler
-                .clone()
-                .with_context(|| format!("actor '{}' has no spec.handler", actor.name()))?;
-            def.python = Some(PythonRuntimeConfig {
-                socket: std::env::temp_dir().join(format!(
-                    "asya-{}-{}.sock",
-                    std::process::id(),
-                    actor.name()
-                )),
-                spawn: Some(SpawnSpec {
-                    python: args.python.clone(),
-                    handler,
-                    mode: actor.spec.mode.unwrap_or_default(),
-                    source_dir,
-                    env: def.limits.env.clone(),
-                }),
-                ready_timeout: Duration::from_secs(120),
-                max_in_flight: def.limits.max_instances,
-                max_output_bytes: def.limits.max_output_bytes,
-            });
-            actors.push(def);
-            continue;
-        }
-        let Some(path) = components.remove(actor.name()) else {
-            continue;
-        };
-        actors.push(from_manifest(actor, path)?);
-    }
-    if let Some(name) = python_actors.keys().next() {
-        bail!("--python-actor {name}=...: no AsyncActor named '{name}' in {manifest_dirs}");
-    }
-    if let Some(name) = components.keys().next() {
-        bail!("--component {name}=...: no AsyncActor named '{name}' in {manifest_dirs}");
-    }
+    let actors = local::actor_defs(&local::DevActors {
+        manifest_dirs: args.manifests.clone(),
+        components: args.components.clone(),
+        python_actors: args.python_actors.clone(),
+        python: args.python.clone(),
+        secrets_dir: args.secrets_dir.clone(),
+    })?;
     for step in &args.route {
         if !is_end_actor(step) && !actors.iter().any(|a| &a.name == step) {
             bail!(

@@ -55,9 +55,9 @@ pub const SECRETS_DIR: &str = "/var/run/asya/secrets";
 pub const CACHE_DIR: &str = "/var/cache/asya";
 /// Name of the KEDA trigger; a scaling formula refers to it.
 pub const TRIGGER_NAME: &str = "queue";
-/// The consumers of the host's built-in actors (end actors and the flow fan-in), which every
+/// The consumers of the host's built-in actors (end actors, the flow fan-in and x-pause), which every
 /// host of a namespace reads from (with `--no-create` it expects them to exist).
-pub const BUILTIN_ACTORS: [&str; 3] = asya_spec::names::RESERVED_NAMES;
+pub const BUILTIN_ACTORS: [&str; 4] = asya_spec::names::RESERVED_NAMES;
 
 /// Key of the RabbitMQ Secret holding the AMQP URL the host connects with
 /// (`amqp://user:password@host:5672/vhost`).

@@ -19,11 +19,30 @@ pub const SINK: &str = "x-sink";
 pub const SUMP: &str = "x-sump";
 /// The built-in fan-in aggregator of compiled flows.
 pub const FANIN: &str = "x-fanin";
+/// The built-in pause step: a message routed here waits, stored, until a human resumes it
+/// through the gateway (human in the loop).
+pub const PAUSE: &str = "x-pause";
 /// Names of the host's built-in actors; no AsyncActor may take them.
-pub const RESERVED_NAMES: [&str; 3] = [SINK, SUMP, FANIN];
+pub const RESERVED_NAMES: [&str; 4] = [SINK, SUMP, FANIN, PAUSE];
 /// Why a reserved name is refused.
 pub const RESERVED_RULE: &str =
-    "is reserved for the host's built-in actors (x-sink, x-sump, x-fanin)";
+    "is reserved for the host's built-in actors (x-sink, x-sump, x-fanin, x-pause)";
+
+/// The envelope header that marks a message as a gateway task: its value is the task id (the
+/// envelope id), and hosts report each hop of such a message to the task log.
+pub const TASK_HEADER: &str = "asya-task";
+/// The JetStream stream every namespace's task events go to (one subject per task).
+pub const TASKS_STREAM: &str = "ASYA_TASKS";
+
+/// The subject of task `id`'s events in namespace `namespace` (on [`TASKS_STREAM`]).
+pub fn task_subject(namespace: &str, id: &str) -> String {
+    format!("asya-tasks.{namespace}.{id}")
+}
+
+/// The subjects of every task of `namespace`.
+pub fn task_subjects(namespace: &str) -> String {
+    format!("asya-tasks.{namespace}.*")
+}
 
 /// Whether `name` is one of the two end actors (`x-sink`, `x-sump`).
 pub fn is_end_actor(name: &str) -> bool {

@@ -5,6 +5,7 @@
 
 use crate::actor::sidecar::{Sidecar, SidecarSettings};
 use crate::message::resiliency::Resiliency;
+use crate::message::task_event::TaskReporter;
 use crate::ops::metrics::Metrics;
 use crate::runtime::component_cache::{ComponentCache, LoadedComponent};
 use crate::runtime::executor::{Executor, Mode};
@@ -126,6 +127,8 @@ pub struct SidecarParts {
     /// Where a message that ends at this actor is stored directly (none: through the end
     /// actors' queues).
     pub results: Option<Arc<dyn ResultStore>>,
+    /// Where the hops of gateway tasks are reported (none: not reported).
+    pub tasks: Option<Arc<dyn TaskReporter>>,
 }
 
 /// The sidecar of actor `name`: `executor` behind its queue on `transport`.
@@ -142,6 +145,9 @@ pub fn sidecar(
     }
     if let Some(results) = parts.results {
         sidecar = sidecar.with_results(results);
+    }
+    if let Some(tasks) = parts.tasks {
+        sidecar = sidecar.with_tasks(tasks);
     }
     sidecar
 }

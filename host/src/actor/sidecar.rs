@@ -12,6 +12,7 @@ use crate::message::envelope::{is_end_actor, now_rfc3339, Envelope, Reason, SINK
 use crate::message::resiliency::{AttemptInfo, Resiliency};
 use crate::message::routing;
 use crate::message::status::{Dispatch, FailureAction};
+use crate::message::task_event::{TaskEvent, TaskReporter};
 use crate::ops::metrics::{ActorMetrics, Metrics};
 use crate::ops::trace;
 use crate::runtime::executor::CallOutcome;
@@ -68,6 +69,7 @@ pub struct Sidecar {
     metrics: Arc<Metrics>,
     actor_metrics: ActorMetrics,
     results: Option<Arc<dyn ResultStore>>,
+    tasks: Option<Arc<dyn TaskReporter>>,
 }
 
 impl Sidecar {
@@ -89,7 +91,15 @@ impl Sidecar {
             resiliency: Resiliency::default(),
             metrics,
             results: None,
+            tasks: None,
         }
+    }
+
+    /// Reports each hop of a gateway task (a message with the `asya-task` header) to `tasks`
+    /// before publishing it, so a task's events are in the order its hops happened.
+    pub fn with_tasks(mut self, tasks: Arc<dyn TaskReporter>) -> Self {
+        self.tasks = Some(tasks);
+        self
     }
 
     /// Stores messages that end here (at `x-sink` or `x-sump`) in `results` directly, doing the
@@ -357,6 +367,14 @@ impl Sidecar {
     /// Puts `dispatch` on its destination's queue or, when it ends here and this sidecar keeps
     /// results itself, stores it; `Ok` means it is durable either way.
     async fn send(&self, dispatch: Dispatch) -> Result<()> {
+        if let Some(tasks) = &self.tasks {
+            if let Some(event) = TaskEvent::for_dispatch(&dispatch, &now_rfc3339()) {
+                tasks
+                    .report(event)
+                    .await
+                    .context("reporting the task's hop")?;
+            }
+        }
         let env: &Envelope = &dispatch.envelope;
         // One output per hop of an envelope: a redelivered input republishes the same id, which
         // the transport's deduplication drops.

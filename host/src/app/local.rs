@@ -4,19 +4,23 @@
 
 use crate::actor::builder::{self, HandlerSource, SidecarParts};
 use crate::actor::end_actors::run_end_actors;
-use crate::actor::manifest::{ActorSettings, AsyncActor};
+use crate::actor::manifest::{self, ActorSettings, AsyncActor};
+use crate::actor::pause::run_pause_actor;
+use crate::actor::secrets;
 use crate::actor::sidecar::SidecarSettings;
 use crate::message::envelope::{now_rfc3339, Envelope, Route};
 use crate::message::resiliency::Resiliency;
+use crate::message::task_event::TaskReporter;
 use crate::runtime::component_cache::ComponentCache;
 use crate::runtime::executor::Mode;
+use crate::runtime::python::SpawnSpec;
 use crate::runtime::python::{PythonExecutor, PythonRuntimeConfig};
 use crate::runtime::sandbox::{SandboxEngine, SandboxLimits};
 use crate::runtime::wasm::WasmExecutor;
 use crate::transport::embedded::{EmbeddedTransport, Hop};
-use crate::transport::results::{Finished, MemoryResults};
+use crate::transport::results::{Finished, MemoryResults, ResultStore};
 use crate::transport::{Outbound, Transport};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -82,6 +86,104 @@ impl ActorDef {
     }
 }
 
+/// The actors `asya dev` (and the gateway's dev mode) runs: AsyncActor manifests with a built
+/// component or a native-Python source directory each.
+#[derive(Debug, Clone)]
+pub struct DevActors {
+    /// Directories of AsyncActor manifests (YAML).
+    pub manifest_dirs: Vec<PathBuf>,
+    /// Built components, `NAME=PATH`.
+    pub components: Vec<String>,
+    /// Actors with `runtime: python`, `NAME=SOURCE_DIR` (the host starts their runtime).
+    pub python_actors: Vec<String>,
+    /// The interpreter for python actors.
+    pub python: PathBuf,
+    /// Where the Secrets of `spec.secretRefs` are (one directory per Secret).
+    pub secrets_dir: PathBuf,
+}
+
+/// Parses `NAME=PATH` arguments (`--component`, `--python-actor`, `--python-socket`).
+pub fn parse_named_paths(specs: &[String]) -> Result<HashMap<String, PathBuf>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, path) = spec
+                .split_once('=')
+                .with_context(|| format!("'{spec}' is not NAME=PATH"))?;
+            Ok((name.to_owned(), PathBuf::from(path)))
+        })
+        .collect()
+}
+
+/// The actor definitions of `dev`: every manifest that has a component or a Python source
+/// directory, with the keys of its Secrets in its env (never printed). A component or source
+/// directory named for no manifest is an error.
+pub fn actor_defs(dev: &DevActors) -> Result<Vec<ActorDef>> {
+    let mut components = parse_named_paths(&dev.components)?;
+    let mut python_actors = parse_named_paths(&dev.python_actors)?;
+    let mut manifests = Vec::new();
+    for dir in &dev.manifest_dirs {
+        manifests.extend(manifest::load_dir(dir)?);
+    }
+    let manifest_dirs = dev
+        .manifest_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut actors = Vec::new();
+    // The handler's env with the keys of its Secrets (never printed).
+    let from_manifest = |actor: &manifest::AsyncActor, component: PathBuf| -> Result<ActorDef> {
+        let mut def = ActorDef::from_manifest(actor, component)?;
+        if !actor.spec.secret_refs.is_empty() {
+            let secrets = secrets::read(&dev.secrets_dir, &actor.spec.secret_refs)
+                .with_context(|| format!("actor '{}'", actor.name()))?;
+            def.limits.env = secrets::with_secrets(std::mem::take(&mut def.limits.env), secrets);
+        }
+        Ok(def)
+    };
+    for (_, actor) in &manifests {
+        if let Some(source_dir) = python_actors.remove(actor.name()) {
+            let mut def = from_manifest(actor, PathBuf::new())?;
+            let handler = actor
+                .spec
+                .handler
+                .clone()
+                .with_context(|| format!("actor '{}' has no spec.handler", actor.name()))?;
+            def.python = Some(PythonRuntimeConfig {
+                socket: std::env::temp_dir().join(format!(
+                    "asya-{}-{}.sock",
+                    std::process::id(),
+                    actor.name()
+                )),
+                spawn: Some(SpawnSpec {
+                    python: dev.python.clone(),
+                    handler,
+                    mode: actor.spec.mode.unwrap_or_default(),
+                    source_dir,
+                    env: def.limits.env.clone(),
+                }),
+                ready_timeout: Duration::from_secs(120),
+                max_in_flight: def.limits.max_instances,
+                max_output_bytes: def.limits.max_output_bytes,
+            });
+            actors.push(def);
+            continue;
+        }
+        let Some(path) = components.remove(actor.name()) else {
+            continue;
+        };
+        actors.push(from_manifest(actor, path)?);
+    }
+    if let Some(name) = python_actors.keys().next() {
+        bail!("--python-actor {name}=...: no AsyncActor named '{name}' in {manifest_dirs}");
+    }
+    if let Some(name) = components.keys().next() {
+        bail!("--component {name}=...: no AsyncActor named '{name}' in {manifest_dirs}");
+    }
+    Ok(actors)
+}
+
 /// How one actor was loaded.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
@@ -102,6 +204,7 @@ pub struct LoadReport {
 /// A running pipeline host on the embedded transport.
 pub struct LocalHost {
     transport: EmbeddedTransport,
+    store: Arc<MemoryResults>,
     results: mpsc::UnboundedReceiver<Finished>,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<()>>,
@@ -115,13 +218,34 @@ impl LocalHost {
     /// Loads every actor (compiling components, or loading them from `cache`) and starts their
     /// sidecars and the end actors.
     pub async fn start(actors: Vec<ActorDef>, cache: ComponentCache) -> Result<Self> {
+        Self::start_with(actors, cache, None).await
+    }
+
+    /// Starts like [`LocalHost::start`], reporting the hops of gateway tasks to `tasks` (the
+    /// in-process gateway's task log).
+    pub async fn start_with(
+        actors: Vec<ActorDef>,
+        cache: ComponentCache,
+        tasks: Option<Arc<dyn TaskReporter>>,
+    ) -> Result<Self> {
         let engine = SandboxEngine::new()?;
         let transport = EmbeddedTransport::new();
         let shared: Arc<dyn Transport> = Arc::new(transport.clone());
         let shutdown = CancellationToken::new();
-        let mut tasks = JoinSet::new();
         let (store, results) = MemoryResults::new();
-        tasks.spawn(run_end_actors(shared.clone(), store, shutdown.clone()));
+        let reporter = tasks;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(run_end_actors(
+            shared.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(run_pause_actor(
+            shared.clone(),
+            store.clone(),
+            reporter.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::actor::fanin::run_fanin(
             shared.clone(),
             Arc::new(crate::actor::fanin::MemoryFanIn::default()),
@@ -166,6 +290,7 @@ impl LocalHost {
             let parts = SidecarParts {
                 settings,
                 resiliency: def.resiliency.clone(),
+                tasks: reporter.clone(),
                 ..SidecarParts::default()
             };
             let sidecar = Arc::new(builder::sidecar(
@@ -178,6 +303,7 @@ impl LocalHost {
         }
         Ok(LocalHost {
             transport,
+            store,
             results,
             shutdown,
             tasks,
@@ -185,6 +311,16 @@ impl LocalHost {
             python_executors,
             loaded,
         })
+    }
+
+    /// The transport every actor of this host is on.
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        Arc::new(self.transport.clone())
+    }
+
+    /// Where final (and paused) envelopes are kept, by id.
+    pub fn results_store(&self) -> Arc<dyn ResultStore> {
+        self.store.clone()
     }
 
     /// The executor of `actor` (pool statistics, descriptor).

@@ -6,8 +6,10 @@
 use crate::actor::builder::{self, HandlerSource, SidecarParts};
 use crate::actor::end_actors::run_end_actors;
 use crate::actor::manifest::{self, ActorSettings, AsyncActor, Runtime};
+use crate::actor::pause::run_pause_actor;
 use crate::actor::secrets;
 use crate::actor::sidecar::Sidecar;
+use crate::message::task_event::TaskReporter;
 use crate::ops::metrics::Metrics;
 use crate::ops::supervisor::{supervise, Health};
 use crate::runtime::component_cache::ComponentCache;
@@ -328,7 +330,15 @@ fn manifest_listing(config: &RunConfig) -> Vec<(PathBuf, u64, Option<std::time::
 struct NamespaceRuntime {
     transport: Arc<dyn Transport>,
     results: Arc<dyn ResultStore>,
+    tasks: Option<Arc<dyn TaskReporter>>,
 }
+
+/// What the actors of one namespace share.
+type NamespaceShared = (
+    Arc<dyn Transport>,
+    Arc<dyn ResultStore>,
+    Option<Arc<dyn TaskReporter>>,
+);
 
 /// A running actor.
 struct RunningActor {
@@ -367,13 +377,9 @@ fn fingerprint(config: &RunConfig, file: &Path, actor: &AsyncActor) -> String {
 }
 
 impl Fleet {
-    async fn namespace(
-        &mut self,
-        config: &RunConfig,
-        namespace: &str,
-    ) -> Result<(Arc<dyn Transport>, Arc<dyn ResultStore>)> {
+    async fn namespace(&mut self, config: &RunConfig, namespace: &str) -> Result<NamespaceShared> {
         if let Some(ns) = self.namespaces.get(namespace) {
-            return Ok((ns.transport.clone(), ns.results.clone()));
+            return Ok((ns.transport.clone(), ns.results.clone(), ns.tasks.clone()));
         }
         let results_ttl = config
             .results_ttl_for
@@ -381,7 +387,7 @@ impl Fleet {
             .copied()
             .unwrap_or(config.backend.nats.results_ttl);
         let parts = self.backend.namespace(namespace, results_ttl).await?;
-        let (results, fanin) = (parts.results, parts.fanin);
+        let (results, fanin, tasks) = (parts.results, parts.fanin, parts.tasks);
         let shared: Arc<dyn Transport> = parts.transport;
         // The end actors and the fan-in are supervised: restarted with backoff after an error.
         let (transport, store, stop) = (shared.clone(), results.clone(), self.workers.clone());
@@ -390,6 +396,25 @@ impl Fleet {
             self.health.clone(),
             self.workers.clone(),
             move || run_end_actors(transport.clone(), store.clone(), stop.clone()),
+        ));
+        let (transport, store, reporter, stop) = (
+            shared.clone(),
+            results.clone(),
+            tasks.clone(),
+            self.workers.clone(),
+        );
+        self.tasks.spawn(supervise(
+            format!("{namespace}/x-pause"),
+            self.health.clone(),
+            self.workers.clone(),
+            move || {
+                run_pause_actor(
+                    transport.clone(),
+                    store.clone(),
+                    reporter.clone(),
+                    stop.clone(),
+                )
+            },
         ));
         let (transport, stop) = (shared.clone(), self.workers.clone());
         let fanin_timeout = config.fanin_timeout;
@@ -411,9 +436,10 @@ impl Fleet {
             NamespaceRuntime {
                 transport: shared.clone(),
                 results: results.clone(),
+                tasks: tasks.clone(),
             },
         );
-        Ok((shared, results))
+        Ok((shared, results, tasks))
     }
 
     /// Loads and starts one actor (or, for a running one of the same name, loads the new version
@@ -427,7 +453,7 @@ impl Fleet {
         let namespace = actor.namespace().to_owned();
         let key = (namespace.clone(), actor.name().to_owned());
         let print = fingerprint(config, &file, &actor);
-        let (shared, results) = self.namespace(config, &namespace).await?;
+        let (shared, results, tasks) = self.namespace(config, &namespace).await?;
         let mut settings = actor.sidecar_settings()?;
         if let Some(max) = config.max_message_bytes {
             settings.max_message_bytes = max;
@@ -497,6 +523,7 @@ impl Fleet {
             resiliency: actor.resiliency()?,
             metrics: Some(self.metrics.clone()),
             results: (!config.end_queues).then_some(results),
+            tasks,
         };
         let sidecar = builder::sidecar(actor.name(), built.executor, shared, parts);
         let sidecar = Arc::new(sidecar);

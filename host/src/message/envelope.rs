@@ -153,10 +153,14 @@ pub enum Phase {
     Processing,
     /// Failed and scheduled to be tried again.
     Retrying,
+    /// Waiting at `x-pause` for a human to resume it (through the gateway).
+    Paused,
     /// Finished at `x-sink`.
     Succeeded,
     /// Finished at `x-sump`.
     Failed,
+    /// Canceled through the gateway before it finished.
+    Canceled,
 }
 
 /// Why a message is in its phase. Names are part of the wire contract.
@@ -190,6 +194,10 @@ pub enum Reason {
     DeadlineExpired,
     /// A fan-out's children did not all arrive at the aggregator within `--fanin-timeout`.
     FanInTimeout,
+    /// The message waits at `x-pause` for a human.
+    Paused,
+    /// A client canceled the task.
+    Canceled,
 }
 
 impl Reason {
@@ -210,6 +218,8 @@ impl Reason {
             Reason::NonRetryable => "NonRetryable",
             Reason::DeadlineExpired => "DeadlineExpired",
             Reason::FanInTimeout => "FanInTimeout",
+            Reason::Paused => "Paused",
+            Reason::Canceled => "Canceled",
         }
     }
 }

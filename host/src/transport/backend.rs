@@ -12,12 +12,14 @@
 //! elsewhere.
 
 use crate::actor::fanin::{FanInStore, NatsFanIn};
+use crate::message::task_event::TaskReporter;
 use crate::transport::aws;
 use crate::transport::dynamodb::DynamoTable;
 use crate::transport::nats::{self, NatsSettings, NatsTransport};
 use crate::transport::rabbitmq::{self, RabbitConnection, RabbitSettings, RabbitTransport};
 use crate::transport::results::ResultStore;
 use crate::transport::sqs::{self, SqsHealth, SqsSettings, SqsTransport};
+use crate::transport::task_log::NatsTaskLog;
 use crate::transport::Transport;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
@@ -77,6 +79,9 @@ pub struct NamespaceParts {
     pub results: Arc<dyn ResultStore>,
     /// Where its open fan-ins are kept.
     pub fanin: Arc<dyn FanInStore>,
+    /// Where the hops of gateway tasks are reported (NATS only: the gateway runs on NATS or
+    /// in-process on the embedded transport).
+    pub tasks: Option<Arc<dyn TaskReporter>>,
 }
 
 /// Results and fan-ins for a broker without a key-value store (one per host: its size does not
@@ -248,10 +253,12 @@ impl Backend {
                     "namespace on NATS: messages over the server's max_payload end at x-sump (OutputTooLarge)");
                 let results = Arc::new(transport.results().await?);
                 let fanin = Arc::new(NatsFanIn::open(transport.jetstream(), namespace).await?);
+                let tasks = NatsTaskLog::open(transport.jetstream().clone(), namespace).await?;
                 Ok(NamespaceParts {
                     transport: Arc::new(transport),
                     results,
                     fanin,
+                    tasks: Some(Arc::new(tasks)),
                 })
             }
             Backend::Rabbitmq {
@@ -273,6 +280,7 @@ impl Backend {
                     )),
                     results,
                     fanin,
+                    tasks: None,
                 })
             }
             Backend::Sqs {
@@ -296,6 +304,7 @@ impl Backend {
                     )),
                     results,
                     fanin,
+                    tasks: None,
                 })
             }
         }

@@ -16,6 +16,7 @@ pub mod nats;
 pub mod rabbitmq;
 pub mod results;
 pub mod sqs;
+pub mod task_log;
 
 use anyhow::Result;
 use async_trait::async_trait;
