@@ -218,7 +218,12 @@ mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration such as 30s or 2m ({e})"))
     }
 
     pub mod option {
@@ -226,7 +231,7 @@ mod humantime_serde_compat {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
             let text = Option::<String>::deserialize(d)?;
-            text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            text.map(|t| parse(&t).map_err(serde::de::Error::custom))
                 .transpose()
         }
 

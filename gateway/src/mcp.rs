@@ -133,10 +133,11 @@ impl ServerHandler for McpServer {
             .tool(&tenant, &request.name)
             .map_err(to_error)?
             .clone();
-        let wait = request
+        // rmcp hands the request's `_meta` to the context.
+        let wait = context
             .meta
-            .as_ref()
-            .and_then(|m| m.get(WAIT_META))
+            .get(WAIT_META)
+            .or_else(|| request.meta.as_ref().and_then(|m| m.get(WAIT_META)))
             .and_then(Value::as_bool)
             .unwrap_or(true);
         let payload = Value::Object(request.arguments.unwrap_or_default());
@@ -170,6 +171,9 @@ impl ServerHandler for McpServer {
             .await
             .map_err(to_error)?;
         let follow = async {
+            // MCP progress must increase with each notification: an event that does not advance
+            // the hop count (a retry, a pause, a resume) moves it on by a hundredth.
+            let mut reported = -1.0_f64;
             while let Some(event) = events.next().await {
                 if let Some(token) = &progress_token {
                     let message = match (&event.kind, &event.actor) {
@@ -179,8 +183,11 @@ impl ServerHandler for McpServer {
                         }
                         (kind, None) => format!("{}: {}", event.task, kind.as_str()),
                     };
-                    let progress = ProgressNotificationParam::new(token.clone(), event.hops as f64)
-                        .with_total(event.total_hops.max(event.hops) as f64)
+                    let value = (event.hops as f64).max(reported + 0.01);
+                    reported = value;
+                    let total = (event.total_hops.max(event.hops) as f64).max(value);
+                    let progress = ProgressNotificationParam::new(token.clone(), value)
+                        .with_total(total)
                         .with_message(message);
                     if let Err(err) = context.peer.notify_progress(progress).await {
                         tracing::debug!(error = %err, "progress notification not delivered");

@@ -8,7 +8,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
-use asya_host::actor::{manifest, secrets};
+use asya_host::actor::manifest;
 use asya_host::app::local::{self, LocalHost};
 use asya_host::app::serve::{self, RunConfig};
 use asya_host::message::envelope::Route;
@@ -20,7 +20,6 @@ use asya_host::transport::results::Finished;
 use asya_host::transport::{Outbound, Transport};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

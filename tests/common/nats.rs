@@ -131,6 +131,19 @@ pub fn signal(child: &Child, signal: i32) {
     unsafe { libc_kill(child.id() as i32, signal) };
 }
 
+/// The `asya-host` binary: cargo's path in the host's own tests, else the one beside the test
+/// binary (`target/release/asya-host`, which `cargo test --workspace` builds).
+pub fn host_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_asya-host") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .join("asya-host")
+}
+
 /// The `asya-host run` process.
 pub struct HostProcess {
     /// The child process.
@@ -180,7 +193,7 @@ impl HostProcess {
         log: Option<&Path>,
     ) -> Self {
         let http_port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_asya-host"));
+        let mut cmd = Command::new(host_binary());
         cmd.arg("run")
             .args(backend)
             .envs(env.iter().map(|(k, v)| (k, v)))
