@@ -111,16 +111,17 @@ async fn one_task(
 ) -> Result<(Vec<String>, Duration)> {
     let started = Instant::now();
     let auth = format!("Bearer {KEY}");
-    let created: Value = client
+    let created = client
         .post(format!("{base}/v1/tasks"))
         .header("Authorization", &auth)
         .header("Content-Type", "application/json")
         .body(json!({"tool": tool, "payload": payload}).to_string())
         .send()
-        .await?
-        .error_for_status()?
-        .json()
         .await?;
+    if !created.status().is_success() {
+        bail!("create: {} {}", created.status(), created.text().await?);
+    }
+    let created: Value = created.json().await?;
     let id = created["id"].as_str().context("no id")?.to_owned();
     let kinds = read_events(client, base, &id).await?;
     let status: Value = client
@@ -142,8 +143,14 @@ async fn read_events(client: &reqwest::Client, base: &str, id: &str) -> Result<V
         .get(format!("{base}/v1/tasks/{id}/events"))
         .header("Authorization", format!("Bearer {KEY}"))
         .send()
-        .await?
-        .error_for_status()?;
+        .await?;
+    if !response.status().is_success() {
+        bail!(
+            "events of {id}: {} {}",
+            response.status(),
+            response.text().await?
+        );
+    }
     let mut body = response.bytes_stream();
     let mut text = String::new();
     while let Some(chunk) = body.next().await {

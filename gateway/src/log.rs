@@ -50,6 +50,51 @@ pub trait TaskLog: Send + Sync {
     async fn namespace_events(&self, namespace: &str) -> Result<Vec<TaskEvent>>;
 }
 
+/// Events appended to a log, with their namespace, as they happen (for followers).
+pub type Appended = broadcast::Receiver<(String, TaskEvent)>;
+
+/// A follower's stream: the events of `past` after `after`, then those of `live` for the same
+/// task that are newer than the last one sent (an event may be in both: `live` was subscribed
+/// before `past` was read, so that none falls between them). A follower that falls behind
+/// `live`'s buffer gets an error and can reconnect from its last event id.
+pub fn history_then_live(
+    past: Vec<TaskEvent>,
+    live: Appended,
+    namespace: &str,
+    id: &str,
+    after: u64,
+) -> BoxStream<'static, Result<TaskEvent>> {
+    let past: Vec<TaskEvent> = past.into_iter().filter(|e| e.seq > after).collect();
+    let mut last = past.last().map_or(after, |e| e.seq);
+    let (namespace, id) = (namespace.to_owned(), id.to_owned());
+    let live = futures::stream::unfold(live, |mut rx| async move {
+        match rx.recv().await {
+            Ok(appended) => Some((Ok(appended), rx)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some((
+                Err(anyhow::anyhow!(
+                    "the follower fell behind; reconnect with Last-Event-ID"
+                )),
+                rx,
+            )),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .filter_map(move |appended| {
+        let next = match appended {
+            Ok((ns, event)) if ns == namespace && event.task == id && event.seq > last => {
+                last = event.seq;
+                Some(Ok(event))
+            }
+            Ok(_) => None,
+            Err(err) => Some(Err(err)),
+        };
+        futures::future::ready(next)
+    });
+    futures::stream::iter(past.into_iter().map(Ok))
+        .chain(live)
+        .boxed()
+}
+
 /// How many tasks the in-memory log keeps; the oldest are forgotten first.
 pub const MEMORY_TASKS: usize = 100_000;
 
@@ -69,7 +114,7 @@ struct Tasks {
 /// (the namespace of a reported event is the task's own, so actors need not know it).
 pub struct MemoryTaskLog {
     tasks: Mutex<Tasks>,
-    appended: broadcast::Sender<TaskEvent>,
+    appended: broadcast::Sender<(String, TaskEvent)>,
 }
 
 impl Default for MemoryTaskLog {
@@ -126,7 +171,7 @@ impl MemoryTaskLog {
             .or_default()
             .push(event.clone());
         drop(tasks);
-        let _ = self.appended.send(event);
+        let _ = self.appended.send((namespace, event));
         Ok(seq)
     }
 }
@@ -158,44 +203,8 @@ impl TaskLog for MemoryTaskLog {
     ) -> Result<BoxStream<'static, Result<TaskEvent>>> {
         // Subscribe before reading the history, so nothing falls between the two.
         let live = self.appended.subscribe();
-        let past: Vec<TaskEvent> = self
-            .history(namespace, id)
-            .await?
-            .into_iter()
-            .filter(|e| e.seq > after)
-            .collect();
-        let mut last = past.last().map_or(after, |e| e.seq);
-        let id = id.to_owned();
-        let live = futures::stream::unfold(live, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(event) => return Some((Ok(event), rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((
-                            Err(anyhow::anyhow!(
-                                "the follower fell behind; reconnect with Last-Event-ID"
-                            )),
-                            rx,
-                        ))
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .filter(move |e| {
-            let keep = match e {
-                Ok(event) if event.task == id && event.seq > last => {
-                    last = event.seq;
-                    true
-                }
-                Ok(_) => false,
-                Err(_) => true,
-            };
-            futures::future::ready(keep)
-        });
-        Ok(futures::stream::iter(past.into_iter().map(Ok))
-            .chain(live)
-            .boxed())
+        let past = self.history(namespace, id).await?;
+        Ok(history_then_live(past, live, namespace, id, after))
     }
 
     async fn namespace_events(&self, namespace: &str) -> Result<Vec<TaskEvent>> {

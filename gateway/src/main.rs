@@ -137,7 +137,8 @@ async fn listen(
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     let client = asya_host::transport::nats::connect(&args.nats).await?;
-    let log = Arc::new(NatsTaskLog::open(client.clone()).await?);
+    let shutdown = shutdown_signal();
+    let log = Arc::new(NatsTaskLog::open(client.clone(), shutdown.clone()).await?);
     let backends = Backends::Nats {
         client,
         opened: Default::default(),
@@ -150,7 +151,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("opening namespace {namespace}"))?;
     }
     let gateway = Arc::new(Gateway::new(config, log, backends));
-    listen(gateway, args.listen, shutdown_signal()).await
+    listen(gateway, args.listen, shutdown).await
 }
 
 async fn dev(args: DevArgs) -> Result<()> {
