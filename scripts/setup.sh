@@ -57,6 +57,23 @@ fi
 # moto's server mocks SQS (and DynamoDB) for the SQS transport's tests (tests/common/sqs.rs).
 .venv/bin/python -m pip install --quiet 'moto[server]>=5'
 
+# The MCP Inspector (the MCP project's reference client) for the gateway's tests (tests/gateway),
+# in a cache of its own; it runs on node >= 20 (npm may warn about its engines field).
+INSPECTOR_VERSION=2.12.0
+inspector=.cache/npm-inspector
+if [ "$(cat "$inspector/node_modules/@modelcontextprotocol/inspector/package.json" 2>/dev/null \
+      | sed -n 's/^ *"version": *"\(.*\)",*$/\1/p' | head -n 1)" != "$INSPECTOR_VERSION" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    mkdir -p "$inspector"
+    npm install --prefix "$inspector" --no-audit --no-fund --loglevel=error \
+      "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >/dev/null \
+      || echo "npm could not install the MCP Inspector: the gateway's Inspector tests will fail" >&2
+  else
+    echo "npm is missing: install Node.js (20+) and npm for the MCP Inspector that the gateway's" \
+      "tests use (tests/gateway/test_inspector.py will fail without it)" >&2
+  fi
+fi
+
 # One build of the whole workspace: the same feature set `cargo test --workspace` uses, so the
 # tests reuse every compiled dependency instead of building some twice.
 cargo build --release --locked --workspace --bins

@@ -1,7 +1,8 @@
 """AsyncActor manifests and the pipeline description that `asya dev` runs.
 
 A pipeline directory holds the handler modules, `actors/*.yaml` (the same AsyncActor manifests
-that deploy the actors to a cluster) and `pipeline.yaml` with the route payloads take.
+that deploy the actors to a cluster) and `pipeline.yaml` with the route payloads take and,
+optionally, the `tools:` a gateway (`asya dev --gateway`) offers over HTTP and MCP.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import Draft202012Validator, SchemaError, ValidationError
 
 from .handler_ref import BuildError
 
@@ -37,6 +38,32 @@ class ActorManifest:
 
 
 @dataclass(frozen=True)
+class ToolSpec:
+    """A tool of `pipeline.yaml`'s `tools:` list: a named route the gateway runs as a task."""
+
+    name: str
+    description: str
+    route: list[str]
+    #: A duration such as `2m` or `30s` (the task's deadline), or None for no deadline.
+    timeout: str | None
+    #: The JSON Schema of the tool's arguments (the payload); `{"type": "object"}` by default.
+    input_schema: dict[str, Any]
+
+    def gateway_config(self, namespace: str) -> dict[str, Any]:
+        """This tool as an entry of the gateway config's `tools:` list."""
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "namespace": namespace,
+            "description": self.description,
+            "route": list(self.route),
+            "inputSchema": self.input_schema,
+        }
+        if self.timeout is not None:
+            entry["timeout"] = self.timeout
+        return entry
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A pipeline directory: where the handlers are, the actors, and the default route."""
 
@@ -48,6 +75,8 @@ class Pipeline:
     manifest_dirs: list[Path] = field(default_factory=list)
     #: Router actors of compiled flows, by flow file.
     flow_routers: dict[str, list[str]] = field(default_factory=dict)
+    #: The tools of `pipeline.yaml` (empty when it has no `tools:` list).
+    tools: list[ToolSpec] = field(default_factory=list)
 
     def actor(self, name: str) -> ActorManifest:
         for actor in self.actors:
@@ -257,9 +286,16 @@ def load_pipeline(root: Path) -> Pipeline:
         raise BuildError(f"no AsyncActor manifests found in {actors_dir}")
     route: list[str] = []
     flows: list[str] = []
+    spec: dict[str, Any] = {}
     spec_file = root / "pipeline.yaml"
     if spec_file.is_file():
-        spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise BuildError(f"{spec_file}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise BuildError(f"{spec_file}: must be a mapping (route:, flows:, tools:)")
+        spec = loaded
         route = [str(step) for step in spec.get("route") or []]
         flows = [str(f) for f in spec.get("flows") or []]
     manifest_dirs = [actors_dir]
@@ -288,6 +324,7 @@ def load_pipeline(root: Path) -> Pipeline:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise BuildError(f"flow routers clash with actors of the same name: {duplicates}")
+    tools = load_tools(spec.get("tools"), route, spec_file)
     return Pipeline(
         root=root,
         actors_dir=actors_dir,
@@ -295,4 +332,101 @@ def load_pipeline(root: Path) -> Pipeline:
         route=route,
         manifest_dirs=manifest_dirs,
         flow_routers=flow_routers,
+        tools=tools,
     )
+
+
+#: A tool name as MCP allows it: 1-128 letters, digits, '_', '-' and '.'.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+#: A duration: one or more `<number><unit>` parts (`2m`, `1h30m`, `500ms`).
+_DURATION = re.compile(r"(\s*[0-9]+\s*(ms|s|m|h|d)\s*)+")
+_TOOL_KEYS = ("name", "description", "route", "timeout", "inputSchema")
+
+
+def load_tools(raw: object, default_route: list[str], source: Path) -> list[ToolSpec]:
+    """The `tools:` list of `pipeline.yaml` (`raw`; None when absent), validated.
+
+    Each entry has a `name`, and optionally a `description`, a `route` (default: the pipeline's
+    `default_route`), a `timeout` (`2m`, `30s`; a number is seconds) and an `inputSchema` (a JSON
+    Schema of type object; default `{"type": "object"}`). A `BuildError` lists every problem,
+    one per line: `FILE: tools[I]: FIELD: RULE`.
+    """
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BuildError(f"{source}: tools: must be a list of tools")
+    tools: list[ToolSpec] = []
+    errors: list[str] = []
+    for index, entry in enumerate(raw):
+        where = f"{source}: tools[{index}]"
+        if not isinstance(entry, dict):
+            errors.append(f"{where}: must be a mapping with a name")
+            continue
+        problems = _tool_problems(entry, default_route)
+        errors += [f"{where}: {problem}" for problem in problems]
+        if problems:
+            continue
+        timeout = entry.get("timeout")
+        tools.append(
+            ToolSpec(
+                name=entry["name"],
+                description=entry.get("description") or "",
+                route=[str(step) for step in entry.get("route") or default_route],
+                timeout=f"{timeout}s" if isinstance(timeout, int) else timeout,
+                input_schema=entry.get("inputSchema") or {"type": "object"},
+            )
+        )
+    names = [t.name for t in tools]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        errors.append(f"{source}: tools: names declared more than once: {duplicates}")
+    if errors:
+        raise BuildError("\n".join(errors))
+    return tools
+
+
+def _tool_problems(entry: dict[str, Any], default_route: list[str]) -> list[str]:
+    """`FIELD: RULE` for each problem of one `tools:` entry."""
+    problems: list[str] = []
+    for key in entry:
+        if key == "namespace":
+            problems.append("namespace: is not set in pipeline.yaml (the gateway decides it)")
+        elif key not in _TOOL_KEYS:
+            problems.append(f"{key}: is not a known field (known: {', '.join(_TOOL_KEYS)})")
+    name = entry.get("name")
+    if name is None:
+        problems.append("name: is required")
+    elif not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        problems.append(f"name: {name!r} must be 1-128 letters, digits, '_', '-' or '.'")
+    description = entry.get("description")
+    if description is not None and not isinstance(description, str):
+        problems.append("description: must be a string")
+    route = entry.get("route")
+    if route is None:
+        if not default_route:
+            problems.append("route: is required (pipeline.yaml has no route to default to)")
+    elif not (isinstance(route, list) and route and all(isinstance(s, str) and s for s in route)):
+        problems.append("route: must be a non-empty list of actor names")
+    timeout = entry.get("timeout")
+    if timeout is not None and not (
+        (isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 0)
+        or (isinstance(timeout, str) and _DURATION.fullmatch(timeout))
+    ):
+        problems.append(f"timeout: {timeout!r} must be a duration such as 30s, 2m or 1h")
+    schema = entry.get("inputSchema")
+    if schema is not None:
+        problems += [f"inputSchema: {p}" for p in _input_schema_problems(schema)]
+    return problems
+
+
+def _input_schema_problems(schema: object) -> list[str]:
+    if not isinstance(schema, dict):
+        return ["must be a JSON Schema (a mapping)"]
+    if schema.get("type") != "object":
+        return ["type: must be object (a tool's arguments are a JSON object)"]
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = _field(exc.path) if exc.path else "(the schema)"
+        return [f"not a valid JSON Schema: {where}: {exc.message}"]
+    return []
