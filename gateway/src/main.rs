@@ -38,6 +38,12 @@ enum Command {
     Serve(ServeArgs),
     /// Run the gateway and a pipeline's actors in one process, on the embedded transport.
     Dev(DevArgs),
+    /// Check a configuration file and say what it holds.
+    Check {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -94,6 +100,15 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Dev(args) => dev(args).await,
+            Command::Check { config } => {
+                let config = Config::load(&config)?;
+                println!(
+                    "ok: {} tenants, {} tools",
+                    config.tenants.len(),
+                    config.tools.len()
+                );
+                Ok(())
+            }
         }
     })
 }

@@ -3,6 +3,10 @@ there is no helm binary here); every rendered object validated."""
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+from pathlib import Path
+
 import helm_python as helm
 import pytest
 import yaml
@@ -208,3 +212,56 @@ def test_transport_settings_reach_the_operator():
     help_text = run_operator("render", "--help").stdout
     for name, (flag, _) in settings.items():
         assert flag in help_text and name in help_text, name
+
+
+def test_the_gateway_renders_with_its_config_and_no_secret(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"a key nobody commits").hexdigest()
+    config = {
+        "tenants": [
+            {"namespace": "team-a", "apiKeys": [{"name": "ci", "sha256": digest}]}
+        ],
+        "tools": [
+            {"name": "summarize", "namespace": "team-a", "route": ["clean", "x-pause"]}
+        ],
+    }
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(
+        {"gateway": {"enabled": True, "config": config}},
+        name="asya",
+        namespace="asya-system",
+        is_install=True,
+    )
+    docs = [
+        d
+        for path, text in out.items()
+        if path.endswith(".yaml")
+        for d in documents(text)
+    ]
+    gateway = [d for d in docs if d["metadata"]["name"] == "asya-gateway"]
+    assert sorted(d["kind"] for d in gateway) == ["ConfigMap", "Deployment", "Service"]
+    (config_map,) = [d for d in gateway if d["kind"] == "ConfigMap"]
+    text = config_map["data"]["gateway.yaml"]
+    assert "a key nobody commits" not in text
+    # The gateway binary itself accepts the rendered file.
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    binary = Path(__file__).resolve().parents[2] / "target" / "release" / "asya-gateway"
+    checked = subprocess.run(
+        [str(binary), "check", "--config", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "1 tenants, 1 tools" in checked.stdout
+    (deployment,) = [d for d in gateway if d["kind"] == "Deployment"]
+    (service,) = [d for d in gateway if d["kind"] == "Service"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    # The operator's metrics Service does not select the gateway's pods.
+    (metrics,) = [
+        d
+        for d in docs
+        if d["kind"] == "Service" and d["metadata"]["name"] == "asya-metrics"
+    ]
+    assert not metrics["spec"]["selector"].items() <= labels.items()
