@@ -36,5 +36,6 @@ BENCH_ROUNDS=1 BENCH_MESSAGES=1000 BENCH_SQS_MESSAGES=100 cargo bench --locked -
 BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench runtimes
 BENCH_ROUNDS=2 cargo bench --locked --workspace --bench async_calls
 BENCH_MESSAGES=1000 cargo bench --locked --workspace --bench flow
+BENCH_ROUNDS=1 BENCH_TASKS=300 BENCH_SUBSCRIBERS=20 cargo bench --locked --workspace --bench gateway_load
 cargo bench --locked --workspace --bench oci_start
 BENCH_ROUNDS=10 cargo bench --locked --workspace --bench cold_start
