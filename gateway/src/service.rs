@@ -42,6 +42,7 @@ pub struct Namespace {
 }
 
 /// Where the gateway puts work: one in-process mesh, or a NATS server's namespaces.
+#[allow(clippy::large_enum_variant)] // one per process
 pub enum Backends {
     /// Every namespace on one in-process transport (`asya-gateway dev`).
     Local(Namespace),
