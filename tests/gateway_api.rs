@@ -37,6 +37,10 @@ tools:
 - name: quick
   namespace: team-a
   route: [draft, publish]
+- name: typed
+  namespace: team-a
+  route: [draft]
+  inputSchema: {{type: object, properties: {{text: {{type: string}}}}, required: [text]}}
 - name: expiring
   namespace: team-a
   route: [draft, x-pause, publish]

@@ -182,6 +182,12 @@ impl Config {
             if !tool.input_schema.is_object() {
                 bail!("tool {:?}: inputSchema must be an object", tool.name);
             }
+            jsonschema::validator_for(&tool.input_schema).map_err(|e| {
+                anyhow::anyhow!(
+                    "tool {:?}: inputSchema is not a JSON Schema: {e}",
+                    tool.name
+                )
+            })?;
         }
         if self.limits.rate_per_second <= 0.0 || self.limits.burst < 1.0 {
             bail!("limits: ratePerSecond must be > 0 and burst >= 1");
@@ -276,6 +282,9 @@ mod tests {
         assert!(err.to_string().contains("SHA-256"), "{err}");
         let err = parse("tools:\n- name: t\n  route: []\n").unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
+        let err = parse("tools:\n- name: t\n  route: [a]\n  inputSchema: {type: nonsense}\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("inputSchema"), "{err}");
         let err = parse("tools:\n- name: t\n  route: [x-sink]\n").unwrap_err();
         assert!(err.to_string().contains("x-sink"), "{err}");
         let err = parse("tools:\n- name: t\n  route: [a]\n  timeout: soon\n").unwrap_err();

@@ -99,6 +99,8 @@ pub struct CreateTask {
 /// The gateway.
 pub struct Gateway {
     config: Config,
+    /// Each tool's `inputSchema`, compiled, by (namespace, name).
+    schemas: HashMap<(String, String), jsonschema::Validator>,
     auth: Authenticator,
     limiter: RateLimiter,
     log: Arc<dyn TaskLog>,
@@ -108,7 +110,17 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway for `config` over `log` and `backends`.
     pub fn new(config: Config, log: Arc<dyn TaskLog>, backends: Backends) -> Self {
+        let schemas = config
+            .tools
+            .iter()
+            .filter_map(|t| {
+                // Config::check compiled each schema already; one that fails here is skipped.
+                let validator = jsonschema::validator_for(&t.input_schema).ok()?;
+                Some(((t.namespace.clone(), t.name.clone()), validator))
+            })
+            .collect();
         Gateway {
+            schemas,
             auth: Authenticator::new(&config),
             limiter: RateLimiter::new(config.limits.rate_per_second, config.limits.burst),
             config,
@@ -159,6 +171,15 @@ impl Gateway {
         let (tool, route, tool_timeout) = match (&request.tool, &request.route) {
             (Some(name), None) => {
                 let tool = self.tool(tenant, name)?;
+                let key = (tool.namespace.clone(), tool.name.clone());
+                if let Some(schema) = self.schemas.get(&key) {
+                    if let Err(err) = schema.validate(&request.payload) {
+                        return Err(ApiError::bad_request(format!(
+                            "payload{}: {err} (the tool's inputSchema)",
+                            err.instance_path()
+                        )));
+                    }
+                }
                 (Some(tool.name.clone()), tool.route.clone(), tool.timeout)
             }
             (None, Some(route)) => {
