@@ -171,6 +171,15 @@ fn start_host(server: &NatsServer) -> HostProcess {
     )
 }
 
+/// The `field` of every object in the array `list`.
+fn fields(list: &Value, field: &str) -> Vec<String> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|item| item[field].as_str().expect("a string field").to_owned())
+        .collect()
+}
+
 /// The `event:` names of an SSE body, in order.
 fn sse_kinds(body: &Value) -> Vec<String> {
     body.as_str()
@@ -303,29 +312,14 @@ fn tenants_see_and_touch_only_their_own_and_bad_keys_get_401() {
     }
     // List: each sees its own.
     let (_, listed) = gateway.call("GET", "/v1/tasks", Some(KEY_B), None);
-    let ids: Vec<&str> = listed["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let ids = fields(&listed["tasks"], "id");
     assert_eq!(ids, [b_task.as_str()]);
     let (_, listed) = gateway.call("GET", "/v1/tasks", Some(KEY_A), None);
-    let ids: Vec<&str> = listed["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let ids = fields(&listed["tasks"], "id");
     assert_eq!(ids, [a_task.as_str()]);
     // Tools and calls: B neither sees nor calls A's tools.
     let (_, tools) = gateway.call("GET", "/v1/tools", Some(KEY_B), None);
-    let names: Vec<&str> = tools["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = fields(&tools["tools"], "name");
     assert_eq!(names, ["solo"]);
     let (code, reply) = gateway.call(
         "POST",

@@ -31,11 +31,11 @@ use asya_host::message::envelope::{Envelope, Route};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
 use asya_host::transport::{Outbound, Transport};
 use common::nats::{free_port, HostProcess, NatsServer};
-use futures::StreamExt;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "bench-key";
 const NS: &str = "bench";
@@ -101,36 +101,51 @@ fn start_gateway(nats: &str, dir: &Path) -> Result<GatewayProcess> {
     Ok(gateway)
 }
 
+/// One HTTP/1.0 request on a new connection (the server closes it after the body, so an SSE
+/// stream is read to its end): the status and the body. A plain client keeps the benchmark's
+/// dependencies those of the workspace build (no client library with features of its own).
+async fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, body.to_owned()))
+}
+
 /// One task through the gateway: create, follow its events to the end, read its status.
 /// Returns the event kinds seen and the latency, if it succeeded.
-async fn one_task(
-    client: &reqwest::Client,
-    base: &str,
-    payload: Value,
-    tool: &str,
-) -> Result<(Vec<String>, Duration)> {
+async fn one_task(port: u16, payload: Value, tool: &str) -> Result<(Vec<String>, Duration)> {
     let started = Instant::now();
-    let auth = format!("Bearer {KEY}");
-    let created = client
-        .post(format!("{base}/v1/tasks"))
-        .header("Authorization", &auth)
-        .header("Content-Type", "application/json")
-        .body(json!({"tool": tool, "payload": payload}).to_string())
-        .send()
-        .await?;
-    if !created.status().is_success() {
-        bail!("create: {} {}", created.status(), created.text().await?);
+    let (status, created) = http(
+        port,
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"tool": tool, "payload": payload})),
+    )
+    .await?;
+    if status != 201 {
+        bail!("create: {status} {created}");
     }
-    let created: Value = created.json().await?;
+    let created: Value = serde_json::from_str(&created)?;
     let id = created["id"].as_str().context("no id")?.to_owned();
-    let kinds = read_events(client, base, &id).await?;
-    let status: Value = client
-        .get(format!("{base}/v1/tasks/{id}"))
-        .header("Authorization", &auth)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let kinds = read_events(port, &id).await?;
+    let (_, status) = http(port, "GET", &format!("/v1/tasks/{id}"), None).await?;
+    let status: Value = serde_json::from_str(&status)?;
     if status["phase"] != "succeeded" || status["result"]["seen_by"] != 2 {
         bail!("task {id} did not succeed: {status}");
     }
@@ -138,23 +153,10 @@ async fn one_task(
 }
 
 /// The kinds of task `id`'s events, read from its SSE stream until the server ends it.
-async fn read_events(client: &reqwest::Client, base: &str, id: &str) -> Result<Vec<String>> {
-    let response = client
-        .get(format!("{base}/v1/tasks/{id}/events"))
-        .header("Authorization", format!("Bearer {KEY}"))
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!(
-            "events of {id}: {} {}",
-            response.status(),
-            response.text().await?
-        );
-    }
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
-    while let Some(chunk) = body.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk?));
+async fn read_events(port: u16, id: &str) -> Result<Vec<String>> {
+    let (status, text) = http(port, "GET", &format!("/v1/tasks/{id}/events"), None).await?;
+    if status != 200 {
+        bail!("events of {id}: {status} {text}");
     }
     Ok(text
         .lines()
@@ -163,16 +165,11 @@ async fn read_events(client: &reqwest::Client, base: &str, id: &str) -> Result<V
         .collect())
 }
 
-async fn gateway_round(
-    client: &reqwest::Client,
-    base: &str,
-    tasks: usize,
-) -> (Duration, usize, Vec<Duration>) {
+async fn gateway_round(port: u16, tasks: usize) -> (Duration, usize, Vec<Duration>) {
     let started = Instant::now();
     let mut running = tokio::task::JoinSet::new();
     for i in 0..tasks {
-        let (client, base) = (client.clone(), base.to_owned());
-        running.spawn(async move { one_task(&client, &base, json!({"i": i}), "pipe").await });
+        running.spawn(async move { one_task(port, json!({"i": i}), "pipe").await });
     }
     let mut ok = 0;
     let mut latencies = Vec::with_capacity(tasks);
@@ -258,16 +255,15 @@ fn main() -> Result<()> {
         &[],
     );
     let gateway = start_gateway(&server.url(), &dir)?;
-    let base = format!("http://127.0.0.1:{}", gateway.port);
+    let port = gateway.port;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(2000).build()?;
         let nats_client = nats::connect(&server.url()).await?;
         let transport = NatsTransport::new(nats_client, NS, NatsSettings::default()).await?;
         // Warm up both paths (instances, consumers, connections).
-        gateway_round(&client, &base, 20).await;
+        gateway_round(port, 20).await;
         send_round(&transport, 20).await?;
         println!("gateway load: {tasks} tasks at once through a 2-actor route on NATS, {rounds} rounds");
         let mut ratios = Vec::new();
@@ -275,12 +271,12 @@ fn main() -> Result<()> {
         let mut all_latencies = Vec::new();
         for round in 0..rounds {
             let (gw, send) = if round % 2 == 0 {
-                let gw = gateway_round(&client, &base, tasks).await;
+                let gw = gateway_round(port, tasks).await;
                 let send = send_round(&transport, tasks).await?;
                 (gw, send)
             } else {
                 let send = send_round(&transport, tasks).await?;
-                let gw = gateway_round(&client, &base, tasks).await;
+                let gw = gateway_round(port, tasks).await;
                 (gw, send)
             };
             let (gw_time, gw_ok, mut latencies) = gw;
@@ -313,22 +309,20 @@ fn main() -> Result<()> {
         );
 
         // SSE fan-out: many subscribers of one task.
-        let auth = format!("Bearer {KEY}");
-        let created: Value = client
-            .post(format!("{base}/v1/tasks"))
-            .header("Authorization", &auth)
-            .header("Content-Type", "application/json")
-            .body(json!({"tool": "pipe", "payload": {"do": "sleep", "seconds": 0.3}}).to_string())
-            .send()
-            .await?
-            .json()
-            .await?;
+        let (_, created) = http(
+            port,
+            "POST",
+            "/v1/tasks",
+            Some(&json!({"tool": "pipe", "payload": {"do": "sleep", "seconds": 0.3}})),
+        )
+        .await?;
+        let created: Value = serde_json::from_str(&created)?;
         let id = created["id"].as_str().context("no id")?.to_owned();
         let mut watching = tokio::task::JoinSet::new();
         for _ in 0..subscribers {
-            let (client, base, id) = (client.clone(), base.clone(), id.clone());
+            let id = id.clone();
             watching.spawn(async move {
-                let kinds = read_events(&client, &base, &id).await;
+                let kinds = read_events(port, &id).await;
                 (kinds, Instant::now())
             });
         }

@@ -18,6 +18,9 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// Connections the kernel queues before the gateway accepts them.
+const LISTEN_BACKLOG: u32 = 4096;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -67,21 +70,8 @@ struct DevArgs {
     /// The configuration file (tenants, key digests, limits, tools).
     #[arg(long)]
     config: PathBuf,
-    /// Directory of AsyncActor manifests (YAML); repeat for several.
-    #[arg(long, required = true)]
-    manifests: Vec<PathBuf>,
-    /// Built component of an actor, as NAME=PATH (repeat for each actor).
-    #[arg(long = "component", value_name = "NAME=PATH")]
-    components: Vec<String>,
-    /// An actor with `runtime: python`, as NAME=SOURCE_DIR.
-    #[arg(long = "python-actor", value_name = "NAME=DIR")]
-    python_actors: Vec<String>,
-    /// The Python interpreter for python actors (needs the asya SDK importable).
-    #[arg(long, default_value = "python3")]
-    python: PathBuf,
-    /// Where the Secrets of `spec.secretRefs` are.
-    #[arg(long, env = "ASYA_SECRETS_DIR", default_value = asya_host::actor::secrets::DEFAULT_SECRETS_DIR)]
-    secrets_dir: PathBuf,
+    #[command(flatten)]
+    actors: local::DevActors,
 }
 
 fn main() -> Result<()> {
@@ -135,8 +125,19 @@ async fn listen(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tools = gateway.config().tools.len();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    // A deep accept queue: a burst of clients (a thousand tasks created at once, each with its
+    // event stream) is queued, not dropped and retried a second later by the client's kernel.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("listening on {addr}"))?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
         .with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr()?;
     eprintln!(
@@ -171,13 +172,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn dev(args: DevArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
-    let actors = local::actor_defs(&local::DevActors {
-        manifest_dirs: args.manifests.clone(),
-        components: args.components.clone(),
-        python_actors: args.python_actors.clone(),
-        python: args.python.clone(),
-        secrets_dir: args.secrets_dir.clone(),
-    })?;
+    let actors = local::actor_defs(&args.actors)?;
     for tool in &config.tools {
         for step in &tool.route {
             if step != asya_spec::names::PAUSE && !actors.iter().any(|a| &a.name == step) {

@@ -167,23 +167,8 @@ struct SendArgs {
 
 #[derive(clap::Args)]
 struct DevArgs {
-    /// Directory of AsyncActor manifests (YAML); repeat for several (e.g. compiled flow routers).
-    #[arg(long, required = true)]
-    manifests: Vec<PathBuf>,
-    /// Built component of an actor, as NAME=PATH (repeat for each actor).
-    #[arg(long = "component", value_name = "NAME=PATH")]
-    components: Vec<String>,
-    /// An actor with `runtime: python`, as NAME=SOURCE_DIR: the host starts
-    /// `python -m asya.runtime` for it with the handler of its manifest.
-    #[arg(long = "python-actor", value_name = "NAME=DIR")]
-    python_actors: Vec<String>,
-    /// The Python interpreter for python actors (needs the asya SDK importable).
-    #[arg(long, default_value = "python3")]
-    python: PathBuf,
-    /// Where the Secrets of `spec.secretRefs` are, one directory per Secret and one file per
-    /// key; the handler sees their keys as env.
-    #[arg(long, env = "ASYA_SECRETS_DIR", default_value = asya_host::actor::secrets::DEFAULT_SECRETS_DIR)]
-    secrets_dir: PathBuf,
+    #[command(flatten)]
+    actors: local::DevActors,
     /// The route every payload takes, comma-separated actor names.
     #[arg(long, value_delimiter = ',', required = true)]
     route: Vec<String>,
@@ -432,13 +417,7 @@ fn read_payloads(args: &DevArgs) -> Result<(Vec<Value>, bool)> {
 
 async fn dev(args: DevArgs) -> Result<i32> {
     let (payloads, single) = read_payloads(&args)?;
-    let actors = local::actor_defs(&local::DevActors {
-        manifest_dirs: args.manifests.clone(),
-        components: args.components.clone(),
-        python_actors: args.python_actors.clone(),
-        python: args.python.clone(),
-        secrets_dir: args.secrets_dir.clone(),
-    })?;
+    let actors = local::actor_defs(&args.actors)?;
     for step in &args.route {
         if !is_end_actor(step) && !actors.iter().any(|a| &a.name == step) {
             bail!(

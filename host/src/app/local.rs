@@ -88,17 +88,25 @@ impl ActorDef {
 
 /// The actors `asya dev` (and the gateway's dev mode) runs: AsyncActor manifests with a built
 /// component or a native-Python source directory each.
-#[derive(Debug, Clone)]
+/// Also the command-line flags of `asya-host dev` and `asya-gateway dev` (clap, flattened).
+#[derive(Debug, Clone, clap::Args)]
 pub struct DevActors {
-    /// Directories of AsyncActor manifests (YAML).
+    /// Directory of AsyncActor manifests (YAML); repeat for several (e.g. compiled flow routers).
+    #[arg(long = "manifests", required = true)]
     pub manifest_dirs: Vec<PathBuf>,
-    /// Built components, `NAME=PATH`.
+    /// Built component of an actor, as NAME=PATH (repeat for each actor).
+    #[arg(long = "component", value_name = "NAME=PATH")]
     pub components: Vec<String>,
-    /// Actors with `runtime: python`, `NAME=SOURCE_DIR` (the host starts their runtime).
+    /// An actor with `runtime: python`, as NAME=SOURCE_DIR: the host starts
+    /// `python -m asya.runtime` for it with the handler of its manifest.
+    #[arg(long = "python-actor", value_name = "NAME=DIR")]
     pub python_actors: Vec<String>,
-    /// The interpreter for python actors.
+    /// The Python interpreter for python actors (needs the asya SDK importable).
+    #[arg(long, default_value = "python3")]
     pub python: PathBuf,
-    /// Where the Secrets of `spec.secretRefs` are (one directory per Secret).
+    /// Where the Secrets of `spec.secretRefs` are, one directory per Secret and one file per
+    /// key; the handler sees their keys as env.
+    #[arg(long, env = "ASYA_SECRETS_DIR", default_value = secrets::DEFAULT_SECRETS_DIR)]
     pub secrets_dir: PathBuf,
 }
 
