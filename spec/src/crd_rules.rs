@@ -36,7 +36,7 @@ pub const NAME_RULE: Rule = (
 );
 /// The actor's name is not a built-in actor's.
 pub const RESERVED_NAME_RULE: Rule = (
-    "!(self.metadata.name in ['x-sink', 'x-sump', 'x-fanin'])",
+    "!(self.metadata.name in ['x-sink', 'x-sump', 'x-fanin', 'x-pause'])",
     crate::names::RESERVED_RULE,
 );
 /// CEL: the duration at `field` (a string of the shared grammar, see [`crate::duration`]) in
