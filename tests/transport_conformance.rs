@@ -800,7 +800,19 @@ mod broker_faults {
             }
             Kind::Sqs => {
                 let sqs = aws_sdk_sqs::Client::new(&broker.aws().await);
-                let url = sqs.get_queue_url().queue_name(&queue).send().await.unwrap();
+                // The host creates its queues as it subscribes, which may finish just after it
+                // reports ready (its built-in actors subscribe too): wait for the queue first.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let url = loop {
+                    match sqs.get_queue_url().queue_name(&queue).send().await {
+                        Ok(url) => break url,
+                        Err(err) if Instant::now() < deadline => {
+                            let _ = err;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(err) => panic!("queue {queue} never appeared: {err:?}"),
+                    }
+                };
                 sqs.delete_queue()
                     .queue_url(url.queue_url().unwrap())
                     .send()
