@@ -806,8 +806,7 @@ mod broker_faults {
                 let url = loop {
                     match sqs.get_queue_url().queue_name(&queue).send().await {
                         Ok(url) => break url,
-                        Err(err) if Instant::now() < deadline => {
-                            let _ = err;
+                        Err(_) if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         Err(err) => panic!("queue {queue} never appeared: {err:?}"),
