@@ -29,6 +29,7 @@ mod common;
 use anyhow::{bail, Context, Result};
 use asya_host::message::envelope::{Envelope, Route};
 use asya_host::transport::nats::{self, NatsSettings, NatsTransport};
+use asya_host::transport::results::ResultStore;
 use asya_host::transport::{Outbound, Transport};
 use common::nats::{free_port, HostProcess, NatsServer};
 use serde_json::{json, Value};
@@ -189,12 +190,17 @@ async fn send_round(transport: &NatsTransport, tasks: usize) -> Result<(Duration
     let results = transport.results().await?;
     let before = results.accepted().await?;
     let started = Instant::now();
-    let publishes = (0..tasks).map(|i| {
-        let env = Envelope::new(
-            Route::through(&["a", "b"]).unwrap(),
-            json!({"i": i}),
-            &asya_host::message::envelope::now_rfc3339(),
-        );
+    let envelopes: Vec<Envelope> = (0..tasks)
+        .map(|i| {
+            Envelope::new(
+                Route::through(&["a", "b"]).unwrap(),
+                json!({"i": i}),
+                &asya_host::message::envelope::now_rfc3339(),
+            )
+        })
+        .collect();
+    let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
+    let publishes = envelopes.into_iter().map(|env| {
         let dedup_id = env.id.clone();
         async move {
             transport
@@ -212,16 +218,21 @@ async fn send_round(transport: &NatsTransport, tasks: usize) -> Result<(Duration
         published?;
     }
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let done = (results.accepted().await? - before) as usize;
-        if done >= tasks {
-            return Ok((started.elapsed(), done));
-        }
-        if Instant::now() > deadline {
-            return Ok((started.elapsed(), done));
-        }
+    while ((results.accepted().await? - before) as usize) < tasks && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let elapsed = started.elapsed();
+    // After the clock: only messages that ended at x-sink with the echoed payload count, as on
+    // the gateway side.
+    let mut succeeded = 0;
+    for id in &ids {
+        if let Some(env) = results.get(id).await? {
+            if env.route.curr == asya_host::message::envelope::SINK && env.payload["seen_by"] == 2 {
+                succeeded += 1;
+            }
+        }
+    }
+    Ok((elapsed, succeeded))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -37,6 +37,9 @@ pub trait TaskLog: Send + Sync {
     /// Task `id`'s events so far (empty: no such task in `namespace`).
     async fn history(&self, namespace: &str, id: &str) -> Result<Vec<TaskEvent>>;
 
+    /// Every event appended from now on, with its namespace.
+    fn live(&self) -> Appended;
+
     /// Task `id`'s events after sequence `after`, then each new one as it is appended. The
     /// stream does not end by itself (the caller stops after a terminal event).
     async fn follow(
@@ -44,7 +47,12 @@ pub trait TaskLog: Send + Sync {
         namespace: &str,
         id: &str,
         after: u64,
-    ) -> Result<BoxStream<'static, Result<TaskEvent>>>;
+    ) -> Result<BoxStream<'static, Result<TaskEvent>>> {
+        // Subscribe before reading the history, so nothing falls between the two.
+        let live = self.live();
+        let past = self.history(namespace, id).await?;
+        Ok(history_then_live(past, live, namespace, id, after))
+    }
 
     /// Every event of every task of `namespace` still kept, in order.
     async fn namespace_events(&self, namespace: &str) -> Result<Vec<TaskEvent>>;
@@ -195,16 +203,8 @@ impl TaskLog for MemoryTaskLog {
         Ok(tasks.events.get(id).cloned().unwrap_or_default())
     }
 
-    async fn follow(
-        &self,
-        namespace: &str,
-        id: &str,
-        after: u64,
-    ) -> Result<BoxStream<'static, Result<TaskEvent>>> {
-        // Subscribe before reading the history, so nothing falls between the two.
-        let live = self.appended.subscribe();
-        let past = self.history(namespace, id).await?;
-        Ok(history_then_live(past, live, namespace, id, after))
+    fn live(&self) -> Appended {
+        self.appended.subscribe()
     }
 
     async fn namespace_events(&self, namespace: &str) -> Result<Vec<TaskEvent>> {

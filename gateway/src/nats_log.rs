@@ -7,14 +7,13 @@
 //!   subject, fanned out in memory: a thousand SSE subscribers cost the server one consumer.
 //! - A namespace's list reads its subjects with one short-lived ordered consumer.
 
-use crate::log::{history_then_live, AppendError, TaskLog};
+use crate::log::{AppendError, Appended, TaskLog};
 use anyhow::{Context, Result};
 use asya_host::message::task_event::TaskEvent;
 use asya_host::transport::task_log::{is_subject_token, tasks_stream};
 use asya_spec::names::{task_subject, task_subjects};
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use async_trait::async_trait;
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -193,16 +192,8 @@ impl TaskLog for NatsTaskLog {
         }
     }
 
-    async fn follow(
-        &self,
-        namespace: &str,
-        id: &str,
-        after: u64,
-    ) -> Result<BoxStream<'static, Result<TaskEvent>>> {
-        // Subscribe before reading the history, so nothing falls between the two.
-        let live = self.live.subscribe();
-        let past = self.history(namespace, id).await?;
-        Ok(history_then_live(past, live, namespace, id, after))
+    fn live(&self) -> Appended {
+        self.live.subscribe()
     }
 
     async fn namespace_events(&self, namespace: &str) -> Result<Vec<TaskEvent>> {
