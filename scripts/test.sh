@@ -4,6 +4,11 @@
 # end-to-end `asya dev` runs) and a short benchmark run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Release-profile incremental caches take tens of GiB across the workspace's test binaries; a
+# one-shot CI build gains nothing from them and has run out of disk with them. Local edit-build
+# loops keep them (the profile's default) unless this script runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "== disk before the build: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
 scripts/setup.sh
 
 echo "== lint"
