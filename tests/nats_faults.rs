@@ -371,17 +371,19 @@ async fn metrics_health_and_trace_context() {
     let (code, body) = http_get(host.http_port, "/metrics").unwrap();
     assert_eq!(code, 200);
     for line in [
-        "asya_actor_messages_received_total{actor=\"echo\"} 1",
-        "asya_actor_messages_processed_total{actor=\"echo\",status=\"succeeded\"} 1",
-        "asya_actor_messages_sent_total{actor=\"echo\",destination=\"x-sink\"} 1",
-        "asya_actor_handler_duration_seconds_count{actor=\"echo\"} 1",
-        "asya_actor_active_messages{actor=\"echo\"} 0",
+        "asya_actor_messages_received_total{actor=\"echo\",namespace=\"faults\"} 1",
+        "asya_actor_messages_processed_total{actor=\"echo\",namespace=\"faults\",status=\"succeeded\"} 1",
+        "asya_actor_messages_sent_total{actor=\"echo\",namespace=\"faults\",destination=\"x-sink\"} 1",
+        "asya_actor_handler_duration_seconds_count{actor=\"echo\",namespace=\"faults\"} 1",
+        "asya_actor_active_messages{actor=\"echo\",namespace=\"faults\"} 0",
     ] {
         assert!(body.contains(line), "missing {line:?} in\n{body}");
     }
     let cpu: f64 = body
         .lines()
-        .find_map(|l| l.strip_prefix("asya_actor_cpu_seconds_total{actor=\"echo\"} "))
+        .find_map(|l| {
+            l.strip_prefix("asya_actor_cpu_seconds_total{actor=\"echo\",namespace=\"faults\"} ")
+        })
         .expect("per-actor CPU time is exported")
         .parse()
         .unwrap();
@@ -390,8 +392,8 @@ async fn metrics_health_and_trace_context() {
     std::thread::sleep(Duration::from_millis(1200));
     let (_, body) = http_get(host.http_port, "/metrics").unwrap();
     for line in [
-        "asya_actor_instances_live{actor=\"echo\"} 1",
-        "asya_actor_instances_live{actor=\"poison\"} 0",
+        "asya_actor_instances_live{actor=\"echo\",namespace=\"faults\"} 1",
+        "asya_actor_instances_live{actor=\"poison\",namespace=\"faults\"} 0",
     ] {
         assert!(body.contains(line), "missing {line:?} in\n{body}");
     }

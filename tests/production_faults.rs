@@ -121,13 +121,16 @@ async fn a_result_over_the_servers_max_payload_ends_at_sump_after_one_attempt() 
     // Nothing comes back: each message was received once and never retried.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        metric(&host, "asya_actor_messages_received_total{actor=\"big\"} "),
+        metric(
+            &host,
+            "asya_actor_messages_received_total{actor=\"big\",namespace=\"limits\"} "
+        ),
         2.0
     );
     assert_eq!(
         metric(
             &host,
-            "asya_actor_messages_failed_total{actor=\"big\",reason=\"OutputTooLarge\"} "
+            "asya_actor_messages_failed_total{actor=\"big\",namespace=\"limits\",reason=\"OutputTooLarge\"} "
         ),
         2.0
     );
@@ -156,14 +159,17 @@ async fn a_handler_running_three_times_the_ack_wait_is_processed_once() {
     // Redeliveries past the ack wait would have started more runs by now.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        metric(&host, "asya_actor_messages_received_total{actor=\"slow\"} "),
+        metric(
+            &host,
+            "asya_actor_messages_received_total{actor=\"slow\",namespace=\"limits\"} "
+        ),
         1.0,
         "the message was delivered (and its handler run) once"
     );
     assert_eq!(
         metric(
             &host,
-            "asya_actor_handler_duration_seconds_count{actor=\"slow\"} "
+            "asya_actor_handler_duration_seconds_count{actor=\"slow\",namespace=\"limits\"} "
         ),
         1.0
     );

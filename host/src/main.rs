@@ -141,6 +141,11 @@ struct RunArgs {
     /// file per key (the operator mounts them here); a wasm handler sees their keys as env.
     #[arg(long, env = "ASYA_SECRETS_DIR", default_value = asya_host::actor::secrets::DEFAULT_SECRETS_DIR)]
     secrets_dir: PathBuf,
+    /// Serve a shared host pool (NAMESPACE/NAME, as the operator renders it): an actor that
+    /// does not load is reported and left out while the others start and serve, and an empty
+    /// manifest directory is a pool without members yet.
+    #[arg(long, env = "ASYA_POOL")]
+    pool: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -292,6 +297,7 @@ async fn run(args: RunArgs) -> Result<i32> {
         },
         end_queues: args.end_queues,
         secrets_dir: args.secrets_dir,
+        pool: args.pool,
     };
     serve::run(config, shutdown).await?;
     Ok(0)

@@ -11,9 +11,11 @@
 //! without NATS serves them).
 
 use crate::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor, FlavorSpec, Transport};
+use crate::crd::{AsyncActorPool, AsyncActorPoolSpec};
 use crate::flavor::{self, MergeError};
 use crate::jetstream::{JetStreamAdmin, QueueError};
 use crate::metrics::Metrics;
+use crate::pool::{self, Member, Placed, PoolRef, Refusal};
 use crate::queues::{BrokerAdmin, Deleted, Ensured, QueueAdmin};
 use crate::render::{self, Desired, Settings, FIELD_MANAGER};
 use crate::validate;
@@ -27,6 +29,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -47,6 +50,8 @@ pub mod conditions {
     pub const WORKLOAD_READY: &str = "WorkloadReady";
     /// The ScaledObject is applied (or scaling is off).
     pub const SCALING_READY: &str = "ScalingReady";
+    /// The actor has a place: its own Deployment, or a host pool with room that admits it.
+    pub const PLACED: &str = "Placed";
 }
 
 /// A reconcile failure (the controller retries it).
@@ -106,6 +111,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes Events on the actors (best effort).
     pub recorder: Recorder,
+    /// The controller's cache of actors (set by [`run`]; without it, pools list actors from
+    /// the API).
+    pub actors: std::sync::OnceLock<Store<AsyncActor>>,
+    /// One lock per pool: its objects are rendered from all its members, one render at a time.
+    pool_locks: std::sync::Mutex<BTreeMap<PoolRef, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Context {
@@ -131,7 +141,18 @@ impl Context {
             settings,
             metrics,
             recorder,
+            actors: std::sync::OnceLock::new(),
+            pool_locks: std::sync::Mutex::default(),
         }
+    }
+
+    fn pool_lock(&self, pool: &PoolRef) -> Arc<tokio::sync::Mutex<()>> {
+        self.pool_locks
+            .lock()
+            .expect("pool locks")
+            .entry(pool.clone())
+            .or_default()
+            .clone()
     }
 
     /// The same context, creating RabbitMQ and SQS queues through `queues`.
@@ -293,7 +314,14 @@ async fn write_status(
     // A merge patch keeps fields it does not mention: clear the ones this status leaves unset
     // (a Failed actor has no replica counts).
     let mut body = serde_json::to_value(&status)?;
-    for key in ["phase", "replicas", "readyReplicas", "runtime", "transport"] {
+    for key in [
+        "phase",
+        "replicas",
+        "readyReplicas",
+        "runtime",
+        "transport",
+        "pool",
+    ] {
         body.as_object_mut()
             .expect("status is an object")
             .entry(key)
@@ -431,7 +459,108 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
         ctx.warn(&actor, queue_error, err.to_string()).await;
     }
 
-    // 3. Kubernetes objects, server-side applied.
+    // 3. Placement: a shared host pool (the default for wasm actors) or a Deployment of its own.
+    let pools = load_pools(client).await?;
+    let previous = actor
+        .status
+        .as_ref()
+        .and_then(|s| s.pool.as_deref())
+        .map(|p| PoolRef::parse(&namespace, p));
+    let placed = pool::choose(&namespace, &merged, &pool_specs(&pools));
+    if !matches!(placed, Ok(Placed::Dedicated)) {
+        // Objects of an earlier dedicated placement go (the queue stays: it is the actor's).
+        remove_dedicated(ctx.as_ref(), &namespace, &name).await?;
+    }
+    if let Some(previous) = &previous {
+        if !matches!(&placed, Ok(Placed::Pool(p)) if p == previous) {
+            reconcile_pool(ctx.as_ref(), previous, &pools).await?;
+        }
+    }
+    let runtime = asya_spec::workload::effective_runtime(&merged)
+        .as_str()
+        .to_owned();
+    let transport = merged.transport.unwrap_or_default().as_str().to_owned();
+    match placed {
+        Ok(Placed::Dedicated) => conds.push(condition(
+            conditions::PLACED,
+            true,
+            "Dedicated",
+            "a Deployment of its own",
+        )),
+        Ok(Placed::Pool(pool)) => {
+            let outcome = reconcile_pool(ctx.as_ref(), &pool, &pools).await?;
+            let me = (namespace.clone(), name.clone());
+            conds.push(if outcome.members.contains(&me) {
+                condition(
+                    conditions::PLACED,
+                    true,
+                    "Pooled",
+                    format!(
+                        "served by host pool {pool} with {} actor(s)",
+                        outcome.members.len()
+                    ),
+                )
+            } else if let Some(refusal) = outcome.refused.get(&me) {
+                ctx.warn(&actor, refusal.reason(), refusal.to_string())
+                    .await;
+                condition(
+                    conditions::PLACED,
+                    false,
+                    refusal.reason(),
+                    refusal.to_string(),
+                )
+            } else {
+                condition(
+                    conditions::PLACED,
+                    false,
+                    "NotYetPlaced",
+                    format!("pool {pool} has not taken the actor yet"),
+                )
+            });
+            conds.push(outcome.scaling.clone());
+            let (wanted, ready) = outcome.replicas();
+            conds.push(workload_condition(wanted, ready));
+            let all_true = conds.iter().all(|c| c.status == "True");
+            let status = AsyncActorStatus {
+                phase: Some(phase(all_true, wanted == 0).into()),
+                conditions: conds,
+                replicas: Some(wanted),
+                ready_replicas: Some(ready),
+                observed_generation: None,
+                runtime: Some(runtime),
+                transport: Some(transport),
+                pool: Some(pool.to_string()),
+            };
+            write_status(&actor, status, client).await?;
+            return Ok(if queue.is_err() || !all_true {
+                Action::requeue(Duration::from_secs(15))
+            } else {
+                Action::requeue(Duration::from_secs(300))
+            });
+        }
+        Err(refusal) => {
+            ctx.warn(&actor, refusal.reason(), refusal.to_string())
+                .await;
+            conds.push(condition(
+                conditions::PLACED,
+                false,
+                refusal.reason(),
+                refusal.to_string(),
+            ));
+            let status = AsyncActorStatus {
+                phase: Some("Pending".into()),
+                conditions: conds,
+                runtime: Some(runtime),
+                transport: Some(transport),
+                ..Default::default()
+            };
+            write_status(&actor, status, client).await?;
+            // A pool may be created or widened later (pools are watched too).
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    }
+
+    // 4. Kubernetes objects, server-side applied.
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     config_maps
@@ -508,16 +637,45 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
         }
     });
 
-    // 4. Replica counts and the workload's readiness.
+    // 5. Replica counts and the workload's readiness.
+    let (wanted, ready) = replicas_of(&deployment);
+    conds.push(workload_condition(wanted, ready));
+    let all_true = conds.iter().all(|c| c.status == "True");
+    let status = AsyncActorStatus {
+        phase: Some(phase(all_true, wanted == 0).into()),
+        conditions: conds,
+        replicas: Some(wanted),
+        ready_replicas: Some(ready),
+        observed_generation: None,
+        runtime: Some(runtime),
+        transport: Some(transport),
+        pool: None,
+    };
+    write_status(&actor, status, client).await?;
+    Ok(if queue.is_err() || !all_true {
+        Action::requeue(Duration::from_secs(15))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+/// Wanted and ready replicas of a Deployment.
+fn replicas_of(deployment: &Deployment) -> (i32, i32) {
     let wanted = deployment
         .spec
         .as_ref()
         .and_then(|s| s.replicas)
         .unwrap_or(1);
-    let dep_status = deployment.status.clone().unwrap_or_default();
-    let ready = dep_status.ready_replicas.unwrap_or(0);
-    let scaled_to_zero = wanted == 0;
-    conds.push(if scaled_to_zero {
+    let ready = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    (wanted, ready)
+}
+
+fn workload_condition(wanted: i32, ready: i32) -> Condition {
+    if wanted == 0 {
         condition(
             conditions::WORKLOAD_READY,
             true,
@@ -538,34 +696,278 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
             "ReplicasNotReady",
             format!("{ready}/{wanted} replicas ready"),
         )
-    });
-    let all_true = conds.iter().all(|c| c.status == "True");
-    let phase = if all_true && scaled_to_zero {
+    }
+}
+
+fn phase(all_true: bool, scaled_to_zero: bool) -> &'static str {
+    if all_true && scaled_to_zero {
         "ScaledToZero"
     } else if all_true {
         "Ready"
     } else {
         "Pending"
+    }
+}
+
+/// Every `AsyncActorPool` by reference, with its uid; none when the CRD is not installed.
+async fn load_pools(
+    client: &Client,
+) -> Result<BTreeMap<PoolRef, (AsyncActorPoolSpec, Option<String>)>, Error> {
+    let api: Api<AsyncActorPool> = Api::all(client.clone());
+    let list = match api.list(&Default::default()).await {
+        Ok(list) => list,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(BTreeMap::new()),
+        Err(err) => return Err(err.into()),
     };
-    let status = AsyncActorStatus {
-        phase: Some(phase.into()),
-        conditions: conds,
-        replicas: Some(wanted),
-        ready_replicas: Some(ready),
-        observed_generation: None,
-        runtime: Some(
-            asya_spec::workload::effective_runtime(&merged)
-                .as_str()
-                .to_owned(),
-        ),
-        transport: Some(merged.transport.unwrap_or_default().as_str().to_owned()),
+    Ok(list
+        .items
+        .into_iter()
+        .map(|p| {
+            let key = PoolRef {
+                namespace: p.namespace().unwrap_or_default(),
+                name: p.name_any(),
+            };
+            (key, (p.spec, p.metadata.uid))
+        })
+        .collect())
+}
+
+fn pool_specs(
+    pools: &BTreeMap<PoolRef, (AsyncActorPoolSpec, Option<String>)>,
+) -> BTreeMap<PoolRef, AsyncActorPoolSpec> {
+    pools
+        .iter()
+        .map(|(k, (spec, _))| (k.clone(), spec.clone()))
+        .collect()
+}
+
+/// Deletes a namespaced object; one already gone is success.
+async fn delete_typed<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Removes the objects of an actor's own Deployment layout (placed in a pool now).
+async fn remove_dedicated(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    let client = &ctx.client;
+    delete_typed(
+        &Api::<Deployment>::namespaced(client.clone(), namespace),
+        name,
+    )
+    .await?;
+    delete_typed(
+        &Api::<ConfigMap>::namespaced(client.clone(), namespace),
+        &render::config_map_name(name),
+    )
+    .await?;
+    let scaled = scaled_object_resource();
+    delete_if_present(
+        &Api::namespaced_with(client.clone(), namespace, &scaled),
+        name,
+    )
+    .await?;
+    let auth = trigger_authentication_resource();
+    delete_if_present(
+        &Api::namespaced_with(client.clone(), namespace, &auth),
+        &render::trigger_authentication_name(name),
+    )
+    .await
+}
+
+/// The merged, valid spec of an actor (`None` when it does not resolve, merge or validate:
+/// such an actor is reported by its own reconcile and kept out of pools).
+fn merged_spec(
+    actor: &AsyncActor,
+    flavors: &BTreeMap<String, FlavorSpec>,
+) -> Option<crate::crd::AsyncActorSpec> {
+    let own = asya_spec::workload::resolve(&actor.spec).ok()?;
+    let merged = flavor::merge(&own, flavors).ok()?;
+    validate::actor(&actor.name_any(), &merged).ok()?;
+    Some(merged)
+}
+
+/// What a pool's render decided.
+pub struct PoolOutcome {
+    /// Its members, as (namespace, actor).
+    pub members: std::collections::BTreeSet<(String, String)>,
+    /// Actors refused for room.
+    pub refused: BTreeMap<(String, String), Refusal>,
+    /// The hosts' Deployment as applied (none: no members, deleted).
+    pub deployment: Option<Deployment>,
+    /// `ScalingReady` of the pool's members.
+    pub scaling: Condition,
+}
+
+impl PoolOutcome {
+    /// Wanted and ready hosts.
+    pub fn replicas(&self) -> (i32, i32) {
+        self.deployment.as_ref().map(replicas_of).unwrap_or((0, 0))
+    }
+}
+
+/// Renders and applies a pool from all its members: the ConfigMap of their manifests, the
+/// hosts' Deployment and one ScaledObject. An empty pool's objects are deleted. Renders of one
+/// pool never overlap (each sees the previous one's result).
+pub async fn reconcile_pool(
+    ctx: &Context,
+    pool: &PoolRef,
+    pools: &BTreeMap<PoolRef, (AsyncActorPoolSpec, Option<String>)>,
+) -> Result<PoolOutcome, Error> {
+    let lock = ctx.pool_lock(pool);
+    let _one_at_a_time = lock.lock().await;
+    let client = &ctx.client;
+    let (spec, uid) = pools.get(pool).cloned().unwrap_or_default();
+    let specs = pool_specs(pools);
+    let actors: Vec<Arc<AsyncActor>> = match ctx.actors.get() {
+        Some(store) => store.state(),
+        None => Api::<AsyncActor>::all(client.clone())
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
     };
-    write_status(&actor, status, client).await?;
-    Ok(if queue.is_err() || !all_true {
-        Action::requeue(Duration::from_secs(15))
+    let flavors: BTreeMap<String, FlavorSpec> = Api::<Flavor>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|f| (f.name_any(), f.spec))
+        .collect();
+    let mut candidates = Vec::new();
+    for actor in actors {
+        if actor.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let namespace = actor.namespace().unwrap_or_default();
+        let Some(merged) = merged_spec(&actor, &flavors) else {
+            continue;
+        };
+        if pool::choose(&namespace, &merged, &specs) != Ok(Placed::Pool(pool.clone())) {
+            continue;
+        }
+        candidates.push(Member {
+            namespace,
+            name: actor.name_any(),
+            created: actor
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
+            manifest: render::host_manifest(&actor, &merged),
+            secret_refs: merged.secret_refs.clone(),
+            min_replicas: merged.scaling.as_ref().and_then(|s| s.min()),
+        });
+    }
+    let assignment = pool::assign(pool, &spec, candidates);
+    let key = |m: &Member| (m.namespace.clone(), m.name.clone());
+    let members = assignment.members.iter().map(key).collect();
+    let refused = assignment
+        .full
+        .iter()
+        .map(|(m, why)| (key(m), why.clone()))
+        .collect();
+    let name = pool.object_name();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &pool.namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &pool.namespace);
+    let scaled_resource = scaled_object_resource();
+    let scaled_objects: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &pool.namespace, &scaled_resource);
+    let (deployment, scaling) = if assignment.members.is_empty() {
+        delete_if_present(&scaled_objects, &name).await?;
+        delete_typed(&deployments, &name).await?;
+        delete_typed(&config_maps, &name).await?;
+        let done = condition(
+            conditions::SCALING_READY,
+            true,
+            "PoolEmpty",
+            "the pool has no members",
+        );
+        (None, done)
     } else {
-        Action::requeue(Duration::from_secs(300))
-    })
+        let desired = pool::desired_pool(
+            pool,
+            &spec,
+            &assignment.members,
+            &ctx.settings,
+            uid.as_deref(),
+        );
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        config_maps
+            .patch(&name, &params, &Patch::Apply(&desired.config_map))
+            .await?;
+        let deployment = deployments
+            .patch(&name, &params, &Patch::Apply(&desired.deployment))
+            .await?;
+        let scaling = match scaled_objects
+            .patch(&name, &params, &Patch::Apply(&desired.scaled_object))
+            .await
+        {
+            Ok(_) => condition(
+                conditions::SCALING_READY,
+                true,
+                "PoolScaledObjectApplied",
+                format!(
+                    "KEDA scales pool {pool} to {}..{} hosts on its members' total backlog",
+                    desired.scaled_object["spec"]["minReplicaCount"],
+                    desired.scaled_object["spec"]["maxReplicaCount"]
+                ),
+            ),
+            Err(kube::Error::Api(status)) if status.code == 404 => condition(
+                conditions::SCALING_READY,
+                false,
+                "KedaNotInstalled",
+                "the keda.sh/v1alpha1 ScaledObject resource does not exist: install KEDA",
+            ),
+            Err(err) => return Err(err.into()),
+        };
+        (Some(deployment), scaling)
+    };
+    let outcome = PoolOutcome {
+        members,
+        refused,
+        deployment,
+        scaling,
+    };
+    if uid.is_some() {
+        let (_, ready) = outcome.replicas();
+        let status = json!({"status": {
+            "actors": outcome.members.len(),
+            "refused": outcome.refused.len(),
+            "readyReplicas": ready,
+        }});
+        let api: Api<AsyncActorPool> = Api::namespaced(client.clone(), &pool.namespace);
+        if let Err(err) = api
+            .patch_status(&pool.name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+        {
+            tracing::debug!(%pool, error = %err, "could not write the pool's status");
+        }
+    }
+    Ok(outcome)
+}
+
+/// The actors that may go to `pool` (they name it, or it is their namespace's default pool).
+pub fn actors_in_pool(actors: &[Arc<AsyncActor>], pool: &PoolRef) -> Vec<ObjectRef<AsyncActor>> {
+    actors
+        .iter()
+        .filter(|a| {
+            let namespace = a.namespace().unwrap_or_default();
+            match &a.spec.pool {
+                Some(named) => &PoolRef::parse(&namespace, named) == pool,
+                None => namespace == pool.namespace,
+            }
+        })
+        .map(|a| ObjectRef::from_obj(a.as_ref()))
+        .collect()
 }
 
 /// The transport an actor was last reconciled on (its status), else its own spec's (default
@@ -581,6 +983,11 @@ fn last_transport(actor: &AsyncActor) -> Transport {
 
 async fn cleanup(actor: &AsyncActor, ctx: &Context) -> Result<(), Error> {
     let namespace = actor.namespace().unwrap_or_default();
+    if let Some(pool) = actor.status.as_ref().and_then(|s| s.pool.as_deref()) {
+        // The pool's hosts stop serving it (its render skips actors being deleted).
+        let pools = load_pools(&ctx.client).await?;
+        reconcile_pool(ctx, &PoolRef::parse(&namespace, pool), &pools).await?;
+    }
     let transport = last_transport(actor);
     if transport != Transport::Nats {
         // No NATS to ask. The queue goes if the operator manages it and it is empty; a queue
@@ -614,6 +1021,8 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     );
     let store = controller.store();
+    let _ = ctx.actors.set(store.clone());
+    let pool_store = store.clone();
     controller
         .owns(
             Api::<Deployment>::all(client.clone()),
@@ -623,6 +1032,17 @@ pub async fn run(
             Api::<Flavor>::all(client.clone()),
             watcher::Config::default(),
             move |flavor| actors_using(&store.state(), &flavor.name_any()),
+        )
+        .watches(
+            Api::<AsyncActorPool>::all(client.clone()),
+            watcher::Config::default(),
+            move |pool| {
+                let pool = PoolRef {
+                    namespace: pool.namespace().unwrap_or_default(),
+                    name: pool.name_any(),
+                };
+                actors_in_pool(&pool_store.state(), &pool)
+            },
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -38,6 +38,9 @@ pub trait JetStreamAdmin: Send + Sync {
     async fn ensure_results_bucket(&self, stream: &StreamSpec) -> Result<(), QueueError>;
     /// Deletes the consumer; a consumer or stream that is already gone is success.
     async fn delete_consumer(&self, stream: &str, consumer: &str) -> Result<(), QueueError>;
+    /// Messages the consumer has not finished: pending plus delivered and not yet acked (a
+    /// missing consumer or stream counts 0).
+    async fn consumer_backlog(&self, stream: &str, consumer: &str) -> Result<u64, QueueError>;
 }
 
 /// The results bucket of a namespace's stream: `ASYA_RESULTS_<NS>` (what the host opens).
@@ -182,6 +185,24 @@ impl JetStreamAdmin for NatsAdmin {
             Err(e) => Err(err(operation(), e)),
         }
     }
+
+    async fn consumer_backlog(&self, stream_name: &str, name: &str) -> Result<u64, QueueError> {
+        let operation = || format!("reading consumer {name} on {stream_name}");
+        let stream = match self.js.get_stream_no_info(stream_name).await {
+            Ok(stream) => stream,
+            Err(e) if e.to_string().to_lowercase().contains("not found") => return Ok(0),
+            Err(e) => return Err(err(operation(), e)),
+        };
+        let mut consumer: jetstream::consumer::PullConsumer = match stream.get_consumer(name).await
+        {
+            Ok(consumer) => consumer,
+            // A consumer (or stream) not made yet has no backlog.
+            Err(e) if e.to_string().to_lowercase().contains("not found") => return Ok(0),
+            Err(e) => return Err(err(operation(), e)),
+        };
+        let info = consumer.info().await.map_err(|e| err(operation(), e))?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
 }
 
 /// In-memory JetStream for tests: records streams and consumers, and fails on demand.
@@ -197,6 +218,7 @@ struct MemoryState {
     buckets: BTreeSet<String>,
     fail: Option<String>,
     deleted: Vec<(String, String)>,
+    backlog: BTreeMap<(String, String), u64>,
 }
 
 impl MemoryJetStream {
@@ -228,6 +250,15 @@ impl MemoryJetStream {
     /// Whether a results bucket exists.
     pub fn has_bucket(&self, name: &str) -> bool {
         self.state.lock().unwrap().buckets.contains(name)
+    }
+
+    /// Sets the backlog [`JetStreamAdmin::consumer_backlog`] reports for a consumer.
+    pub fn set_backlog(&self, stream: &str, name: &str, backlog: u64) {
+        self.state
+            .lock()
+            .unwrap()
+            .backlog
+            .insert((stream.to_owned(), name.to_owned()), backlog);
     }
 
     /// Consumers deleted so far, as (stream, consumer).
@@ -282,5 +313,14 @@ impl JetStreamAdmin for MemoryJetStream {
             .remove(&(stream.to_owned(), name.to_owned()));
         state.deleted.push((stream.to_owned(), name.to_owned()));
         Ok(())
+    }
+
+    async fn consumer_backlog(&self, stream: &str, name: &str) -> Result<u64, QueueError> {
+        let state = self.check(&format!("reading consumer {name} on {stream}"))?;
+        Ok(state
+            .backlog
+            .get(&(stream.to_owned(), name.to_owned()))
+            .copied()
+            .unwrap_or(0))
     }
 }

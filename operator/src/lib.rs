@@ -5,10 +5,13 @@
 //! Layout (after kube-rs' controller-rs): [`crd`] the resource types and generated CRDs,
 //! [`flavor`] the pure flavor merge, [`validate`] checks of the merged spec, [`render`] the pure
 //! desired objects, [`jetstream`] the NATS seam, [`controller`] the reconciler, [`leader`] Lease
-//! leader election, [`metrics`] metrics and health endpoints, [`offline`] `render` on files.
+//! leader election, [`metrics`] metrics and health endpoints, [`offline`] `render` on files, [`pool`] the pure
+//! placement of actors in shared host pools and their objects, [`backlog`] the pools' scaling
+//! endpoint.
 
 #![warn(missing_docs)]
 
+pub mod backlog;
 pub mod controller;
 pub mod crd;
 pub mod flavor;
@@ -16,6 +19,7 @@ pub mod jetstream;
 pub mod leader;
 pub mod metrics;
 pub mod offline;
+pub mod pool;
 pub mod queues;
 pub mod render;
 pub mod validate;

@@ -93,6 +93,14 @@ struct SettingsArgs {
     /// DynamoDB table of results and fan-ins.
     #[arg(long, env = "ASYA_DYNAMODB_TABLE", default_value = asya_spec::names::DEFAULT_STATE_TABLE)]
     dynamodb_table: String,
+    /// Base URL where KEDA reaches this operator's HTTP port (NATS pools scale on
+    /// `<url>/v1/pools/<namespace>/<pool>/backlog`).
+    #[arg(
+        long,
+        env = "ASYA_OPERATOR_URL",
+        default_value = "http://asya-operator-metrics.asya-system.svc:8080"
+    )]
+    operator_url: String,
     /// AMQP URL the operator declares RabbitMQ actors' queues with (none: their hosts declare
     /// them when they start).
     #[arg(long, env = "ASYA_RABBITMQ_ADMIN_URL", hide_env_values = true)]
@@ -135,6 +143,7 @@ impl SettingsArgs {
             aws_endpoint: optional(&self.aws_endpoint),
             aws_credentials_secret: optional(&self.aws_credentials_secret),
             dynamodb_table: self.dynamodb_table.clone(),
+            operator_url: self.operator_url.clone(),
             results_ttl: duration("--results-ttl", &self.results_ttl)?,
             results_ttl_for,
             host_image: self.host_image.clone().unwrap_or(defaults.host_image),
@@ -187,6 +196,10 @@ struct RenderArgs {
     /// Render owner references to an actor with this uid.
     #[arg(long)]
     owner_uid: Option<String>,
+    /// Render every actor as `placement: dedicated` (one Deployment each), to compare with the
+    /// pooled layout.
+    #[arg(long)]
+    dedicated: bool,
 }
 
 fn main() -> Result<()> {
@@ -214,6 +227,7 @@ fn main() -> Result<()> {
                 &args.settings.settings()?,
                 &args.namespace,
                 args.owner_uid.as_deref(),
+                args.dedicated,
             )?;
             print!("{text}");
             Ok(())
@@ -229,7 +243,12 @@ fn main() -> Result<()> {
 async fn run(args: RunArgs) -> Result<()> {
     asya_operator::install_tls_provider();
     let metrics = Arc::new(Metrics::new());
-    tokio::spawn(metrics::serve(args.http, metrics.clone()));
+    let backlog = Arc::new(asya_operator::backlog::PoolBacklog::default());
+    tokio::spawn(metrics::serve(
+        args.http,
+        metrics.clone(),
+        asya_operator::backlog::router(backlog.clone()),
+    ));
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -253,6 +272,7 @@ async fn run(args: RunArgs) -> Result<()> {
             None
         },
     };
+    backlog.connect(client.clone(), jetstream.clone());
     let ctx = Arc::new(
         ReconcileContext::new(
             client.clone(),

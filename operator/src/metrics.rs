@@ -127,14 +127,18 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
         .with_state(metrics)
 }
 
-/// Serves [`router`] on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// Serves [`router`] (and `extra` routes) on `addr` until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    extra: axum::Router,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
-    axum::serve(listener, router(metrics))
+    axum::serve(listener, router(metrics).merge(extra))
         .await
         .context("HTTP server")
 }

@@ -108,6 +108,9 @@ pub struct Settings {
     pub aws_credentials_secret: Option<String>,
     /// DynamoDB table of results and fan-ins (all namespaces; keys are prefixed by namespace).
     pub dynamodb_table: String,
+    /// Base URL where KEDA reaches the operator (a NATS pool's `metrics-api` trigger reads
+    /// `<url>/v1/pools/<namespace>/<pool>/backlog`).
+    pub operator_url: String,
 }
 
 impl Settings {
@@ -137,6 +140,7 @@ impl Default for Settings {
             aws_endpoint: None,
             aws_credentials_secret: None,
             dynamodb_table: asya_spec::names::DEFAULT_STATE_TABLE.into(),
+            operator_url: "http://asya-operator-metrics.asya-system.svc:8080".into(),
         }
     }
 }
@@ -241,7 +245,7 @@ pub fn fixed_replicas(spec: &AsyncActorSpec) -> i32 {
     spec.scaling.as_ref().and_then(|s| s.min()).unwrap_or(1)
 }
 
-fn labels(name: &str) -> BTreeMap<String, String> {
+pub(crate) fn labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), name.to_owned()),
         ("app.kubernetes.io/component".to_owned(), "actor".to_owned()),
@@ -313,7 +317,11 @@ fn env_list(pairs: &[(&str, String)], user: &BTreeMap<String, String>) -> Vec<Va
 }
 
 fn resources(spec: &AsyncActorSpec) -> Option<Value> {
-    let resources = spec.resources.as_ref()?;
+    spec.resources.as_ref().map(resource_requirements)
+}
+
+/// A container's `resources` from the spec's.
+pub(crate) fn resource_requirements(resources: &crate::crd::Resources) -> Value {
     let side = |map: &BTreeMap<String, crate::crd::Quantity>| -> Value {
         map.iter()
             .map(|(k, v)| (k.clone(), Value::String(v.to_k8s_string())))
@@ -327,10 +335,10 @@ fn resources(spec: &AsyncActorSpec) -> Option<Value> {
     if !resources.requests.is_empty() {
         out["requests"] = side(&resources.requests);
     }
-    Some(out)
+    out
 }
 
-fn security_context() -> Value {
+pub(crate) fn security_context() -> Value {
     json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
 }
 
@@ -341,7 +349,7 @@ fn secret_key_env(name: &str, secret: &str, key: &str) -> Value {
 
 /// The host's env for its transport and state store (`ASYA_TRANSPORT` first). Secrets come by
 /// reference: no URL with a password, no key is ever a literal here.
-fn transport_env(transport: Transport, settings: &Settings) -> Vec<Value> {
+pub(crate) fn transport_env(transport: Transport, settings: &Settings) -> Vec<Value> {
     let literal = |name: &str, value: &str| json!({"name": name, "value": value});
     let mut env = vec![literal("ASYA_TRANSPORT", transport.as_str())];
     let store = match transport {

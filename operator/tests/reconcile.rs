@@ -3,7 +3,7 @@
 //! RabbitMQ and SQS transports (which need no JetStream).
 
 use asya_operator::controller::{self, conditions, Context, FINALIZER};
-use asya_operator::crd::{AsyncActor, AsyncActorStatus, Condition, Flavor};
+use asya_operator::crd::{AsyncActor, AsyncActorPool, AsyncActorStatus, Condition, Flavor};
 use asya_operator::jetstream::MemoryJetStream;
 use asya_operator::metrics::Metrics;
 use asya_operator::queues::{BrokerAdmin, MemoryQueues, QueueAdmin};
@@ -87,6 +87,7 @@ kind: AsyncActor
 metadata: {name: preprocess, namespace: text-pipeline}
 spec:
   runtime: wasm
+  placement: dedicated
   handler: preprocessor.process
   component: oci://localhost:5000/text-pipeline/preprocess:v1
   scaling: {enabled: true, minReplicaCount: 0, maxReplicaCount: 5, queueLength: 10}
@@ -135,9 +136,32 @@ async fn harness_with(
     keda: bool,
     queues: Arc<dyn QueueAdmin>,
 ) -> Harness {
+    harness_full(actors, flavors, keda, queues, vec![]).await
+}
+
+/// A harness with AsyncActorPools.
+async fn harness_with_pools(actors: Vec<AsyncActor>, pools: Vec<AsyncActorPool>) -> Harness {
+    harness_full(
+        actors,
+        vec![],
+        true,
+        Arc::new(BrokerAdmin::default()),
+        pools,
+    )
+    .await
+}
+
+async fn harness_full(
+    actors: Vec<AsyncActor>,
+    flavors: Vec<Flavor>,
+    keda: bool,
+    queues: Arc<dyn QueueAdmin>,
+    pools: Vec<AsyncActorPool>,
+) -> Harness {
     let mut builder = ClientBuilder::new()
         .with_resource::<AsyncActor>()
-        .with_resource::<Flavor>();
+        .with_resource::<Flavor>()
+        .with_resource::<AsyncActorPool>();
     if keda {
         builder = builder
             .with_resource::<ScaledObject>()
@@ -145,6 +169,9 @@ async fn harness_with(
     }
     for a in actors {
         builder = builder.with_object(a);
+    }
+    for p in pools {
+        builder = builder.with_object(p);
     }
     // kube-fake-client 0.3 treats every custom resource as namespaced, so cluster-scoped
     // Flavors are served by a GET interceptor: a GET without a namespace is only ever the
@@ -696,6 +723,7 @@ kind: AsyncActor
 metadata: {name: classify, namespace: text-pipeline}
 spec:
   transport: rabbitmq
+  placement: dedicated
   handler: classifier.classify
   component: oci://localhost:5000/text-pipeline/classify:v1
   scaling: {minReplicaCount: 0, maxReplicaCount: 5, queueLength: 10}
@@ -967,4 +995,145 @@ async fn jetstream_down_and_keda_missing_are_conditions() {
     assert_eq!(status.phase.as_deref(), Some("Pending"));
     // The workload is applied all the same.
     assert!(h.deployment("preprocess").await.is_some());
+}
+
+/// A `runtime: wasm` actor without a placement: pooled.
+fn pooled(name: &str, created: &str) -> AsyncActor {
+    let mut actor = actor(&format!(
+        "apiVersion: asya.sh/v1alpha1\nkind: AsyncActor\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+         spec:\n  handler: m.process\n  component: oci://localhost:5000/{NS}/{name}:v1\n"
+    ));
+    actor.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        created.parse().unwrap(),
+    ));
+    actor
+}
+
+async fn pool_keys(h: &Harness) -> Vec<String> {
+    Api::<ConfigMap>::namespaced(h.client.clone(), NS)
+        .get_opt("asya-pool-default")
+        .await
+        .unwrap()
+        .map(|cm| cm.data.unwrap_or_default().into_keys().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn wasm_actors_share_their_namespaces_host_pool() {
+    let h = harness(
+        vec![
+            pooled("alpha", "2026-01-01T00:00:00Z"),
+            pooled("beta", "2026-01-02T00:00:00Z"),
+        ],
+        vec![],
+        true,
+    )
+    .await;
+    h.settle("alpha").await;
+    h.settle("beta").await;
+    assert_eq!(
+        pool_keys(&h).await,
+        ["text-pipeline.alpha.yaml", "text-pipeline.beta.yaml"]
+    );
+    // One Deployment and one ScaledObject (one trigger) for both; none of their own.
+    assert!(h.deployment("alpha").await.is_none());
+    let hosts = h.deployment("asya-pool-default").await.expect("pool hosts");
+    let args = hosts.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args
+        .windows(2)
+        .any(|w| w[0] == "--pool" && w[1] == "text-pipeline/default"));
+    let scaled = h
+        .scaled_object("asya-pool-default")
+        .await
+        .expect("pool scaling");
+    let triggers = scaled.data["spec"]["triggers"].as_array().unwrap();
+    assert_eq!(triggers.len(), 1);
+    assert_eq!(triggers[0]["type"], "metrics-api");
+    assert_eq!(scaled.data["spec"]["minReplicaCount"], 1, "one warm host");
+    let status = h.status("beta").await;
+    assert_eq!(status.pool.as_deref(), Some("text-pipeline/default"));
+    let placed = cond(&status, conditions::PLACED);
+    assert_eq!(
+        (placed.status.as_str(), placed.reason.as_deref()),
+        ("True", Some("Pooled"))
+    );
+    assert!(placed.message.as_deref().unwrap().contains("2 actor(s)"));
+    // The queue is the actor's own, pooled or not.
+    assert!(h.jetstream.consumer("ASYA_TEXT_PIPELINE", "beta").is_some());
+}
+
+#[tokio::test]
+async fn a_full_pool_refuses_with_a_condition_and_a_deleted_actor_is_not_a_member() {
+    let pool: AsyncActorPool = serde_yaml_ng::from_str(&format!(
+        "apiVersion: asya.sh/v1alpha1\nkind: AsyncActorPool\nmetadata: {{name: default, namespace: {NS}, uid: pool-uid}}\nspec: {{maxActors: 1}}\n"
+    ))
+    .unwrap();
+    // alpha, the oldest, is being deleted (its finalizer still on): the pool leaves it out.
+    let mut alpha = pooled("alpha", "2026-01-01T00:00:00Z");
+    alpha.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    alpha.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    alpha.status = Some(AsyncActorStatus {
+        pool: Some(format!("{NS}/default")),
+        ..Default::default()
+    });
+    let h = harness_with_pools(
+        vec![
+            alpha,
+            pooled("beta", "2026-01-02T00:00:00Z"),
+            pooled("gamma", "2026-01-03T00:00:00Z"),
+        ],
+        vec![pool],
+    )
+    .await;
+    h.settle("beta").await;
+    h.settle("gamma").await;
+    let status = h.status("gamma").await;
+    let placed = cond(&status, conditions::PLACED);
+    assert_eq!(
+        (placed.status.as_str(), placed.reason.as_deref()),
+        ("False", Some("PoolFull"))
+    );
+    assert!(
+        placed
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("maxActors 1 reached"),
+        "{placed:?}"
+    );
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert_eq!(pool_keys(&h).await, ["text-pipeline.beta.yaml"]);
+    let placed = cond(&h.status("beta").await, conditions::PLACED).clone();
+    assert_eq!(placed.status, "True");
+    // The pool's objects are owned by the AsyncActorPool (deleting it collects them).
+    let hosts = h.deployment("asya-pool-default").await.unwrap();
+    assert_eq!(
+        hosts.metadata.owner_references.unwrap()[0].kind,
+        "AsyncActorPool"
+    );
+    // alpha's cleanup re-renders its pool, which still serves beta only.
+    h.reconcile("alpha").await;
+    assert_eq!(pool_keys(&h).await, ["text-pipeline.beta.yaml"]);
+}
+
+#[tokio::test]
+async fn an_invalid_actor_stays_out_of_the_pool_and_the_others_are_served() {
+    let mut broken = pooled("broken", "2026-01-01T00:00:00Z");
+    broken.spec.resiliency = Some(serde_json::from_value(json!({"actorTimeout": "soon"})).unwrap());
+    let h = harness(
+        vec![broken, pooled("fine", "2026-01-02T00:00:00Z")],
+        vec![],
+        true,
+    )
+    .await;
+    h.settle("broken").await;
+    h.settle("fine").await;
+    assert_eq!(h.status("broken").await.phase.as_deref(), Some("Failed"));
+    assert_eq!(pool_keys(&h).await, ["text-pipeline.fine.yaml"]);
+    assert_eq!(h.status("fine").await.phase.as_deref(), Some("Pending"));
 }

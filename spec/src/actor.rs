@@ -97,6 +97,29 @@ impl Transport {
     }
 }
 
+/// Where a `runtime: wasm` actor's handler runs in a cluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+#[schemars(extend("x-asya-message" = "must be pool or dedicated"))]
+pub enum Placement {
+    /// In a shared host pool (the namespace's default pool, or `spec.pool`): many actors, one
+    /// process, each in its own sandbox. The default for `runtime: wasm`.
+    #[default]
+    Pool,
+    /// In a Deployment of its own (always so for `runtime: python`).
+    Dedicated,
+}
+
+impl Placement {
+    /// The name as manifests write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Pool => "pool",
+            Placement::Dedicated => "dedicated",
+        }
+    }
+}
+
 /// Retry delay growth.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -373,6 +396,14 @@ pub struct AsyncActorSpec {
     /// build does not run it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
+    /// `pool` (the default for `runtime: wasm`: a shared host pool) or `dedicated` (a
+    /// Deployment of its own; `runtime: python` actors always are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// The named host pool (`AsyncActorPool`) to join: `name` in the actor's namespace or
+    /// `namespace/name`; unset: the namespace's default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// KEDA autoscaling on the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<Scaling>,
@@ -458,6 +489,10 @@ pub struct AsyncActorStatus {
     /// The effective transport (default `nats`), shown by `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+    /// The host pool serving the actor (`namespace/name`); unset when it has its own
+    /// Deployment or was not placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// The spec of a `Flavor`: a cluster-wide preset of actor settings, merged into every actor that
@@ -487,6 +522,9 @@ pub struct FlavorSpec {
     /// `nats` (see [`AsyncActorSpec::transport`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
+    /// `pool` or `dedicated` (see [`AsyncActorSpec::placement`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
     /// KEDA autoscaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<Scaling>,
@@ -511,6 +549,78 @@ pub struct FlavorSpec {
     /// Tolerations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+}
+
+/// The spec of an `AsyncActorPool`: a named pool of hosts that serves the `runtime: wasm`
+/// actors which name it in `spec.pool`, from its own namespace and the namespaces it admits.
+/// Tenants share its processes only through the WASM sandbox.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "asya.sh",
+        version = "v1alpha1",
+        kind = "AsyncActorPool",
+        plural = "asyncactorpools",
+        namespaced,
+        status = "AsyncActorPoolStatus",
+        shortname = "asyapool",
+        category = "asya",
+        printcolumn = r#"{"name":"Actors","type":"integer","jsonPath":".status.actors"}"#,
+        printcolumn = r#"{"name":"Max","type":"integer","jsonPath":".spec.maxActors"}"#,
+        printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+        printcolumn = r#"{"name":"Transport","type":"string","jsonPath":".spec.transport"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncActorPoolSpec {
+    /// Other namespaces whose actors may join (the pool's own namespace always may); `*`
+    /// admits every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// The most actors the pool takes; later ones are refused with a `Placed` condition
+    /// (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2000))]
+    pub max_actors: Option<i32>,
+    /// The transport its hosts serve (default `nats`); actors on another are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    /// Fewest hosts (default 1: one warm host; 0 only when every member actor allows zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: Option<i32>,
+    /// Most hosts (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: Option<i32>,
+    /// Backlog per host that KEDA aims for (default 100 messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub queue_length: Option<i32>,
+    /// Compute resources of each host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Node selector of the hosts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// The status of an `AsyncActorPool`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncActorPoolStatus {
+    /// Actors placed in the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actors: Option<i32>,
+    /// Actors that asked for the pool and were refused (full, not admitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<i32>,
+    /// Ready hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
 }
 
 /// `metadata` of a manifest file: the fields outside a cluster that matter.

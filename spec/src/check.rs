@@ -6,7 +6,7 @@
 //! Rules that hold only in a cluster (an `oci://` component, an image for `runtime: python`)
 //! are the CRD's alone: a local host may run a component file and spawn the runtime itself.
 
-use crate::actor::{AsyncActorSpec, Resiliency, Sandbox, Scaling, Transport};
+use crate::actor::{AsyncActorSpec, Placement, Resiliency, Sandbox, Scaling, Transport};
 use crate::duration::duration_at;
 use crate::names;
 use crate::quantity::bytes_at;
@@ -60,6 +60,7 @@ pub fn check_spec(spec: &AsyncActorSpec) -> Result<(), SpecError> {
         check_sandbox("spec.sandbox", sandbox)?;
     }
     check_timeouts(spec)?;
+    check_placement(spec)?;
     if let Some(resources) = &spec.resources {
         for (side, map) in [
             ("limits", &resources.limits),
@@ -96,6 +97,51 @@ pub fn check_timeouts(spec: &AsyncActorSpec) -> Result<(), SpecError> {
         ));
     }
     Ok(())
+}
+
+/// `spec.placement` and `spec.pool`: a pool serves only `runtime: wasm` actors, and naming a
+/// pool contradicts `placement: dedicated`.
+pub fn check_placement(spec: &AsyncActorSpec) -> Result<(), SpecError> {
+    let python = crate::workload::effective_runtime(spec) == crate::actor::Runtime::Python;
+    if python && spec.placement == Some(Placement::Pool) {
+        return Err(SpecError::new(
+            "spec.placement",
+            "must be dedicated for runtime: python (a pool's hosts run WASM components only)",
+        ));
+    }
+    if let Some(pool) = &spec.pool {
+        if spec.placement == Some(Placement::Dedicated) {
+            return Err(SpecError::new(
+                "spec.pool",
+                "must be unset with placement: dedicated",
+            ));
+        }
+        if python {
+            return Err(SpecError::new(
+                "spec.pool",
+                "must be unset for runtime: python (a pool's hosts run WASM components only)",
+            ));
+        }
+        let parts: Vec<&str> = pool.split('/').collect();
+        if parts.len() > 2 || parts.iter().any(|p| !is_dns_label(p)) {
+            return Err(SpecError::new(
+                "spec.pool",
+                format!("must be NAME or NAMESPACE/NAME, each a DNS label (got {pool:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A DNS label (RFC 1123): what namespace and object names of pools are.
+fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
 }
 
 /// `spec.transport`: one this build runs.

@@ -4,7 +4,9 @@
 //! sizes, hosts, ranges) becomes one CEL rule carrying that message, so `kubectl apply` names
 //! the field and the rule in the words the host and the SDK use.
 
-use crate::actor::{AsyncActor, AsyncActorSpec, Flavor, FlavorSpec};
+use crate::actor::{
+    AsyncActor, AsyncActorPool, AsyncActorPoolSpec, AsyncActorSpec, Flavor, FlavorSpec,
+};
 use crate::crd_rules::{self, Rule};
 use crate::names::ACTOR_NAME_PATTERN;
 use kube::CustomResourceExt;
@@ -278,12 +280,29 @@ pub fn flavor_crd() -> Value {
     crd
 }
 
-/// Both CRDs, in the order they should be applied.
-pub fn crds() -> Vec<Value> {
-    vec![async_actor_crd(), flavor_crd()]
+/// The `AsyncActorPool` CRD.
+pub fn async_actor_pool_crd() -> Value {
+    let mut crd = serde_json::to_value(AsyncActorPool::crd()).expect("CRD serialises");
+    int_or_string_types(&mut crd);
+    let spec = pointer_mut(&mut crd, &format!("{VERSION_SCHEMA}/properties/spec"));
+    field_rules_to_cel::<AsyncActorPoolSpec>(spec);
+    add_transport_rule(spec);
+    add_rules(
+        spec,
+        vec![json!({
+            "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+            "message": "minReplicas must not exceed maxReplicas",
+        })],
+    );
+    crd
 }
 
-/// Both CRDs as one multi-document YAML text (what `asya-operator crd` prints and what
+/// The CRDs, in the order they should be applied.
+pub fn crds() -> Vec<Value> {
+    vec![async_actor_crd(), flavor_crd(), async_actor_pool_crd()]
+}
+
+/// The CRDs as one multi-document YAML text (what `asya-operator crd` prints and what
 /// `charts/asya/crds/asya.sh_crds.yaml` holds).
 pub fn crds_yaml() -> String {
     let mut out = String::from(

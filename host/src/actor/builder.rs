@@ -129,6 +129,8 @@ pub struct SidecarParts {
     pub results: Option<Arc<dyn ResultStore>>,
     /// Where the hops of gateway tasks are reported (none: not reported).
     pub tasks: Option<Arc<dyn TaskReporter>>,
+    /// The actor's namespace (a label of its metrics).
+    pub namespace: String,
 }
 
 /// The sidecar of actor `name`: `executor` behind its queue on `transport`.
@@ -138,8 +140,13 @@ pub fn sidecar(
     transport: Arc<dyn Transport>,
     parts: SidecarParts,
 ) -> Sidecar {
-    let mut sidecar =
-        Sidecar::new(name, executor, transport, parts.settings).with_resiliency(parts.resiliency);
+    let mut sidecar = Sidecar::new(name, executor, transport, parts.settings)
+        .with_resiliency(parts.resiliency)
+        .with_namespace(if parts.namespace.is_empty() {
+            "default".to_owned()
+        } else {
+            parts.namespace
+        });
     if let Some(metrics) = parts.metrics {
         sidecar = sidecar.with_metrics(metrics);
     }

@@ -204,6 +204,44 @@ pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, AsyncActor)>> {
     Ok(actors)
 }
 
+/// Loads every manifest of a directory file by file: the actors of files that load, and each
+/// file that does not with why (a pool's host serves the rest). Of two declarations of one
+/// actor the second file is the broken one. Only an unreadable directory is an error.
+pub fn load_dir_each(
+    dir: &Path,
+) -> Result<(Vec<(PathBuf, AsyncActor)>, Vec<(PathBuf, anyhow::Error)>)> {
+    let mut files = Vec::new();
+    collect_yaml(dir, &mut files)?;
+    files.sort();
+    let mut actors = Vec::new();
+    let mut broken = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for file in files {
+        match load_file(&file) {
+            Ok(loaded) => {
+                let twice = loaded
+                    .iter()
+                    .find(|a| seen.contains(&(a.namespace().to_owned(), a.name().to_owned())));
+                if let Some(actor) = twice {
+                    let err = anyhow::anyhow!(
+                        "actor '{}' (namespace '{}') is declared twice",
+                        actor.name(),
+                        actor.namespace()
+                    );
+                    broken.push((file, err));
+                    continue;
+                }
+                for actor in loaded {
+                    seen.insert((actor.namespace().to_owned(), actor.name().to_owned()));
+                    actors.push((file.clone(), actor));
+                }
+            }
+            Err(err) => broken.push((file, err)),
+        }
+    }
+    Ok((actors, broken))
+}
+
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();

@@ -62,6 +62,7 @@ pub enum Plan {
 /// One actor's sidecar: its name, its executor and the transport it moves messages on.
 pub struct Sidecar {
     name: String,
+    namespace: String,
     executor: Arc<dyn Executor>,
     transport: Arc<dyn Transport>,
     settings: SidecarSettings,
@@ -83,8 +84,9 @@ impl Sidecar {
         let name = name.into();
         let metrics = Arc::new(Metrics::new());
         Sidecar {
-            actor_metrics: metrics.actor(&name),
+            actor_metrics: metrics.actor("default", &name),
             name,
+            namespace: "default".to_owned(),
             executor,
             transport,
             settings,
@@ -119,8 +121,15 @@ impl Sidecar {
 
     /// Reports into `metrics` (shared by every actor of a host).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.actor_metrics = metrics.actor(&self.name);
+        self.actor_metrics = metrics.actor(&self.namespace, &self.name);
         self.metrics = metrics;
+        self
+    }
+
+    /// The actor's namespace (its tenant, a label of its metrics; default `default`).
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self.actor_metrics = self.metrics.actor(&self.namespace, &self.name);
         self
     }
 

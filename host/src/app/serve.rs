@@ -68,6 +68,11 @@ pub struct RunConfig {
     /// Where the Secrets of `spec.secretRefs` are mounted (`<dir>/<secret>/<key>`), read when
     /// a wasm actor starts for its handler's environment.
     pub secrets_dir: PathBuf,
+    /// The host serves a shared pool (`namespace/name`): an actor whose manifest or component
+    /// does not load is reported (log, `asya_host_actors_broken`) and left out, and every
+    /// other actor starts and keeps serving; an empty directory is a pool with no members yet.
+    /// Without a pool, the first load must succeed as a whole.
+    pub pool: Option<String>,
 }
 
 /// Where a python actor's runtime listens unless told otherwise.
@@ -172,8 +177,14 @@ fn component_path(
 /// their in-flight messages and stop. Other actors are not touched. A manifest that does not load
 /// is reported and the running set is kept.
 pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
-    let manifests = manifest::load_dir(&config.manifests)?;
-    if manifests.is_empty() {
+    let manifests = if config.pool.is_some() {
+        let (good, broken) = manifest::load_dir_each(&config.manifests)?;
+        report_broken(&broken);
+        good
+    } else {
+        manifest::load_dir(&config.manifests)?
+    };
+    if manifests.is_empty() && config.pool.is_none() {
         bail!("no AsyncActor manifests in {}", config.manifests.display());
     }
     let metrics = Arc::new(Metrics::new());
@@ -221,9 +232,26 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
         wasm: Arc::default(),
     };
     // The first load must succeed as a whole: a host that cannot start an actor does not start.
+    // A pool's host starts every actor that loads and reports the others.
+    let started_at = std::time::Instant::now();
+    let count = manifests.len();
     for (file, actor) in manifests {
-        fleet.start_actor(&config, file, actor).await?;
+        let key = (actor.namespace().to_owned(), actor.name().to_owned());
+        match fleet.start_actor(&config, file, actor).await {
+            Ok(()) => {}
+            Err(err) if config.pool.is_some() => {
+                tracing::error!(actor = %key.1, namespace = %key.0, error = %format!("{err:#}"),
+                    "actor not started; the pool's other actors are unaffected");
+                metrics.broken(&key.0, &key.1, true);
+            }
+            Err(err) => return Err(err),
+        }
     }
+    tracing::info!(
+        actors = count,
+        elapsed_ms = started_at.elapsed().as_millis() as u64,
+        "actors registered"
+    );
     let mut listing = manifest_listing(&config);
     {
         let (metrics, stop, wasm) = (metrics.clone(), shutdown.clone(), fleet.wasm.clone());
@@ -233,12 +261,13 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     .lock()
                     .expect("executors")
                     .iter()
-                    .map(|((_, name), executor)| (name.clone(), executor.clone()))
+                    .map(|(key, executor)| (key.clone(), executor.clone()))
                     .collect();
-                for (name, executor) in executors {
+                for ((namespace, name), executor) in executors {
                     let stats = executor.stats();
                     let made = stats.instantiated.load(Ordering::Relaxed);
                     metrics.pool(
+                        &namespace,
                         &name,
                         made,
                         made.saturating_sub(stats.discarded.load(Ordering::Relaxed)),
@@ -299,6 +328,14 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// Logs the manifest files of a pool that do not load (each once per reload).
+fn report_broken(broken: &[(PathBuf, anyhow::Error)]) {
+    for (file, err) in broken {
+        tracing::error!(file = %file.display(), error = %format!("{err:#}"),
+            "manifest does not load; the pool's other actors are unaffected");
+    }
+}
+
 /// The file names, sizes and modification times of every manifest and component the host uses:
 /// the cheap check that decides whether a reload is needed.
 fn manifest_listing(config: &RunConfig) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
@@ -342,6 +379,8 @@ type NamespaceShared = (
 
 /// A running actor.
 struct RunningActor {
+    /// The manifest file it came from.
+    file: PathBuf,
     /// What it was started from; a different fingerprint means "changed".
     fingerprint: String,
     /// Cancels this actor's queue loop only.
@@ -524,6 +563,7 @@ impl Fleet {
             metrics: Some(self.metrics.clone()),
             results: (!config.end_queues).then_some(results),
             tasks,
+            namespace: namespace.clone(),
         };
         let sidecar = builder::sidecar(actor.name(), built.executor, shared, parts);
         let sidecar = Arc::new(sidecar);
@@ -534,6 +574,7 @@ impl Fleet {
             if !running.current.is_closed() {
                 running.current.send_replace(sidecar);
                 running.fingerprint = print;
+                running.file = file;
                 return Ok(());
             }
         }
@@ -549,6 +590,7 @@ impl Fleet {
         self.actors.insert(
             key,
             RunningActor {
+                file,
                 fingerprint: print,
                 stop,
                 current,
@@ -559,7 +601,25 @@ impl Fleet {
 
     /// Brings the running set in line with the manifest directory.
     async fn reconcile(&mut self, config: &RunConfig) {
-        let manifests = match manifest::load_dir(&config.manifests) {
+        // A pool member whose manifest file broke keeps its running version.
+        let mut keep = std::collections::HashSet::new();
+        let loaded = if config.pool.is_some() {
+            manifest::load_dir_each(&config.manifests).map(|(good, broken)| {
+                report_broken(&broken);
+                for (file, _) in &broken {
+                    keep.extend(
+                        self.actors
+                            .iter()
+                            .filter(|(_, running)| &running.file == file)
+                            .map(|(key, _)| key.clone()),
+                    );
+                }
+                good
+            })
+        } else {
+            manifest::load_dir(&config.manifests)
+        };
+        let manifests = match loaded {
             Ok(m) => m,
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"),
@@ -579,16 +639,20 @@ impl Fleet {
             };
             match self.start_actor(config, file, actor).await {
                 Ok(()) => {
-                    tracing::info!(actor = %key.1, namespace = %key.0, change, "actor (re)started")
+                    tracing::info!(actor = %key.1, namespace = %key.0, change, "actor (re)started");
+                    self.metrics.broken(&key.0, &key.1, false);
                 }
-                Err(err) => tracing::error!(actor = %key.1, namespace = %key.0, change,
-                    error = %format!("{err:#}"), "actor not started; the running version (if any) stays"),
+                Err(err) => {
+                    tracing::error!(actor = %key.1, namespace = %key.0, change,
+                        error = %format!("{err:#}"), "actor not started; the running version (if any) stays");
+                    self.metrics.broken(&key.0, &key.1, true);
+                }
             }
         }
         let gone: Vec<_> = self
             .actors
             .keys()
-            .filter(|k| !wanted.contains(*k))
+            .filter(|k| !wanted.contains(*k) && !keep.contains(*k))
             .cloned()
             .collect();
         for key in gone {

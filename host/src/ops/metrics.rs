@@ -33,6 +33,7 @@ pub struct Metrics {
     cpu: Family<Labels, Counter<f64, AtomicU64>>,
     memory_peak: Family<Labels, Gauge<u64, AtomicU64>>,
     traps: Family<Labels, Counter>,
+    broken: Family<Labels, Gauge>,
     /// Destinations that get their own label: the actors this host knows of and the built-in
     /// ones. Any other destination (a route can name anything) is counted as `other`, so the
     /// label set stays bounded whatever messages carry.
@@ -51,7 +52,7 @@ impl Default for Metrics {
 /// One actor's pre-resolved metric handles (no label lookups on the hot path).
 #[derive(Clone)]
 pub struct ActorMetrics {
-    actor: String,
+    labels: Labels,
     sent: Arc<Mutex<HashMap<String, Counter>>>,
     succeeded: Counter,
     failed: Counter,
@@ -85,6 +86,7 @@ impl Metrics {
             cpu: Family::default(),
             memory_peak: Family::default(),
             traps: Family::default(),
+            broken: Family::default(),
             registry: Registry::default(),
             known: RwLock::new(
                 asya_spec::names::RESERVED_NAMES
@@ -149,7 +151,21 @@ impl Metrics {
             "Instances stopped by the sandbox, by kind",
             m.traps.clone(),
         );
+        registry.register(
+            "broken",
+            "1 while an actor of a pool does not load (its last start failed); the others serve",
+            m.broken.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Marks an actor of `namespace` as not loading (`true`) or started again.
+    pub fn broken(&self, namespace: &str, actor: &str, broken: bool) {
+        let labels = vec![
+            ("actor", actor.to_owned()),
+            ("namespace", namespace.to_owned()),
+        ];
+        self.broken.get_or_create(&labels).set(i64::from(broken));
     }
 
     /// Declares `actors` known destinations (an actor this host serves is known already).
@@ -171,16 +187,22 @@ impl Metrics {
         }
     }
 
-    /// Handles for one actor.
-    pub fn actor(&self, actor: &str) -> ActorMetrics {
+    /// Handles for one actor of `namespace` (the tenant: every per-actor series carries it, so
+    /// a shared pool's accounting sums by namespace and two tenants' actors of one name stay
+    /// apart).
+    pub fn actor(&self, namespace: &str, actor: &str) -> ActorMetrics {
         self.know([actor]);
-        let labels = vec![("actor", actor.to_owned())];
+        let labels = vec![
+            ("actor", actor.to_owned()),
+            ("namespace", namespace.to_owned()),
+        ];
         let status = |s: &str| {
-            self.processed
-                .get_or_create_owned(&vec![("actor", actor.to_owned()), ("status", s.to_owned())])
+            let mut labels = labels.clone();
+            labels.push(("status", s.to_owned()));
+            self.processed.get_or_create_owned(&labels)
         };
         ActorMetrics {
-            actor: actor.to_owned(),
+            labels: labels.clone(),
             sent: Arc::default(),
             succeeded: status("succeeded"),
             failed: status("failed"),
@@ -210,31 +232,31 @@ impl Metrics {
             counter.inc();
             return;
         }
-        let counter = self.sent.get_or_create_owned(&vec![
-            ("actor", am.actor.clone()),
-            ("destination", destination.to_owned()),
-        ]);
+        let mut labels = am.labels.clone();
+        labels.push(("destination", destination.to_owned()));
+        let counter = self.sent.get_or_create_owned(&labels);
         counter.inc();
         sent.insert(destination.to_owned(), counter);
     }
 
     /// Counts a failure by reason; sandbox stops also count as traps by kind.
     pub fn failed(&self, am: &ActorMetrics, reason: &str, trap: bool) {
-        let labels = vec![("actor", am.actor.clone()), ("reason", reason.to_owned())];
+        let mut labels = am.labels.clone();
+        labels.push(("reason", reason.to_owned()));
         self.failed.get_or_create(&labels).inc();
         if trap {
-            self.traps
-                .get_or_create(&vec![
-                    ("actor", am.actor.clone()),
-                    ("kind", reason.to_owned()),
-                ])
-                .inc();
+            let mut labels = am.labels.clone();
+            labels.push(("kind", reason.to_owned()));
+            self.traps.get_or_create(&labels).inc();
         }
     }
 
     /// Records the pool figures of an actor.
-    pub fn pool(&self, actor: &str, instances: u64, live: u64, memory_peak: u64) {
-        let labels = vec![("actor", actor.to_owned())];
+    pub fn pool(&self, namespace: &str, actor: &str, instances: u64, live: u64, memory_peak: u64) {
+        let labels = vec![
+            ("actor", actor.to_owned()),
+            ("namespace", namespace.to_owned()),
+        ];
         self.instances.get_or_create(&labels).set(instances as i64);
         self.instances_live.get_or_create(&labels).set(live as i64);
         self.memory_peak.get_or_create(&labels).set(memory_peak);
@@ -255,7 +277,7 @@ mod tests {
     #[test]
     fn destinations_outside_the_known_actors_are_counted_as_other() {
         let metrics = Metrics::new();
-        let a = metrics.actor("a");
+        let a = metrics.actor("team-a", "a");
         metrics.know(["b"]);
         for destination in ["b", "x-sink", "x-sump"] {
             metrics.sent(&a, destination);
@@ -271,7 +293,7 @@ mod tests {
             .collect();
         assert_eq!(series.len(), 4, "{series:#?}");
         assert!(
-            text.contains(r#"asya_actor_messages_sent_total{actor="a",destination="other"} 1000"#),
+            text.contains(r#"asya_actor_messages_sent_total{actor="a",namespace="team-a",destination="other"} 1000"#),
             "{text}"
         );
         assert!(text.contains(r#"destination="b""#));
