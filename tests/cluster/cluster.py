@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -133,6 +134,11 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:])
 
 
+#: Run children under `setpriv --pdeathsig KILL` (util-linux) where there is one: they get
+#: SIGKILL when the test process dies, even by SIGKILL, so no component outlives a session.
+SETPRIV = shutil.which("setpriv")
+
+
 class Process:
     """A child process in its own process group, its output in `log`."""
 
@@ -142,6 +148,8 @@ class Process:
         self.name = name
         self.args = args
         self.log = log
+        if SETPRIV:
+            args = [SETPRIV, "--pdeathsig", "KILL", "--", *args]
         with log.open("ab") as out:
             self.popen = subprocess.Popen(
                 args,

@@ -4,6 +4,8 @@ owned (Deployment, ConfigMap, ScaledObject, then the ReplicaSet and pods)."""
 
 from __future__ import annotations
 
+import time
+
 from cluster import (
     Cluster,
     Nats,
@@ -75,14 +77,21 @@ def test_deleting_an_actor_removes_its_consumer_and_objects(
     )
 
     cluster.kubectl("delete", "asyncactor", "doomed", "-n", NAMESPACE, "--wait=false")
+    deleted = time.monotonic()
     wait_gone(cluster, path_of("AsyncActor", NAMESPACE, "doomed"), timeout=30)
+    actor_gone = time.monotonic() - deleted
     assert actor_consumers(nats) == ["kept"]
     for path in owned:
         wait_gone(cluster, path, timeout=90)
+    owned_gone = time.monotonic() - deleted
     wait_for(
         lambda: not pods_of(cluster, NAMESPACE, "asya.sh/actor=doomed"),
         60,
         "the actor's pods to be deleted",
+    )
+    print(
+        f"deleted: the actor after {actor_gone:.1f} s, its objects after {owned_gone:.1f} s,"
+        f" its pods after {time.monotonic() - deleted:.1f} s"
     )
     sets = cluster.get(
         f"/apis/apps/v1/namespaces/{NAMESPACE}/replicasets?labelSelector=asya.sh/actor%3Ddoomed"
