@@ -239,3 +239,21 @@ def test_nats_actors_have_their_consumers(
             continue
         stream = "ASYA_" + namespace.upper().replace("-", "_")
         assert name in nats.consumers(stream), (stream, nats.streams())
+
+
+def test_the_tutorials_kubectl_get_asya_name(
+    cluster: Cluster, operators: Operators, applied: list[tuple[str, str, Path]]
+):
+    """The tutorial says `kubectl get asya text-processor`: `asya` must name AsyncActors
+    (a CRD category of the same name would win, and kubectl refuses a name after a category
+    of several kinds: "you must specify only one resource")."""
+    wait_for_actor(
+        cluster, TUTORIAL_NAMESPACE, "text-processor", on_timeout=operators.dump
+    )
+    result = cluster.kubectl(
+        "get", "asya", "text-processor", "-n", TUTORIAL_NAMESPACE, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = printer_rows(result.stdout)
+    assert row["NAME"] == "text-processor"
+    assert row["PHASE"] == "Ready"
