@@ -3,15 +3,21 @@
 kube-controller-manager (Deployments -> ReplicaSets -> Pods, the garbage collector, service
 accounts) and kwok (a fake kubelet: one fake Node whose pods it marks Running and Ready).
 
-There is no kube-scheduler: `Cluster` binds pending pods itself (`_bind_pending`), to the fake
-node, when the pod's nodeSelector matches the node's labels. That costs no build (kube-scheduler
-would add its own packages and a link of ~100 MB to the first build) and no process; what these
-tests check ends at the pods existing and being ready, not at scheduling decisions.
+There is no kube-scheduler: `Cluster` binds pending pods itself (`_bind_pending`, a list every
+0.5 s and a Binding per pod) to the fake node, when the pod's nodeSelector matches the node's
+labels. That costs no process and no build; kube-scheduler would be one more process to start
+and run (its build is cheap: ~9 s more on top of the cached kube-controller-manager build, a
+72 MB binary), and what these tests check ends at pods existing and being ready, not at
+scheduling decisions (taints, resources and affinity are not looked at).
 
-Helpers for tests: `Cluster.kubectl()`, `.apply()`, `.get()` (a small REST client over the
-admin token, cheap enough to poll), `.service_account_kubeconfig()` and `wait_for()`;
-`Nats` is a real nats-server with JetStream and its monitoring endpoint; `Operator` is a real
-`asya-operator run` process.
+Helpers for tests: `Cluster.kubectl()`, `.helm()`, `.apply()` (YAML text, a file or dicts, one
+server-side apply), `.get()`/`.request()` (a small REST client over the admin token, cheap
+enough to poll), `.create_namespace()`, `.service_account_kubeconfig()`; `wait_for()` (every
+wait is bounded), `wait_for_actor()`, `wait_gone()`, `render()` (`asya-operator render`),
+`subset_mismatches()`, `pods_of()`, `printer_rows()`. `Nats` is a real nats-server with
+JetStream and its monitoring endpoint (`streams()`, `consumers()`); `Operator` is a real
+`asya-operator run` process (`metrics()`, `leading()`, `reconciliations()`). The fixtures are
+in conftest.py.
 """
 
 from __future__ import annotations
