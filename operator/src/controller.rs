@@ -883,6 +883,12 @@ pub async fn reconcile_pool(
         Api::namespaced_with(client.clone(), &pool.namespace, &scaled_resource);
     let (deployment, scaling) = if assignment.members.is_empty() {
         delete_if_present(&scaled_objects, &name).await?;
+        let auth_resource = trigger_authentication_resource();
+        delete_if_present(
+            &Api::namespaced_with(client.clone(), &pool.namespace, &auth_resource),
+            &name,
+        )
+        .await?;
         delete_typed(&deployments, &name).await?;
         delete_typed(&config_maps, &name).await?;
         let done = condition(
@@ -907,6 +913,18 @@ pub async fn reconcile_pool(
         let deployment = deployments
             .patch(&name, &params, &Patch::Apply(&desired.deployment))
             .await?;
+        let auth_resource = trigger_authentication_resource();
+        let auths: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &pool.namespace, &auth_resource);
+        match &desired.trigger_authentication {
+            Some(object) => match auths.patch(&name, &params, &Patch::Apply(object)).await {
+                Ok(_) => {}
+                // KEDA missing: the ScaledObject below says so.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => return Err(err.into()),
+            },
+            None => delete_if_present(&auths, &name).await?,
+        }
         let scaling = match scaled_objects
             .patch(&name, &params, &Patch::Apply(&desired.scaled_object))
             .await
@@ -1023,6 +1041,7 @@ pub async fn run(
     let store = controller.store();
     let _ = ctx.actors.set(store.clone());
     let pool_store = store.clone();
+    let host_store = store.clone();
     controller
         .owns(
             Api::<Deployment>::all(client.clone()),
@@ -1042,6 +1061,21 @@ pub async fn run(
                     name: pool.name_any(),
                 };
                 actors_in_pool(&pool_store.state(), &pool)
+            },
+        )
+        // A pool's hosts becoming ready (or not) changes its members' WorkloadReady.
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/component=pool"),
+            move |hosts| {
+                let Some(name) = hosts.labels().get(pool::POOL_LABEL).cloned() else {
+                    return Vec::new();
+                };
+                let pool = PoolRef {
+                    namespace: hosts.namespace().unwrap_or_default(),
+                    name,
+                };
+                actors_in_pool(&host_store.state(), &pool)
             },
         )
         .graceful_shutdown_on(shutdown)

@@ -146,11 +146,7 @@ pub fn render(
             assignment.members.len()
         ));
         let desired = pool::desired_pool(&pool, &spec, &assignment.members, settings, owner_uid);
-        for object in [
-            desired.config_map,
-            desired.deployment,
-            desired.scaled_object,
-        ] {
+        for object in desired.objects() {
             out.push_str("---\n");
             out.push_str(&serde_yaml_ng::to_string(&object).context("writing YAML")?);
         }

@@ -151,6 +151,17 @@ pub fn default_pool(namespace: &str, transport: Transport) -> PoolRef {
     }
 }
 
+/// The transport a pool's hosts serve: its spec's, else the one its default name says
+/// (`default-rabbitmq`, `default-sqs`), else NATS.
+pub fn pool_transport(pool: &PoolRef, spec: &AsyncActorPoolSpec) -> Transport {
+    spec.transport
+        .unwrap_or(match pool.name.strip_prefix(&format!("{DEFAULT_POOL}-")) {
+            Some("rabbitmq") => Transport::Rabbitmq,
+            Some("sqs") => Transport::Sqs,
+            _ => Transport::Nats,
+        })
+}
+
 /// Where an actor of `namespace` with the merged `spec` goes, given the pools that exist.
 pub fn choose(
     namespace: &str,
@@ -183,7 +194,11 @@ pub fn choose(
             namespace: namespace.to_owned(),
         });
     }
-    let pool_transport = settings.transport.unwrap_or(transport);
+    let pool_transport = settings.transport.unwrap_or(if spec.pool.is_some() {
+        Transport::Nats
+    } else {
+        transport
+    });
     if pool_transport != transport {
         return Err(Refusal::TransportMismatch {
             pool,
@@ -288,6 +303,49 @@ pub struct PoolDesired {
     pub deployment: Value,
     /// KEDA's scaling of the hosts.
     pub scaled_object: Value,
+    /// Where KEDA's RabbitMQ or SQS scalers find the broker's credentials (none on NATS).
+    pub trigger_authentication: Option<Value>,
+}
+
+impl PoolDesired {
+    /// The objects in the order they are applied.
+    pub fn objects(&self) -> Vec<Value> {
+        let mut out = vec![self.config_map.clone(), self.deployment.clone()];
+        out.extend(self.trigger_authentication.clone());
+        out.push(self.scaled_object.clone());
+        out
+    }
+}
+
+/// The TriggerAuthentication of a RabbitMQ or SQS pool (as an actor's, see
+/// [`crate::render`]): by reference to the Secret in the pool's namespace, or AWS pod identity.
+fn trigger_authentication(
+    pool: &PoolRef,
+    transport: Transport,
+    settings: &Settings,
+    owner_uid: Option<&str>,
+) -> Option<Value> {
+    let auth = match transport {
+        Transport::Rabbitmq => json!({"secretTargetRef": [{
+            "parameter": "host",
+            "name": settings.rabbitmq_secret,
+            "key": render::RABBITMQ_HOST_KEY,
+        }]}),
+        Transport::Sqs => match &settings.aws_credentials_secret {
+            Some(secret) => json!({"secretTargetRef": [
+                {"parameter": "awsAccessKeyID", "name": secret, "key": render::AWS_ACCESS_KEY_ID},
+                {"parameter": "awsSecretAccessKey", "name": secret, "key": render::AWS_SECRET_ACCESS_KEY},
+            ]}),
+            None => json!({"podIdentity": {"provider": "aws"}}),
+        },
+        Transport::Nats | Transport::Pubsub => return None,
+    };
+    Some(json!({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": pool_metadata(pool, owner_uid),
+        "spec": auth,
+    }))
 }
 
 fn pool_labels(pool: &PoolRef) -> BTreeMap<String, String> {
@@ -361,7 +419,7 @@ fn triggers(
     members: &[Member],
     settings: &Settings,
 ) -> Vec<Value> {
-    let transport = spec.transport.unwrap_or_default();
+    let transport = pool_transport(pool, spec);
     let target = spec.queue_length.unwrap_or(100);
     match transport {
         Transport::Nats | Transport::Pubsub => vec![json!({
@@ -417,7 +475,7 @@ pub fn desired_pool(
     settings: &Settings,
     owner_uid: Option<&str>,
 ) -> PoolDesired {
-    let transport = spec.transport.unwrap_or_default();
+    let transport = pool_transport(pool, spec);
     let data: BTreeMap<String, &str> = members
         .iter()
         .map(|m| (m.key(), m.manifest.as_str()))
@@ -524,6 +582,7 @@ pub fn desired_pool(
         config_map,
         deployment,
         scaled_object,
+        trigger_authentication: trigger_authentication(pool, transport, settings, owner_uid),
     }
 }
 

@@ -366,7 +366,7 @@ pub struct Toleration {
         status = "AsyncActorStatus",
         shortname = "asya",
         shortname = "asyas",
-        category = "asya",
+        category = "asya-all",
         printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
         printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".status.runtime"}"#,
         printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
@@ -506,7 +506,7 @@ pub struct AsyncActorStatus {
         version = "v1alpha1",
         kind = "Flavor",
         plural = "flavors",
-        category = "asya",
+        category = "asya-all",
         printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".spec.runtime"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
@@ -566,7 +566,7 @@ pub struct FlavorSpec {
         namespaced,
         status = "AsyncActorPoolStatus",
         shortname = "asyapool",
-        category = "asya",
+        category = "asya-all",
         printcolumn = r#"{"name":"Actors","type":"integer","jsonPath":".status.actors"}"#,
         printcolumn = r#"{"name":"Max","type":"integer","jsonPath":".spec.maxActors"}"#,
         printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,

@@ -223,6 +223,73 @@ fn int_or_string_types(value: &mut Value) {
     }
 }
 
+/// The bound the API server's CEL cost estimator is given for a string, list or map that a
+/// rule reaches (it refuses a CRD whose rules could cost more than its budget on unbounded
+/// input: "estimated rule cost exceeds budget").
+pub const CEL_BOUND: u64 = 64;
+
+fn has_rules(node: &Value) -> bool {
+    node.get("x-kubernetes-validations").is_some()
+}
+
+fn subtree_has_rules(node: &Value) -> bool {
+    if !node.is_object() {
+        return false;
+    }
+    has_rules(node)
+        || node
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_some_and(|p| p.values().any(subtree_has_rules))
+        || node.get("items").is_some_and(subtree_has_rules)
+        || node
+            .get("additionalProperties")
+            .is_some_and(subtree_has_rules)
+}
+
+/// Bounds what the CRD's rules range over: `maxLength` on strings a `matches()` rule reads,
+/// `maxItems` on lists and `maxProperties` on maps whose elements carry rules (a real
+/// kube-apiserver refused the CRDs without them; `tests/cluster` installs them there).
+fn bound_for_cel_cost(node: &mut Value) {
+    let Some(map) = node.as_object_mut() else {
+        return;
+    };
+    let is_string = map.get("type").and_then(Value::as_str) == Some("string")
+        || map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    let matches = map
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .is_some_and(|rules| {
+            rules.iter().any(|r| {
+                r["rule"]
+                    .as_str()
+                    .is_some_and(|rule| rule.contains("matches("))
+            })
+        });
+    if is_string && matches && !map.contains_key("maxLength") {
+        map.insert("maxLength".into(), json!(CEL_BOUND));
+    }
+    if let Some(props) = map.get_mut("properties").and_then(Value::as_object_mut) {
+        props.values_mut().for_each(bound_for_cel_cost);
+    }
+    if let Some(items) = map.get_mut("items") {
+        bound_for_cel_cost(items);
+    }
+    let items_ruled = map.get("items").is_some_and(subtree_has_rules);
+    if items_ruled && !map.contains_key("maxItems") {
+        map.insert("maxItems".into(), json!(CEL_BOUND));
+    }
+    if let Some(values) = map.get_mut("additionalProperties") {
+        bound_for_cel_cost(values);
+    }
+    let values_ruled = map
+        .get("additionalProperties")
+        .is_some_and(subtree_has_rules);
+    if values_ruled && !map.contains_key("maxProperties") {
+        map.insert("maxProperties".into(), json!(CEL_BOUND));
+    }
+}
+
 /// The `AsyncActor` CRD, as applied to a cluster.
 pub fn async_actor_crd() -> Value {
     let mut crd = serde_json::to_value(AsyncActor::crd()).expect("CRD serialises");
@@ -265,6 +332,7 @@ pub fn async_actor_crd() -> Value {
             json!({"rule": crd_rules::TIMEOUTS_RULE.0, "message": crd_rules::TIMEOUTS_RULE.1}),
         ],
     );
+    bound_for_cel_cost(pointer_mut(&mut crd, VERSION_SCHEMA));
     crd
 }
 
@@ -277,6 +345,7 @@ pub fn flavor_crd() -> Value {
     add_scaling_rules(spec);
     add_resiliency_rules(spec);
     add_transport_rule(spec);
+    bound_for_cel_cost(pointer_mut(&mut crd, VERSION_SCHEMA));
     crd
 }
 
@@ -294,6 +363,7 @@ pub fn async_actor_pool_crd() -> Value {
             "message": "minReplicas must not exceed maxReplicas",
         })],
     );
+    bound_for_cel_cost(pointer_mut(&mut crd, VERSION_SCHEMA));
     crd
 }
 

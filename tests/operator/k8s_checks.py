@@ -36,9 +36,14 @@ def render(
     flavors: tuple[Path | str, ...] = (),
     uid: str | None = None,
     settings: tuple[str, ...] = (),
+    dedicated: bool = True,
 ):
-    """`asya-operator render` on files; `settings` are more flags (`--aws-region`, ...)."""
+    """`asya-operator render` on files; `settings` are more flags (`--aws-region`, ...).
+    `dedicated` renders every actor with its own Deployment (what most checks here look at);
+    without it wasm actors render as their host pool's objects."""
     args = ["render", *settings]
+    if dedicated:
+        args.append("--dedicated")
     for file in files:
         args += ["-f", str(file)]
     for flavor in flavors:

@@ -96,8 +96,11 @@ def test_rbac_is_least_privilege(rendered):
         ("asya.sh", "asyncactors/status"): {"get", "patch"},
         ("asya.sh", "asyncactors/finalizers"): {"update"},
         ("asya.sh", "flavors"): {"get", "list", "watch"},
-        ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
-        ("", "configmaps"): {"get", "create", "patch"},
+        ("asya.sh", "asyncactorpools"): {"get", "list", "watch"},
+        ("asya.sh", "asyncactorpools/status"): {"get", "patch"},
+        # delete: an empty pool's objects, and a pooled actor's from a dedicated past.
+        ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("", "configmaps"): {"get", "create", "patch", "delete"},
         ("keda.sh", "scaledobjects"): {"get", "create", "patch", "delete"},
         ("keda.sh", "triggerauthentications"): {"get", "create", "patch", "delete"},
         ("events.k8s.io", "events"): {"create", "patch"},

@@ -29,7 +29,7 @@ def actors(path: Path):
 
 
 def test_crds_are_valid_custom_resource_definitions(crds):
-    assert set(crds) == {"AsyncActor", "Flavor"}
+    assert set(crds) == {"AsyncActor", "Flavor", "AsyncActorPool"}
     for crd in crds.values():
         validate_kubernetes(crd)
     actor = crds["AsyncActor"]
@@ -40,6 +40,13 @@ def test_crds_are_valid_custom_resource_definitions(crds):
     ]
     assert columns == ["Phase", "Runtime", "Ready", "Desired", "Transport", "Age"]
     assert crds["Flavor"]["spec"]["scope"] == "Cluster"
+    # `kubectl get asya NAME` names the short name, not a category (kubectl expands a
+    # category first, and a category over several kinds refuses a name).
+    for crd in crds.values():
+        assert "asya" not in crd["spec"]["names"].get("categories", [])
+    pool = crds["AsyncActorPool"]
+    assert pool["spec"]["scope"] == "Namespaced"
+    assert pool["spec"]["names"]["shortNames"] == ["asyapool"]
 
 
 @pytest.mark.parametrize(

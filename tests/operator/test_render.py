@@ -29,6 +29,8 @@ TRIGGER_METADATA = {
     # rabbitmq: the queue and how to count it (the URL comes from the TriggerAuthentication).
     "rabbitmq": ("protocol", "queueName", "mode", "value"),
     "aws-sqs-queue": ("queueURL", "queueLength", "awsRegion"),
+    # a NATS host pool: its members' total backlog, from the operator.
+    "metrics-api": ("url", "valueLocation", "targetValue"),
 }
 
 
@@ -48,6 +50,9 @@ def validate_all(docs, scaled_object_schema, trigger_authentication_schema=None)
             if trigger["type"] == "nats-jetstream":
                 assert int(trigger["metadata"]["lagThreshold"]) >= 1
                 assert "authenticationRef" not in trigger
+            elif trigger["type"] == "metrics-api":
+                assert int(trigger["metadata"]["targetValue"]) >= 1
+                assert "authenticationRef" not in trigger
             else:
                 # The broker's credentials: by reference to the actor's TriggerAuthentication.
                 assert trigger["authenticationRef"]["name"] in auths
@@ -56,6 +61,61 @@ def validate_all(docs, scaled_object_schema, trigger_authentication_schema=None)
             trigger_authentication_schema.validate(doc)
         else:
             validate_kubernetes(doc)
+
+
+def test_a_rabbitmq_pool_scales_per_queue_with_its_trigger_authentication(
+    tmp_path: Path, scaled_object_schema, trigger_authentication_schema
+):
+    file = write(
+        tmp_path,
+        "a.yaml",
+        [
+            actor(name, transport="rabbitmq", component=f"oci://r/{name}:1")
+            for name in ("classify", "score")
+        ],
+    )
+    docs = render(file, dedicated=False)
+    kinds = by_kind(docs)
+    assert kinds["Deployment"][0]["metadata"]["name"] == "asya-pool-default-rabbitmq"
+    (scaled,) = kinds["ScaledObject"]
+    assert [t["type"] for t in scaled["spec"]["triggers"]] == ["rabbitmq", "rabbitmq"]
+    (auth,) = kinds["TriggerAuthentication"]
+    assert auth["spec"]["secretTargetRef"][0]["parameter"] == "host"
+    env = {
+        e["name"]: e
+        for e in kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0][
+            "env"
+        ]
+    }
+    assert env["ASYA_TRANSPORT"]["value"] == "rabbitmq"
+    for doc in docs:
+        if doc["kind"] == "ScaledObject":
+            scaled_object_schema.validate(doc)
+        elif doc["kind"] == "TriggerAuthentication":
+            trigger_authentication_schema.validate(doc)
+        else:
+            validate_kubernetes(doc)
+
+
+def test_the_example_pipeline_renders_as_one_host_pool(scaled_object_schema):
+    """Without --dedicated the wasm actors share their namespace's pool: one ConfigMap with
+    every member's manifest, one Deployment of `asya-host run --pool`, one ScaledObject with
+    one trigger however many actors, all valid Kubernetes and KEDA objects."""
+    docs = render(*TEXT_PIPELINE, dedicated=False)
+    kinds = by_kind(docs)
+    assert sorted(kinds) == ["ConfigMap", "Deployment", "ScaledObject"]
+    (config_map,) = kinds["ConfigMap"]
+    # Every actor of every file (a file may hold several).
+    assert len(config_map["data"]) >= len(TEXT_PIPELINE)
+    (hosts,) = kinds["Deployment"]
+    assert hosts["metadata"]["name"] == "asya-pool-default"
+    args = hosts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--pool" in args
+    (scaled,) = kinds["ScaledObject"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "metrics-api"
+    assert trigger["metadata"]["url"].endswith("/backlog")
+    validate_all(docs, scaled_object_schema)
 
 
 @pytest.mark.parametrize("path", TEXT_PIPELINE + GPU, ids=lambda p: p.name)
@@ -288,7 +348,7 @@ def test_a_rabbitmq_actor(
             )
         ],
     )
-    result = run_operator("render", "-f", str(file), "--owner-uid", UID)
+    result = run_operator("render", "-f", str(file), "--owner-uid", UID, "--dedicated")
     assert "rabbitmq queue asya-demo-classify (declared by the host)" in result.stdout
     docs = documents(result.stdout)
     validate_all(docs, scaled_object_schema, trigger_authentication_schema)

@@ -627,6 +627,8 @@ impl Fleet {
                 return;
             }
         };
+        let started_at = std::time::Instant::now();
+        let (mut started, mut failed) = (0usize, 0usize);
         let mut wanted = std::collections::HashSet::new();
         for (file, actor) in manifests {
             let key = (actor.namespace().to_owned(), actor.name().to_owned());
@@ -641,11 +643,13 @@ impl Fleet {
                 Ok(()) => {
                     tracing::info!(actor = %key.1, namespace = %key.0, change, "actor (re)started");
                     self.metrics.broken(&key.0, &key.1, false);
+                    started += 1;
                 }
                 Err(err) => {
                     tracing::error!(actor = %key.1, namespace = %key.0, change,
                         error = %format!("{err:#}"), "actor not started; the running version (if any) stays");
                     self.metrics.broken(&key.0, &key.1, true);
+                    failed += 1;
                 }
             }
         }
@@ -662,5 +666,11 @@ impl Fleet {
                 tracing::info!(actor = %key.1, namespace = %key.0, "actor removed");
             }
         }
+        tracing::info!(
+            started,
+            failed,
+            elapsed_ms = started_at.elapsed().as_secs_f64() * 1e3,
+            "manifests reloaded"
+        );
     }
 }

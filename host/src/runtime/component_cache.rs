@@ -111,7 +111,24 @@ pub struct ComponentCache {
     root: Option<PathBuf>,
     dir: Option<PathBuf>,
     loaded: Arc<Mutex<LoadedByDigest>>,
+    /// Digests of component files by path, valid while the file's size and mtime match: a
+    /// pool registering hundreds of actors of one component reads and hashes it once.
+    file_digests: Arc<Mutex<HashMap<PathBuf, FileDigest>>>,
+    /// The last few components loaded, held mapped so that actors registered one after another
+    /// share one mapping even though each parks its own reference at once.
+    recent: Arc<Mutex<std::collections::VecDeque<Arc<Component>>>>,
 }
+
+/// A component file's digest and the file's state when it was computed.
+#[derive(Clone, Debug, PartialEq)]
+struct FileDigest {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    digest: String,
+}
+
+/// How many recently loaded components stay mapped (see `ComponentCache::recent`).
+const RECENT_COMPONENTS: usize = 4;
 
 /// Components mapped in memory by digest, with the engine they were compiled for.
 type LoadedByDigest = HashMap<String, (Engine, Weak<Component>)>;
@@ -148,6 +165,8 @@ impl ComponentCache {
             dir: dir.as_ref().map(|d| d.join("compiled")),
             root: dir,
             loaded: Arc::default(),
+            file_digests: Arc::default(),
+            recent: Arc::default(),
         }
     }
 
@@ -171,7 +190,34 @@ impl ComponentCache {
             loaded.digest.clone(),
             (engine.clone(), Arc::downgrade(&loaded.component)),
         );
+        drop(map);
+        let mut recent = self.recent.lock().expect("component cache lock");
+        recent.retain(|c| !Arc::ptr_eq(c, &loaded.component));
+        recent.push_front(loaded.component.clone());
+        recent.truncate(RECENT_COMPONENTS);
         loaded
+    }
+
+    fn file_state(path: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.len(), meta.modified().ok()))
+    }
+
+    /// The component of `path` already mapped, found by the digest remembered for the file
+    /// as it is now (without reading it).
+    fn shared_file(&self, engines: &SandboxEngine, path: &Path) -> Option<LoadedComponent> {
+        let (len, modified) = Self::file_state(path)?;
+        let known = self
+            .file_digests
+            .lock()
+            .expect("component cache lock")
+            .get(path)
+            .filter(|f| f.len == len && f.modified == modified)
+            .map(|f| f.digest.clone())?;
+        engines
+            .engines()
+            .iter()
+            .find_map(|engine| self.shared(engine, &known))
     }
 
     /// The on-disk artifact of `digest`, when there is one.
@@ -195,11 +241,31 @@ impl ComponentCache {
     /// Loads a component file on the engine it needs (see [`SandboxEngine::engine_for`]), from
     /// the compiled cache when possible.
     pub fn load_file_in(&self, engines: &SandboxEngine, path: &Path) -> Result<LoadedComponent> {
+        if let Some(shared) = self.shared_file(engines, path) {
+            return Ok(shared.with_source(path));
+        }
+        let state = Self::file_state(path);
         let bytes =
             std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
-        self.load_bytes(engines.engine_for(&bytes), &bytes)
+        let loaded = self
+            .load_bytes(engines.engine_for(&bytes), &bytes)
             .map(|loaded| loaded.with_source(path))
-            .with_context(|| format!("loading component {}", path.display()))
+            .with_context(|| format!("loading component {}", path.display()))?;
+        // Remembered only if the file did not change while it was read.
+        if let Some((len, modified)) = state.filter(|s| Some(*s) == Self::file_state(path)) {
+            self.file_digests
+                .lock()
+                .expect("component cache lock")
+                .insert(
+                    path.to_owned(),
+                    FileDigest {
+                        len,
+                        modified,
+                        digest: loaded.digest.clone(),
+                    },
+                );
+        }
+        Ok(loaded)
     }
 
     /// [`ComponentCache::load_verified`] on the engine the component needs: a compiled artifact

@@ -131,6 +131,28 @@ pub struct WasmExecutor {
     concurrent: Option<concurrent::ConcurrentPool>,
 }
 
+/// What components (by digest) said of themselves when first described in this process, and
+/// whether their handler is `async def`: a content-addressed fact, so any actor of the same
+/// component may reuse it.
+static DESCRIBED: std::sync::LazyLock<
+    Mutex<std::collections::HashMap<String, (Descriptor, bool)>>,
+> = std::sync::LazyLock::new(Mutex::default);
+
+fn described(digest: &str) -> Option<(Descriptor, bool)> {
+    DESCRIBED
+        .lock()
+        .expect("described lock")
+        .get(digest)
+        .cloned()
+}
+
+fn remember_described(digest: &str, descriptor: &Descriptor, concurrent: bool) {
+    DESCRIBED
+        .lock()
+        .expect("described lock")
+        .insert(digest.to_owned(), (descriptor.clone(), concurrent));
+}
+
 fn link(actor: &str, engine: &SandboxEngine, component: &LoadedComponent) -> Result<Resident> {
     let instance_pre = engine
         .linker_for(component.component.engine())
@@ -171,6 +193,30 @@ impl WasmExecutor {
         if limits.max_instances == 0 {
             bail!("actor '{actor}': sandbox.maxInstances must be at least 1");
         }
+        // A component already linked and described in this process (another actor of it) is
+        // not again: the actor starts parked, mapped and instantiated on its first message.
+        // This is what makes registering an actor in a pool cost well under a millisecond.
+        let parks = component.reload.is_some() && !limits.keep_warm && !limits.keep_loaded;
+        if let Some((descriptor, is_concurrent)) =
+            parks.then(|| described(&component.digest)).flatten()
+        {
+            let executor = WasmExecutor {
+                actor: actor.to_owned(),
+                engine,
+                resident: Mutex::new(None),
+                reload: component.reload.clone(),
+                reloading: tokio::sync::Mutex::new(()),
+                last_active: Mutex::new(Instant::now()),
+                permits: Semaphore::new(limits.max_instances),
+                concurrent: is_concurrent.then(|| concurrent::ConcurrentPool::new(&limits)),
+                limits,
+                descriptor,
+                idle: Mutex::new(Vec::new()),
+                stats: Arc::default(),
+            };
+            executor.stats.parks.fetch_add(1, Ordering::Relaxed);
+            return Ok(executor);
+        }
         let resident = link(actor, &engine, component)?;
         let is_concurrent = matches!(resident.linked, Linked::Concurrent(_));
         let mut executor = WasmExecutor {
@@ -196,6 +242,7 @@ impl WasmExecutor {
                 .await
                 .with_context(|| format!("actor '{actor}': describe() failed"))?;
             executor.concurrent = Some(concurrent::ConcurrentPool::new(&executor.limits));
+            remember_described(&component.digest, &executor.descriptor, true);
             executor.park();
             return Ok(executor);
         }
@@ -217,6 +264,7 @@ impl WasmExecutor {
             },
             sdk_version: described.sdk_version,
         };
+        remember_described(&component.digest, &executor.descriptor, false);
         if executor.limits.keep_warm {
             executor.idle.lock().expect("pool lock").push(guest);
         } else {
