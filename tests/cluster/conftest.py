@@ -41,7 +41,14 @@ _failures: list[str] = []
 #: Module order: kube-controller-manager's garbage collector learns new resources (the chart's
 #: CRDs) at its discovery sync, every 30 s; the deletion test runs after the others, which
 #: mostly hides that wait. The leader test, which kills the leading operator, runs last.
-ORDER = ["test_chart", "test_examples", "test_flavors", "test_deletion", "test_leader"]
+ORDER = [
+    "test_chart",
+    "test_examples",
+    "test_flavors",
+    "test_pools",
+    "test_deletion",
+    "test_leader",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

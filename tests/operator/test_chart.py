@@ -95,6 +95,7 @@ def test_rbac_is_least_privilege(rendered):
         ("asya.sh", "asyncactors"): {"get", "list", "watch", "patch"},
         ("asya.sh", "asyncactors/status"): {"get", "patch"},
         ("asya.sh", "asyncactors/finalizers"): {"update"},
+        ("asya.sh", "asyncactorpools/finalizers"): {"update"},
         ("asya.sh", "flavors"): {"get", "list", "watch"},
         ("asya.sh", "asyncactorpools"): {"get", "list", "watch"},
         ("asya.sh", "asyncactorpools/status"): {"get", "patch"},
