@@ -243,3 +243,92 @@ async fn actors_are_added_changed_and_removed_while_the_host_runs() {
         "reloads delayed the neighbour: p50 {p50_base:?} -> {p50_reload:?}"
     );
 }
+
+/// Sends one message to each of `actors` and waits for all their results; the actors that
+/// answered `echo` (within 30 s).
+async fn answering(
+    client: &async_nats::Client,
+    transport: &NatsTransport,
+    actors: &[String],
+) -> Vec<String> {
+    let mut ended = client.subscribe(nats::results_subject(NS)).await.unwrap();
+    let mut waiting: HashMap<String, String> = HashMap::new();
+    for actor in actors {
+        let id = publish(transport, actor, json!({"do": "echo"})).await;
+        waiting.insert(id, actor.clone());
+    }
+    let mut answered = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !waiting.is_empty() {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, ended.next()).await else {
+            break;
+        };
+        let env: Envelope = serde_json::from_slice(&msg.payload).unwrap();
+        if let Some(actor) = waiting.remove(&env.id) {
+            if env.route.curr != SUMP && env.payload["seen_by"] == 1 {
+                answered.push(actor);
+            }
+        }
+    }
+    answered.sort();
+    answered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_host_keeps_serving_its_other_actors_when_one_breaks() {
+    let component = common::component("behaviours.behave", "payload");
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..51).map(|i| format!("member-{i:02}")).collect();
+    for name in &names {
+        std::fs::write(
+            dir.path().join(format!("{name}.yaml")),
+            manifest(name, &component, "2s", "v1"),
+        )
+        .unwrap();
+    }
+    let server = NatsServer::start();
+    let args = ["--pool", "reload/pool", "--reload-interval", "200ms"];
+    let host = HostProcess::start(&server.url(), dir.path(), &[], &args);
+    let client = nats::connect(&server.url()).await.unwrap();
+    let transport = NatsTransport::new(client.clone(), NS, NatsSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(answering(&client, &transport, &names).await, names);
+
+    // One member's manifest breaks (as a bad edit of the pool's ConfigMap would): the reload
+    // reports it, the member keeps its running version, and the other 50 never notice.
+    std::fs::write(dir.path().join("member-00.yaml"), "spec: [not, a, manifest").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(answering(&client, &transport, &names).await, names);
+
+    // A host (re)started on the broken directory, with another member whose component does not
+    // exist: it starts, serves the 49 others, and reports the one that did not load.
+    drop(host);
+    std::fs::write(
+        dir.path().join("member-50.yaml"),
+        manifest("member-50", Path::new("/nonexistent/member.wasm"), "2s", "v1"),
+    )
+    .unwrap();
+    let host = HostProcess::start(&server.url(), dir.path(), &[], &args);
+    let others: Vec<String> = names[1..50].to_vec();
+    assert_eq!(answering(&client, &transport, &others).await, others);
+    let (_, metrics) = common::net::http_get(host.http_port, "/metrics").unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "asya_actor_broken{{actor=\"member-50\",namespace=\"{NS}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    // Without --pool the same directory does not start: a dedicated host's actor must load.
+    let mut dedicated = std::process::Command::new(common::nats::host_binary())
+        .args(["run", "--nats", &server.url(), "--manifests"])
+        .arg(dir.path())
+        .args(["--http", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || dedicated.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(!status.success());
+}
