@@ -6,10 +6,22 @@ rest."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import urllib.request
 from typing import Any
 
-from cluster import Cluster, conditions, path_of, printer_rows, wait_for, wait_for_actor
+import nats as nats_client
+from cluster import (
+    Cluster,
+    Nats,
+    conditions,
+    path_of,
+    printer_rows,
+    wait_for,
+    wait_for_actor,
+)
 from conftest import Operators
 
 GROWTH = "pool-growth"
@@ -95,6 +107,30 @@ def test_a_pool_grows_from_1_to_300_actors(cluster: Cluster, operators: Operator
     wait_for(all_pooled, 180, "every actor Placed=Pooled", interval=1)
     message = placed(cluster, GROWTH, "a-299")["message"]
     assert "300 actor(s)" in message or "actor(s)" in message, message
+
+
+def test_a_nats_pool_scales_on_its_members_total_backlog(
+    cluster: Cluster, operators: Operators, nats: Nats
+):
+    """KEDA's one trigger of the 300-actor pool reads the operator's backlog endpoint: the sum
+    of the members' consumers' pending messages (no host consumes here: kwok runs no pods)."""
+    leader = operators.leader()
+
+    async def publish() -> None:
+        client = await nats_client.connect(nats.url)
+        stream = client.jetstream()
+        for actor, count in (("a-001", 7), ("a-002", 5)):
+            for i in range(count):
+                await stream.publish(
+                    f"asya.{GROWTH}.{actor}", json.dumps({"i": i}).encode()
+                )
+        await client.close()
+
+    asyncio.run(publish())
+    url = f"http://{leader.http}/v1/pools/{GROWTH}/default/backlog"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.loads(response.read())
+    assert body == {"backlog": 12, "actors": 300}
 
 
 def test_a_named_pool_admits_only_the_namespaces_it_selects(
