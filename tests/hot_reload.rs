@@ -306,7 +306,12 @@ async fn a_pool_host_keeps_serving_its_other_actors_when_one_breaks() {
     drop(host);
     std::fs::write(
         dir.path().join("member-50.yaml"),
-        manifest("member-50", Path::new("/nonexistent/member.wasm"), "2s", "v1"),
+        manifest(
+            "member-50",
+            Path::new("/nonexistent/member.wasm"),
+            "2s",
+            "v1",
+        ),
     )
     .unwrap();
     let host = HostProcess::start(&server.url(), dir.path(), &[], &args);

@@ -518,25 +518,13 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
                 )
             });
             conds.push(outcome.scaling.clone());
-            let (wanted, ready) = outcome.replicas();
-            conds.push(workload_condition(wanted, ready));
-            let all_true = conds.iter().all(|c| c.status == "True");
-            let status = AsyncActorStatus {
-                phase: Some(phase(all_true, wanted == 0).into()),
-                conditions: conds,
-                replicas: Some(wanted),
-                ready_replicas: Some(ready),
-                observed_generation: None,
-                runtime: Some(runtime),
-                transport: Some(transport),
+            let workload = Workload {
+                replicas: outcome.replicas(),
+                runtime,
+                transport,
                 pool: Some(pool.to_string()),
             };
-            write_status(&actor, status, client).await?;
-            return Ok(if queue.is_err() || !all_true {
-                Action::requeue(Duration::from_secs(15))
-            } else {
-                Action::requeue(Duration::from_secs(300))
-            });
+            return finish(&actor, conds, workload, queue.is_ok(), client).await;
         }
         Err(refusal) => {
             ctx.warn(&actor, refusal.reason(), refusal.to_string())
@@ -638,7 +626,35 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
     });
 
     // 5. Replica counts and the workload's readiness.
-    let (wanted, ready) = replicas_of(&deployment);
+    let workload = Workload {
+        replicas: replicas_of(&deployment),
+        runtime,
+        transport,
+        pool: None,
+    };
+    finish(&actor, conds, workload, queue.is_ok(), client).await
+}
+
+/// What serves an actor, as its status reports it.
+struct Workload {
+    /// Wanted and ready replicas (of its Deployment or its pool's).
+    replicas: (i32, i32),
+    runtime: String,
+    transport: String,
+    /// `namespace/name` of its pool.
+    pool: Option<String>,
+}
+
+/// Adds `WorkloadReady`, writes the status and says when to look again: soon while anything
+/// is not ready (or the queue failed), else in five minutes.
+async fn finish(
+    actor: &AsyncActor,
+    mut conds: Vec<Condition>,
+    workload: Workload,
+    queue_ok: bool,
+    client: &Client,
+) -> Result<Action, Error> {
+    let (wanted, ready) = workload.replicas;
     conds.push(workload_condition(wanted, ready));
     let all_true = conds.iter().all(|c| c.status == "True");
     let status = AsyncActorStatus {
@@ -647,12 +663,12 @@ async fn apply(actor: Arc<AsyncActor>, ctx: Arc<Context>) -> Result<Action, Erro
         replicas: Some(wanted),
         ready_replicas: Some(ready),
         observed_generation: None,
-        runtime: Some(runtime),
-        transport: Some(transport),
-        pool: None,
+        runtime: Some(workload.runtime),
+        transport: Some(workload.transport),
+        pool: workload.pool,
     };
-    write_status(&actor, status, client).await?;
-    Ok(if queue.is_err() || !all_true {
+    write_status(actor, status, client).await?;
+    Ok(if !queue_ok || !all_true {
         Action::requeue(Duration::from_secs(15))
     } else {
         Action::requeue(Duration::from_secs(300))

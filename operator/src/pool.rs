@@ -20,7 +20,7 @@
 use crate::crd::{AsyncActorPoolSpec, AsyncActorSpec, Placement, Runtime, Transport, API_VERSION};
 use crate::render::{self, Settings, CACHE_DIR, FIELD_MANAGER, SECRETS_DIR};
 use asya_spec::names::stream_name;
-use asya_spec::workload::{effective_runtime, SIDECAR_CONTAINER};
+use asya_spec::workload::effective_runtime;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -325,21 +325,7 @@ fn trigger_authentication(
     settings: &Settings,
     owner_uid: Option<&str>,
 ) -> Option<Value> {
-    let auth = match transport {
-        Transport::Rabbitmq => json!({"secretTargetRef": [{
-            "parameter": "host",
-            "name": settings.rabbitmq_secret,
-            "key": render::RABBITMQ_HOST_KEY,
-        }]}),
-        Transport::Sqs => match &settings.aws_credentials_secret {
-            Some(secret) => json!({"secretTargetRef": [
-                {"parameter": "awsAccessKeyID", "name": secret, "key": render::AWS_ACCESS_KEY_ID},
-                {"parameter": "awsSecretAccessKey", "name": secret, "key": render::AWS_SECRET_ACCESS_KEY},
-            ]}),
-            None => json!({"podIdentity": {"provider": "aws"}}),
-        },
-        Transport::Nats | Transport::Pubsub => return None,
-    };
+    let auth = render::keda_authentication(transport, settings)?;
     Some(json!({
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "TriggerAuthentication",
@@ -520,20 +506,7 @@ pub fn desired_pool(
         mounts.push(json!({"name": volume, "mountPath": format!("{SECRETS_DIR}/{secret}"), "readOnly": true}));
         volumes.push(json!({"name": volume, "secret": {"secretName": secret}}));
     }
-    let mut container = json!({
-        "name": SIDECAR_CONTAINER,
-        "image": settings.host_image,
-        "args": args,
-        "env": env,
-        "ports": [{"name": "http", "containerPort": settings.host_http_port, "protocol": "TCP"}],
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-        "volumeMounts": mounts,
-        "securityContext": render::security_context(),
-    });
-    if let Some(policy) = &settings.image_pull_policy {
-        container["imagePullPolicy"] = json!(policy);
-    }
+    let mut container = render::host_container_of(settings, args, env, mounts);
     if let Some(resources) = &spec.resources {
         container["resources"] = render::resource_requirements(resources);
     }

@@ -428,23 +428,15 @@ fn host_container(
         ],
         &BTreeMap::new(),
     ));
-    let mut container = json!({
-        "name": SIDECAR_CONTAINER,
-        "image": settings.host_image,
-        "args": args,
-        "env": env,
-        "ports": [{"name": "http", "containerPort": settings.host_http_port, "protocol": "TCP"}],
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-        "volumeMounts": [
-            {"name": "manifest", "mountPath": MANIFEST_DIR, "readOnly": true},
-            {"name": "cache", "mountPath": CACHE_DIR},
+    let mut container = host_container_of(
+        settings,
+        args,
+        env,
+        vec![
+            json!({"name": "manifest", "mountPath": MANIFEST_DIR, "readOnly": true}),
+            json!({"name": "cache", "mountPath": CACHE_DIR}),
         ],
-        "securityContext": security_context(),
-    });
-    if let Some(policy) = &settings.image_pull_policy {
-        container["imagePullPolicy"] = json!(policy);
-    }
+    );
     if python {
         container["volumeMounts"]
             .as_array_mut()
@@ -462,6 +454,32 @@ fn host_container(
         if let Some(resources) = resources(spec) {
             container["resources"] = resources;
         }
+    }
+    container
+}
+
+/// The `asya-sidecar` container running `asya-host` with `args`: its HTTP port, probes on
+/// `/healthz` and `/readyz`, and the restricted security context (a dedicated actor's host and a
+/// pool's hosts alike).
+pub(crate) fn host_container_of(
+    settings: &Settings,
+    args: Vec<String>,
+    env: Vec<Value>,
+    mounts: Vec<Value>,
+) -> Value {
+    let mut container = json!({
+        "name": SIDECAR_CONTAINER,
+        "image": settings.host_image,
+        "args": args,
+        "env": env,
+        "ports": [{"name": "http", "containerPort": settings.host_http_port, "protocol": "TCP"}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "volumeMounts": mounts,
+        "securityContext": security_context(),
+    });
+    if let Some(policy) = &settings.image_pull_policy {
+        container["imagePullPolicy"] = json!(policy);
     }
     container
 }
@@ -669,7 +687,20 @@ fn trigger_authentication(
     if !scaling_enabled(spec) {
         return None;
     }
-    let auth = match spec.transport.unwrap_or_default() {
+    let auth = keda_authentication(spec.transport.unwrap_or_default(), settings)?;
+    Some(json!({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": metadata(actor, &trigger_authentication_name(&actor.name_any())),
+        "spec": auth,
+    }))
+}
+
+/// The `spec` of a TriggerAuthentication for KEDA's scaler of `transport` (none on NATS):
+/// RabbitMQ's URL from the Secret's `host` key; SQS's keys from the credentials Secret, or pod
+/// identity.
+pub(crate) fn keda_authentication(transport: Transport, settings: &Settings) -> Option<Value> {
+    Some(match transport {
         Transport::Rabbitmq => json!({"secretTargetRef": [{
             "parameter": "host",
             "name": settings.rabbitmq_secret,
@@ -683,13 +714,7 @@ fn trigger_authentication(
             None => json!({"podIdentity": {"provider": "aws"}}),
         },
         Transport::Nats | Transport::Pubsub => return None,
-    };
-    Some(json!({
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "TriggerAuthentication",
-        "metadata": metadata(actor, &trigger_authentication_name(&actor.name_any())),
-        "spec": auth,
-    }))
+    })
 }
 
 /// The KEDA ScaledObject of an actor with scaling on.
