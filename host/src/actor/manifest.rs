@@ -204,12 +204,15 @@ pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, AsyncActor)>> {
     Ok(actors)
 }
 
+/// Actors with the manifest file each came from.
+pub type ActorFiles = Vec<(PathBuf, AsyncActor)>;
+/// Manifest files that do not load, with why.
+pub type BrokenFiles = Vec<(PathBuf, anyhow::Error)>;
+
 /// Loads every manifest of a directory file by file: the actors of files that load, and each
 /// file that does not with why (a pool's host serves the rest). Of two declarations of one
 /// actor the second file is the broken one. Only an unreadable directory is an error.
-pub fn load_dir_each(
-    dir: &Path,
-) -> Result<(Vec<(PathBuf, AsyncActor)>, Vec<(PathBuf, anyhow::Error)>)> {
+pub fn load_dir_each(dir: &Path) -> Result<(ActorFiles, BrokenFiles)> {
     let mut files = Vec::new();
     collect_yaml(dir, &mut files)?;
     files.sort();
