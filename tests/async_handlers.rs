@@ -67,13 +67,12 @@ async fn fifty_slow_calls_in_one_instance_take_one_latency_not_fifty() {
         "50 calls of 0.5 s in one instance took {took:?}"
     );
     let stats = executor.stats();
-    // One instance to describe the component at load, one that ran all 50 calls.
-    assert_eq!(
-        stats
-            .instantiated
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    // One instance ran all 50 calls; one more described the component at load unless another
+    // actor of the same component had described it in this process (tests run side by side).
+    let made = stats
+        .instantiated
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=2).contains(&made), "{made} instances for 50 calls");
     host.shutdown().await.unwrap();
 }
 
@@ -102,7 +101,8 @@ async fn gather_and_wait_for_work_inside_a_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_fails_one_call_and_the_others_in_the_instance_finish() {
     let mut def = one_instance("wait", 16);
-    def.settings.timeout = Duration::from_millis(1500);
+    // Far from the 0.3 s calls, so a loaded machine does not time them out too.
+    def.settings.timeout = Duration::from_millis(3000);
     let mut host = LocalHost::start(vec![def], common::cache()).await.unwrap();
     let mut payloads = vec![json!({"i": "stuck", "sleep": 30})];
     payloads.extend((0..10).map(|i| json!({"i": i, "sleep": 0.3})));
