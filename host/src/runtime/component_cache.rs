@@ -198,6 +198,12 @@ impl ComponentCache {
         loaded
     }
 
+    /// Lets go of the recently loaded components kept mapped (the next load of one maps its
+    /// artifact again, or compiles it when the artifact is gone).
+    pub fn forget_recent(&self) {
+        self.recent.lock().expect("component cache lock").clear();
+    }
+
     fn file_state(path: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
         let meta = std::fs::metadata(path).ok()?;
         Some((meta.len(), meta.modified().ok()))
