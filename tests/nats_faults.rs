@@ -300,6 +300,57 @@ async fn malformed_and_oversize_messages_end_at_the_sump_with_the_reason() {
     assert!(error.message.contains("65536"), "{}", error.message);
 }
 
+/// The end actors consume their queues (`--end-queues`): a finished envelope that reaches
+/// x-sink twice, as it does when the store's write landed and the acknowledgement was lost to a
+/// server restart, is stored once. (It was written twice before, once per delivery.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_message_delivered_twice_to_an_end_actor_is_stored_once() {
+    let server = NatsServer::start();
+    let _host = start_host(&server, &["--end-queues"]);
+    let (transport, results) = client(&server).await;
+    let finished = Envelope::new(
+        Route::through(&[SINK]).unwrap(),
+        json!({"done": true}),
+        "2026-11-25T00:00:00Z",
+    );
+    let other = Envelope::new(
+        Route::through(&[SINK]).unwrap(),
+        json!({"done": "too"}),
+        "2026-11-25T00:00:00Z",
+    );
+    // Two queue messages holding the same envelope (distinct publish ids, so the x-sink stream
+    // keeps both and the end actor receives both), then a third, different one.
+    for (env, publish_id) in [(&finished, "a"), (&finished, "b"), (&other, "c")] {
+        transport
+            .publish(
+                SINK,
+                Outbound {
+                    bytes: env.to_bytes(),
+                    dedup_id: format!("{}:{publish_id}", env.id),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    results
+        .wait(&other.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    results
+        .wait(&finished.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The end actor stores several at once: a moment more lets a second write of the repeat
+    // land, if there were one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ended(&results).await, 2);
+    assert_eq!(
+        results.accepted().await.unwrap(),
+        2,
+        "the second copy was dropped as a repeat, not written again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     let server = NatsServer::start();

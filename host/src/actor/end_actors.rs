@@ -65,20 +65,28 @@ async fn run_end_actor(
 
 /// Persists one finished message, then acknowledges it (or has it redelivered).
 async fn store_one(name: &str, store: &dyn ResultStore, delivery: Delivery) -> Result<()> {
-    let envelope = match serde_json::from_slice::<Envelope>(&delivery.bytes) {
-        Ok(env) => env,
+    let (envelope, stored) = match serde_json::from_slice::<Envelope>(&delivery.bytes) {
+        Ok(env) => {
+            // Under the id its sender published it with: a redelivery (the store's write landed,
+            // the acknowledgement did not) is dropped as a repeat, not written a second time.
+            let dedup_id = routing::output_dedup_id(&env, name);
+            let stored = store.put_once(name, &env, &dedup_id).await;
+            (env, stored)
+        }
         Err(err) => {
             // Garbage published straight to an end actor is still kept, as a ParseError.
-            routing::parse_error_dispatch(
+            let env = routing::parse_error_dispatch(
                 name,
                 &delivery.bytes,
                 &err.to_string(),
                 &crate::message::envelope::now_rfc3339(),
             )
-            .envelope
+            .envelope;
+            let stored = store.put(name, &env).await;
+            (env, stored)
         }
     };
-    match store.put(name, &envelope).await {
+    match stored {
         Ok(()) => delivery.acker.ack().await?,
         Err(err) => {
             tracing::warn!(actor = name, envelope = %envelope.id, error = %format!("{err:#}"),

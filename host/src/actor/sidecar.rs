@@ -385,20 +385,7 @@ impl Sidecar {
             }
         }
         let env: &Envelope = &dispatch.envelope;
-        // One output per hop of an envelope: a redelivered input republishes the same id, which
-        // the transport's deduplication drops.
-        // A retry (same hop, next attempt) gets its own id, or the stream would drop it as a
-        // repeat of the input.
-        let attempt = env.status.as_ref().map_or(1, |s| s.attempt);
-        let dedup_id = if attempt > 1 {
-            asya_spec::names::dedup_id(
-                &env.id,
-                format!("{}.{attempt}", env.route.prev.len()),
-                &dispatch.destination,
-            )
-        } else {
-            asya_spec::names::dedup_id(&env.id, env.route.prev.len(), &dispatch.destination)
-        };
+        let dedup_id = routing::output_dedup_id(env, &dispatch.destination);
         if let Some(results) = self
             .results
             .as_ref()

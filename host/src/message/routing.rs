@@ -544,6 +544,20 @@ pub fn parse_error_dispatch(actor: &str, bytes: &[u8], message: &str, now: &str)
     }
 }
 
+/// The deduplication id of `env` sent to `destination`: one per hop of a message, so a
+/// redelivered input republishes (or stores) under the same id, which the transport drops as a
+/// repeat. A retry (same hop, next attempt) gets its own id, or the stream would drop it as a
+/// repeat of the input. The sender and an end actor reading the same envelope compute the same id.
+pub fn output_dedup_id(env: &Envelope, destination: &str) -> String {
+    let hop = env.route.prev.len();
+    match env.status.as_ref().map_or(1, |s| s.attempt) {
+        attempt if attempt > 1 => {
+            asya_spec::names::dedup_id(&env.id, format!("{hop}.{attempt}"), destination)
+        }
+        _ => asya_spec::names::dedup_id(&env.id, hop, destination),
+    }
+}
+
 /// An instant as RFC 3339 text, as envelopes carry times.
 pub fn format_time(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
@@ -578,6 +592,18 @@ mod tests {
     fn one(d: Vec<Dispatch>) -> Dispatch {
         assert_eq!(d.len(), 1);
         d.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_hop_has_one_dedup_id_and_a_retry_its_own() {
+        let mut env = env_at(&["a", "b"], "c", &[]);
+        let first = output_dedup_id(&env, SINK);
+        // A redelivery (same envelope) gets the same id; another destination another.
+        assert_eq!(first, output_dedup_id(&env.clone(), SINK));
+        assert_eq!(first, "id-1:2:x-sink");
+        assert_ne!(first, output_dedup_id(&env, "d"));
+        env.status_mut(NOW).attempt = 2;
+        assert_eq!(output_dedup_id(&env, SINK), "id-1:2.2:x-sink");
     }
 
     #[test]
